@@ -1,0 +1,607 @@
+"""``TrajectoryReplayBuffer``: the facade that composes index, cache, sampler, writer and files.
+
+Roles (one module each): :mod:`.trajectory` validates and aligns input, :mod:`.index` orders
+trajectories and computes the window, :mod:`.cache` holds recent rows in memory,
+:mod:`.sampler` draws transitions, :mod:`.writer` writes files in the background,
+:mod:`.directory` and :mod:`.formats` define what is on disk, :mod:`.checkpoint` saves and
+loads whole directories.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import checkpoint, formats
+from .cache import DEFAULT_CHUNK_BYTES, TrajectoryCache
+from .directory import Record, load_columns
+from .errors import CorruptBufferError, InvalidArgumentError, InvalidTrajectoryError
+from .index import TrajectoryIndex
+from .sampler import UniformSampler
+from .schema import Schema
+from .trajectory import (
+    AlignedTrajectory,
+    Key,
+    Trajectory,
+    align,
+    file_dict_from_columns,
+    key_name,
+    source_steps,
+)
+from .writer import BackgroundWriter
+
+logger = logging.getLogger("rlinf.data.replay_buffer")
+
+Batch = dict[str, Any]
+"""A sampled batch: ``{"actions": [N, ...], ..., "curr_obs": {"states": [N, ...]}, ...}``."""
+
+_READER_POOL = 64
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def nest(flat: Mapping[Key, torch.Tensor]) -> Batch:
+    """``{("curr_obs", "states"): t}`` -> ``{"curr_obs": {"states": t}}``."""
+    out: Batch = {}
+    for key, value in flat.items():
+        if len(key) == 1:
+            out[key[0]] = value
+        else:
+            out.setdefault(key[0], {})[key[1]] = value
+    return out
+
+
+class TrajectoryReplayBuffer:
+    """A replay buffer of batched trajectories ``[T, B, ...]`` that samples single transitions.
+
+    Args:
+        seed: seed of the buffer's own ``torch.Generator`` (``None``: a random seed). Sampling
+            is reproducible from the seed and the sequence of calls; no global RNG is used.
+        enable_cache: keep the ``cache_size`` most recent trajectories in memory when
+            ``auto_save`` is on (without ``auto_save`` trajectories always live in memory).
+        cache_size: trajectories the cache holds (``auto_save=True`` only).
+        sample_window_size: sample only from the most recent N trajectories; 0 means all.
+        auto_save: write every trajectory to ``auto_save_path`` on a background thread. Without
+            it, the buffer holds the window in memory and writes files only on
+            :meth:`save_checkpoint`; trajectories that fall out of the window leave the buffer.
+        auto_save_path: directory for auto-saved files. A directory that already holds a
+            buffer is continued: its trajectories are loaded and new ids follow theirs.
+        trajectory_format: ``"pt"`` (default) or ``"pkl"``, for files this buffer writes.
+        cache_max_bytes: optional bound of the in-memory store in bytes (rows only).
+        check_finite: reject trajectories with NaN or infinite floats.
+    """
+
+    def __init__(
+        self,
+        seed: int | None = 1234,
+        enable_cache: bool = True,
+        cache_size: int = 5,
+        sample_window_size: int = 100,
+        auto_save: bool = False,
+        auto_save_path: str = "",
+        trajectory_format: str = "pt",
+        *,
+        cache_max_bytes: int | None = None,
+        check_finite: bool = False,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**63)
+        self.seed = _check_int("seed", seed, 0)
+        self.enable_cache = _check_bool("enable_cache", enable_cache)
+        self.cache_size = _check_int("cache_size", cache_size, 0)
+        self._window_size = _check_int("sample_window_size", sample_window_size, 0)
+        self.auto_save = _check_bool("auto_save", auto_save)
+        self.trajectory_format = formats.check_format(trajectory_format)
+        self.check_finite = _check_bool("check_finite", check_finite)
+        if cache_max_bytes is not None:
+            cache_max_bytes = _check_int("cache_max_bytes", cache_max_bytes, 1)
+        self.cache_max_bytes = cache_max_bytes
+        self._chunk_bytes = _check_int("chunk_bytes", chunk_bytes, 1)
+        if self.auto_save:
+            if not isinstance(auto_save_path, str | os.PathLike) or not os.fspath(auto_save_path):
+                raise InvalidArgumentError(
+                    "auto_save=True needs auto_save_path, the directory to write trajectories to"
+                )
+            self.auto_save_path: str | None = os.path.abspath(os.fspath(auto_save_path))
+        else:
+            self.auto_save_path = None
+
+        self._lock = threading.RLock()
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._sampler = UniformSampler(self._generator)
+        self._index = TrajectoryIndex()
+        self._cache = self._new_cache()
+        self._schema: Schema | None = None
+        self._unwritten: dict[int, dict[Key, torch.Tensor]] = {}
+        self._readers: OrderedDict[str, dict[Key, torch.Tensor]] = OrderedDict()
+        self._writer = BackgroundWriter()
+        self._counter = 0
+        self._evicted = 0
+        self._files_written = 0
+        self._own: checkpoint.OwnDirectory | None = None
+        if self.auto_save_path is not None:
+            self._own = checkpoint.OwnDirectory.open(self.auto_save_path, self.trajectory_format, self.seed)
+            if self._own.contents.records:
+                self._install(self._own.contents.records, self._own.schema)
+            self._counter = max(self._counter, self._own.next_id)
+
+    # -- configuration ------------------------------------------------------------------------
+    def _new_cache(self) -> TrajectoryCache | None:
+        if not self.auto_save:
+            limit = self._window_size or None
+        elif self.enable_cache and self.cache_size > 0:
+            limit = self.cache_size
+        else:
+            return None
+        return TrajectoryCache(limit, self.cache_max_bytes, self._chunk_bytes)
+
+    @property
+    def sample_window_size(self) -> int:
+        """Trajectories the sampler draws from (the most recent ones); 0 means all."""
+        return self._window_size
+
+    @sample_window_size.setter
+    def sample_window_size(self, value: int) -> None:
+        with self._lock:
+            self._window_size = _check_int("sample_window_size", value, 0)
+            if not self.auto_save and self._cache is not None:
+                self._cache.max_trajectories = self._window_size or None
+                while (
+                    self._cache.max_trajectories is not None
+                    and len(self._cache) > self._cache.max_trajectories
+                ):
+                    self._forget_evicted([self._cache.pop_oldest()])
+
+    # -- counters -----------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Trajectories the buffer holds."""
+        return len(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @property
+    def total_samples(self) -> int:
+        """Transitions the buffer holds (sum of ``T * B``)."""
+        return self._index.total_transitions
+
+    @property
+    def trajectory_counter(self) -> int:
+        """The id the next added trajectory gets."""
+        return self._counter
+
+    def is_ready(self, min_size: int = 1) -> bool:
+        """Whether at least ``min_size`` trajectories are held and the window can be sampled."""
+        min_size = _check_int("min_size", min_size, 0)
+        with self._lock:
+            _, ends, _ = self._index.window(self._window_size)
+            return len(self._index) >= min_size and len(ends) > 0 and int(ends[-1]) > 0
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters for logging: sizes, window, cache, writer and eviction figures."""
+        with self._lock:
+            ids, ends, _ = self._index.window(self._window_size)
+            return {
+                "size": len(self._index),
+                "total_samples": self._index.total_transitions,
+                "trajectory_counter": self._counter,
+                "window_trajectories": len(ids),
+                "window_transitions": int(ends[-1]) if len(ends) else 0,
+                "cached_trajectories": len(self._cache) if self._cache is not None else 0,
+                "cached_bytes": self._cache.nbytes if self._cache is not None else 0,
+                "evicted_trajectories": self._evicted,
+                "pending_writes": len(self._unwritten),
+                "files_written": self._files_written,
+                "auto_save": self.auto_save,
+                "auto_save_path": self.auto_save_path,
+                "trajectory_format": self.trajectory_format,
+            }
+
+    @property
+    def schema(self) -> Schema | None:
+        """The buffer's columns with dtype and per-transition shape (``None`` while empty)."""
+        return self._schema
+
+    # -- adding -------------------------------------------------------------------------------
+    def add_trajectories(self, trajectories: Sequence[Trajectory]) -> list[int]:
+        """Add trajectories; each gets a ``uuid`` and the next ``trajectory_id``.
+
+        The whole call is validated first: if any trajectory is malformed, nothing is added and
+        :class:`InvalidTrajectoryError` names the trajectory, the field and the fix. With
+        ``auto_save`` the files are written on a background thread; the call returns once the
+        data is copied into the buffer (see ``docs/durability.md`` for what is on disk when).
+
+        Args:
+            trajectories: ``Trajectory`` objects with tensors ``[T, B, ...]`` (aligned or in
+                RLinf's rollout layout).
+
+        Returns:
+            The ids given to the trajectories, in order.
+        """
+        if isinstance(trajectories, Trajectory | Mapping) or not isinstance(trajectories, Sequence):
+            raise InvalidArgumentError(
+                f"add_trajectories takes a list of Trajectory objects, got {type(trajectories).__name__}"
+            )
+        aligned = [
+            align(t, where=f"trajectory {i}: ", check_finite=self.check_finite)
+            for i, t in enumerate(trajectories)
+        ]
+        if not aligned:
+            return []
+        with self._lock:
+            self._writer.check()
+            schema = self._schema or Schema.of_columns(aligned[0].columns)
+            for i, traj in enumerate(aligned):
+                schema.check(Schema.of_columns(traj.columns), where=f"trajectory {i}: ")
+            self._schema = schema
+            return [self._add_one(traj) for traj in aligned]
+
+    def _add_one(self, traj: AlignedTrajectory) -> int:
+        tid = self._counter
+        self._counter += 1
+        record = Record.of_trajectory(tid, traj)
+        flat = traj.flat()
+        evicted: list[int] = []
+        stored: dict[Key, torch.Tensor] | None = None
+        if self._cache is not None:
+            evicted = self._cache.put(tid, flat, self._schema or Schema())
+            if tid in self._cache:
+                stored = self._cache.view(tid)
+        self._index.append(record)
+        if self._own is not None:
+            if stored is None:
+                stored = {k: v.clone() for k, v in flat.items()}
+            self._unwritten[tid] = stored
+            self._writer.submit(f"trajectory {tid}", lambda: self._write_own(record, stored))
+        self._forget_evicted(evicted)
+        return tid
+
+    def _forget_evicted(self, evicted: list[int]) -> None:
+        """Trajectories dropped from memory leave the buffer unless a file or write keeps them."""
+        if self.auto_save:
+            return
+        for tid in evicted:
+            oldest = self._index.pop_oldest()
+            assert oldest.trajectory_id == tid, "cache and index out of step"
+            self._evicted += 1
+
+    def _write_own(self, record: Record, data: dict[Key, torch.Tensor]) -> None:
+        own = self._own
+        assert own is not None
+        name = record.canonical_name(self.trajectory_format)
+        shape = (record.num_steps, record.num_envs)
+        columns = {k: v.reshape(*shape, *v.shape[1:]) for k, v in data.items()}
+        formats.write(
+            os.path.join(own.path, name),
+            self.trajectory_format,
+            file_dict_from_columns(
+                columns,
+                record.max_episode_length,
+                record.model_weights_id,
+                record.model_update_count,
+            ),
+        )
+        with self._lock:
+            if self._index_holds(record):
+                record.directory, record.file = own.path, name
+            self._unwritten.pop(record.trajectory_id, None)
+            self._files_written += 1
+            own.record_written(record, name, self._counter, self._schema)
+
+    def _index_holds(self, record: Record) -> bool:
+        return record.trajectory_id in self._index and self._index[record.trajectory_id] is record
+
+    # -- sampling -----------------------------------------------------------------------------
+    def sample(self, num_chunks: int) -> Batch:
+        """Draw ``num_chunks`` transitions uniformly, with replacement, from the window.
+
+        Args:
+            num_chunks: number of transitions (>= 1).
+
+        Returns:
+            The rollout-aligned batch: per-step fields (``actions``, ``rewards``, ``dones``, ...)
+            as ``[num_chunks, ...]`` tensors in their stored dtype, and ``curr_obs``,
+            ``next_obs``, ``forward_inputs`` as dicts of ``[num_chunks, ...]`` tensors.
+
+        Raises:
+            InvalidArgumentError: ``num_chunks`` < 1.
+            EmptyBufferError: the window holds no transition.
+        """
+        num = _check_int("num_chunks", num_chunks, 1)
+        with self._lock:
+            self._writer.check()
+            ids, ends, first = self._index.window(self._window_size)
+            positions, rows = self._sampler.draw(ends, num)
+            return nest(self._gather(ids, first, positions, rows))
+
+    def _gather(
+        self, ids: np.ndarray, first: int, positions: np.ndarray, rows: np.ndarray
+    ) -> dict[Key, torch.Tensor]:
+        schema = self._schema
+        assert schema is not None
+        num = len(positions)
+        out = {k: torch.empty((num, *s.row_shape), dtype=s.dtype) for k, s in schema.items()}
+        cached = len(self._cache) if self._cache is not None else 0
+        # cached trajectories are the newest `cached` of the index: window position p is
+        # cached iff first + p >= len(index) - cached
+        slot = positions + (first - (len(self._index) - cached))
+        hit = slot >= 0
+        n_hit = int(hit.sum())
+        if n_hit and self._cache is not None:
+            chunks, starts = self._cache.slot_arrays()
+            if n_hit == num:
+                self._cache.gather_into(out, None, chunks[slot], starts[slot] + rows)
+            else:
+                where = np.nonzero(hit)[0]
+                s = slot[where]
+                self._cache.gather_into(out, where, chunks[s], starts[s] + rows[where])
+        if n_hit < num:
+            self._gather_misses(out, ids, positions, rows, ~hit)
+        return out
+
+    def _gather_misses(
+        self,
+        out: dict[Key, torch.Tensor],
+        ids: np.ndarray,
+        positions: np.ndarray,
+        rows: np.ndarray,
+        miss: np.ndarray,
+    ) -> None:
+        where = np.nonzero(miss)[0]
+        order = np.argsort(positions[where], kind="stable")
+        where = where[order]
+        pos_sorted = positions[where]
+        bounds = np.flatnonzero(np.diff(pos_sorted)) + 1
+        for group in np.split(where, bounds):
+            tid = int(ids[positions[group[0]]])
+            dest = torch.from_numpy(group)
+            local = rows[group]
+            data = self._unwritten.get(tid)
+            if data is not None:
+                sel = torch.from_numpy(local)
+                for key, tensor in data.items():
+                    out[key].index_copy_(0, dest, tensor.index_select(0, sel))
+                continue
+            record = self._index[tid]
+            raw = self._read_raw(record)
+            b = record.num_envs
+            t, env = local // b, local % b
+            for key in out:
+                tensor = raw[key]
+                src = source_steps(key, int(tensor.shape[0]), record.num_steps)[t] * b + env
+                flat = tensor.reshape(-1, *tensor.shape[2:])
+                out[key].index_copy_(0, dest, flat.index_select(0, torch.from_numpy(src)))
+
+    def _read_raw(self, record: Record) -> dict[Key, torch.Tensor]:
+        path = record.path
+        if path is None:
+            raise CorruptBufferError(f"trajectory {record.trajectory_id} has neither data nor file")
+        raw = self._readers.get(path)
+        if raw is None:
+            raw = load_columns(record, mmap=True)
+            schema = self._schema
+            assert schema is not None
+            missing = [key_name(k) for k in schema if k not in raw]
+            if missing:
+                raise CorruptBufferError(f"{path}: lacks fields {missing} that the buffer holds")
+            self._readers[path] = raw
+            if len(self._readers) > _READER_POOL:
+                self._readers.popitem(last=False)
+        else:
+            self._readers.move_to_end(path)
+        return raw
+
+    # -- persistence --------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Return once every trajectory added before the call is durable on disk.
+
+        With ``auto_save``: every trajectory file and the index entry naming it are fsync'd
+        under their final names. Without ``auto_save`` there is nothing to write. Raises
+        :class:`WriterError` if a background write failed.
+        """
+        self._writer.wait()
+        with self._lock:
+            if self._own is not None:
+                self._own.sync(self._counter, self._schema)
+        self._writer.check()
+
+    def save_checkpoint(self, save_path: str) -> None:
+        """Write a complete, self-contained checkpoint of everything the buffer holds.
+
+        Pending background writes are finished first. The checkpoint is assembled in a
+        temporary sibling directory and renamed into place when complete, so an interrupted
+        save never leaves something that looks like a checkpoint. An existing checkpoint at
+        ``save_path`` is replaced; any other non-empty directory is refused.
+
+        Args:
+            save_path: destination directory (created with its parents).
+        """
+        self.flush()
+        with self._lock:
+            snapshot = checkpoint.Snapshot(
+                records=list(self._index),
+                data={r.trajectory_id: self._memory_rows(r) for r in self._index if r.path is None},
+                schema=self._schema,
+                counter=self._counter,
+                seed=self.seed,
+                fmt=self.trajectory_format,
+            )
+        if self._own is not None and checkpoint.same_path(save_path, self._own.path):
+            with self._lock:
+                self._own.absorb(snapshot)
+                self._own.compact(self._counter, self._schema)
+            return
+        renamed = checkpoint.save(snapshot, save_path)
+        with self._lock:
+            for record in snapshot.records:
+                new = renamed.get(record.trajectory_id)
+                if new is not None and self._index_holds(record):
+                    record.directory, record.file = new
+            self._readers.clear()
+
+    def _memory_rows(self, record: Record) -> dict[Key, torch.Tensor]:
+        tid = record.trajectory_id
+        if self._cache is not None and tid in self._cache:
+            return self._cache.view(tid)
+        return self._unwritten[tid]
+
+    def load_checkpoint(
+        self,
+        load_path: str,
+        is_distributed: bool = False,
+        local_rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        """Replace the buffer's contents with a checkpoint or auto-save directory.
+
+        Reads directories written by this library or by RLinf (either file-name shape,
+        ``pt``/``pkl``, RLinf's row layout). With ``is_distributed``, rank ``local_rank`` of
+        ``world_size`` gets every ``world_size``-th trajectory in index order starting at
+        ``local_rank``: shares are disjoint, together they are everything, and each spans the
+        whole collection period. New trajectories added afterwards get ids past every id in
+        the directory.
+
+        Raises:
+            InvalidArgumentError: bad rank or world size.
+            BufferNotFoundError, CorruptBufferError, UnsafeFileError: missing, inconsistent or
+                unsafe files (the buffer is left as it was).
+        """
+        is_distributed = _check_bool("is_distributed", is_distributed)
+        world_size = _check_int("world_size", world_size, 1)
+        local_rank = _check_int("local_rank", local_rank, 0)
+        if local_rank >= world_size:
+            raise InvalidArgumentError(
+                f"local_rank {local_rank} is out of range for world_size {world_size} "
+                f"(valid ranks: 0..{world_size - 1})"
+            )
+        share = (local_rank, world_size) if is_distributed else (0, 1)
+        contents, schema = checkpoint.read(load_path, share)
+        self.flush()
+        with self._lock:
+            self._reset_contents()
+            own_next = self._own.next_id if self._own is not None else 0
+            self._install(contents.records, schema)
+            self._counter = max(contents.counter, own_next)
+            if self._own is not None and checkpoint.same_path(contents.path, self._own.path):
+                self._counter = max(self._counter, self._own.next_id)
+
+    def _install(self, records: list[Record], schema: Schema | None) -> None:
+        """Index ``records`` (file-backed) and load the newest into memory."""
+        keep = records
+        if not self.auto_save and self._window_size:
+            keep = records[-self._window_size :]
+            self._evicted += len(records) - len(keep)
+        self._schema = schema if keep else None
+        for record in keep:
+            self._index.append(record)
+        if self._cache is None or not keep:
+            return
+        # the cache holds a suffix of the index: warm it with the newest records it can hold
+        limit = self._cache.max_trajectories
+        warm = keep if limit is None else keep[max(0, len(keep) - limit) :]
+        for record in warm:
+            raw = load_columns(record, mmap=True)
+            columns = {
+                k: v[torch.from_numpy(source_steps(k, int(v.shape[0]), record.num_steps))]
+                if int(v.shape[0]) != record.num_steps
+                else v
+                for k, v in raw.items()
+            }
+            try:
+                assert schema is not None
+                schema.check(Schema.of_columns(columns), where=f"{record.path}: ")
+            except InvalidTrajectoryError as exc:
+                raise CorruptBufferError(str(exc)) from None
+            n = record.num_transitions
+            flat = {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
+            self._forget_evicted(self._cache.put(record.trajectory_id, flat, schema))
+
+    def _reset_contents(self) -> None:
+        self._index.clear()
+        if self._cache is not None:
+            self._cache.clear()
+        self._unwritten.clear()
+        self._readers.clear()
+        self._schema = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Finish pending writes, write the full index and metadata, stop the writer thread.
+
+        The buffer stays usable: a later add restarts the writer. Raises :class:`WriterError`
+        if a background write failed.
+        """
+        self._writer.wait()
+        with self._lock:
+            if self._own is not None:
+                self._own.compact(self._counter, self._schema)
+                self._own.close()
+            self._readers.clear()
+        self._writer.close()
+
+    def clear(self) -> None:
+        """Empty the buffer: index, cache and counters.
+
+        Files are never deleted: an auto-save directory keeps its files and its index, and new
+        trajectories continue its numbering so nothing on disk is overwritten.
+        """
+        self._writer.wait()
+        with self._lock:
+            self._reset_contents()
+            self._evicted = 0
+            self._files_written = 0
+            self._counter = self._own.next_id if self._own is not None else 0
+        self._writer.check()
+
+    def clear_cache(self) -> None:
+        """Finish pending writes, stop the writer thread and empty the in-memory cache.
+
+        With ``auto_save`` the trajectories stay in the buffer and are read from disk. Without
+        it the memory *is* the storage: the buffer becomes empty (counters are kept).
+        """
+        self._writer.wait()
+        with self._lock:
+            if self._cache is not None:
+                self._cache.clear()
+            if not self.auto_save:
+                self._evicted += len(self._index)
+                self._index.clear()
+                self._schema = None
+            self._readers.clear()
+        self._writer.close()
+
+    def __enter__(self) -> TrajectoryReplayBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"TrajectoryReplayBuffer(size={self.size}, total_samples={self.total_samples}, "
+            f"window={self._window_size}, auto_save={self.auto_save}, "
+            f"format={self.trajectory_format!r})"
+        )
+
+
+__all__ = ["Batch", "Trajectory", "TrajectoryReplayBuffer"]

@@ -1,0 +1,542 @@
+"""Buffer directories on disk: file naming, ``metadata.json``, the trajectory index and its journal.
+
+A buffer directory (an auto-save path or a checkpoint) holds:
+
+* ``metadata.json``: format, counters, seed and field schema (``format_version`` 1).
+* ``trajectory_index.json``: RLinf's index (``trajectory_index`` + ``trajectory_id_list``), each
+  entry extended with this library's keys; rewritten atomically as a whole at compaction.
+* ``trajectory_index.journal``: one JSON entry per line, appended as trajectories are written
+  between compactions, so persisting the index costs O(1) per trajectory.
+* one file per trajectory, ``trajectory_{id}_{model_weights_uuid}_{model_update_count}.{pt|pkl}``.
+
+Directories written by RLinf itself (either file-name shape, ``storage_format``, unreliable
+``num_samples``, extra rows) are read too. ``docs/format.md`` is the full specification.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid as uuidlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import torch
+
+from . import formats
+from .errors import BufferDirectoryError, BufferNotFoundError, CorruptBufferError, UnsafeFileError
+from .fsio import atomic_write_json, fsync_dir
+from .schema import Schema
+from .trajectory import AlignedTrajectory, Key, align, iter_columns
+
+FORMAT_VERSION = 1
+METADATA = "metadata.json"
+INDEX = "trajectory_index.json"
+INDEX_RLINF_MERGE = "trajector_index.json"  # sic: also written by RLinf's merge tool
+JOURNAL = "trajectory_index.journal"
+FILE_RE = re.compile(r"^trajectory_(\d+)_([A-Za-z0-9][A-Za-z0-9.\-_]*)\.(pt|pkl)$")
+
+
+def trajectory_file_name(trajectory_id: int, weights_id: str, update_count: int, fmt: str) -> str:
+    """``trajectory_{trajectory_id}_{model_weights_uuid}_{model_update_count}.{fmt}``."""
+    return f"trajectory_{trajectory_id}_{weights_id}_{update_count}.{fmt}"
+
+
+@dataclass
+class Record:
+    """What the index knows of one trajectory.
+
+    Attributes:
+        trajectory_id: unique, increasing id.
+        num_steps: ``T`` (aligned rows); ``num_envs``: ``B``.
+        model_weights_id: the weights uuid; ``model_update_count``: policy updates at rollout.
+        uuid: this trajectory's own uuid.
+        directory: absolute directory of its file, or ``None`` while it lives only in memory.
+        file: file name inside ``directory`` (``None`` while memory-only).
+        shape: shape of ``rewards`` ``[T, B, ...]``.
+    """
+
+    trajectory_id: int
+    num_steps: int
+    num_envs: int
+    max_episode_length: int | None
+    model_weights_id: str
+    model_update_count: int
+    uuid: str
+    shape: list[int]
+    directory: str | None = None
+    file: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_transitions(self) -> int:
+        """``T * B``."""
+        return self.num_steps * self.num_envs
+
+    @property
+    def path(self) -> str | None:
+        """Absolute path of the trajectory file, if it has one."""
+        if self.directory is None or self.file is None:
+            return None
+        return os.path.join(self.directory, self.file)
+
+    @property
+    def fmt(self) -> str | None:
+        """``"pt"`` or ``"pkl"`` from the file name."""
+        return None if self.file is None else self.file.rsplit(".", 1)[1]
+
+    def canonical_name(self, fmt: str) -> str:
+        """The file name this library gives the trajectory in format ``fmt``."""
+        return trajectory_file_name(self.trajectory_id, self.model_weights_id, self.model_update_count, fmt)
+
+    def to_entry(self, file: str | None = None) -> dict[str, Any]:
+        """The index entry: RLinf's keys plus this library's.
+
+        ``model_weights_id`` is written as ``{uuid}_{update_count}`` so that RLinf, which opens
+        ``trajectory_{id}_{model_weights_id}.{fmt}``, finds the file this library named.
+        """
+        name = file or self.file
+        if name is None:
+            raise ValueError("a memory-only record has no index entry")
+        return {
+            "num_samples": self.num_transitions,
+            "trajectory_id": self.trajectory_id,
+            "max_episode_length": self.max_episode_length,
+            "shape": list(self.shape),
+            "model_weights_id": f"{self.model_weights_id}_{self.model_update_count}",
+            "model_weights_uuid": self.model_weights_id,
+            "model_update_count": self.model_update_count,
+            "uuid": self.uuid,
+            "num_steps": self.num_steps,
+            "num_envs": self.num_envs,
+            "file": name,
+        }
+
+    @classmethod
+    def of_trajectory(cls, tid: int, traj: AlignedTrajectory, uid: str | None = None) -> Record:
+        """A memory-only record for a freshly added trajectory."""
+        rewards = traj.columns[("rewards",)]
+        return cls(
+            trajectory_id=tid,
+            num_steps=traj.num_steps,
+            num_envs=traj.num_envs,
+            max_episode_length=traj.max_episode_length,
+            model_weights_id=traj.model_weights_id,
+            model_update_count=traj.model_update_count,
+            uuid=uid or str(uuidlib.uuid4()),
+            shape=[int(d) for d in rewards.shape],
+        )
+
+
+@dataclass
+class DirectoryContents:
+    """A parsed buffer directory.
+
+    Attributes:
+        path: absolute path.
+        fmt: the ``trajectory_format`` of its metadata.
+        records: trajectories in index order (only the selected share when sharded).
+        all_ids: every trajectory id the directory holds, in index order.
+        counter: the next unused trajectory id (past every id present).
+        seed: the seed recorded in metadata (``None`` if absent).
+        written_by_us: the index carries this library's ``format_version``.
+        journal_entries: how many entries came from the journal (not yet compacted).
+        metadata: the raw metadata dict.
+    """
+
+    path: str
+    fmt: str
+    records: list[Record]
+    all_ids: list[int]
+    counter: int
+    seed: int | None
+    written_by_us: bool
+    journal_entries: int
+    metadata: dict[str, Any]
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptBufferError(
+            f"{path}: {what} is not valid JSON ({exc}); restore it from a copy or rebuild the "
+            "directory with the verify tool"
+        ) from None
+
+
+def check_directory(path: str) -> str:
+    """Return the absolute path of an existing directory, or raise a clear error."""
+    if not isinstance(path, str | os.PathLike) or not str(path):
+        raise BufferNotFoundError(f"load path must be a directory path, got {path!r}")
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise BufferNotFoundError(f"{path}: no such directory")
+    if not os.path.isdir(path):
+        raise BufferDirectoryError(f"{path}: not a directory (point at the buffer directory)")
+    return path
+
+
+def is_buffer_directory(path: str) -> bool:
+    """Whether ``path`` looks like a buffer directory (it has ``metadata.json``)."""
+    return os.path.isfile(os.path.join(path, METADATA))
+
+
+def list_trajectory_files(path: str) -> dict[int, list[str]]:
+    """Trajectory files in ``path`` by id (names that match the naming rule only)."""
+    found: dict[int, list[str]] = {}
+    with os.scandir(path) as it:
+        for entry in it:
+            m = FILE_RE.match(entry.name)
+            if m:
+                found.setdefault(int(m.group(1)), []).append(entry.name)
+    return found
+
+
+def safe_file(directory: str, name: str) -> str:
+    """Path of ``name`` in ``directory``; refuse names or links that lead outside it."""
+    if not FILE_RE.match(name) or os.sep in name or (os.altsep and os.altsep in name):
+        raise UnsafeFileError(f"{directory}: index names file {name!r}, which is not a trajectory file")
+    path = os.path.join(directory, name)
+    real = os.path.realpath(path)
+    if os.path.dirname(real) != os.path.realpath(directory):
+        raise UnsafeFileError(f"{path}: links outside the buffer directory (to {real}); refusing to read it")
+    return path
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+    """Parse ``metadata.json``; check its format and version."""
+    meta_path = os.path.join(path, METADATA)
+    if not os.path.exists(meta_path):
+        raise BufferNotFoundError(
+            f"{path}: no {METADATA}; this is not a replay buffer directory (expected "
+            f"{METADATA}, {INDEX} and trajectory_*.pt|pkl files)"
+        )
+    meta = _read_json(meta_path, METADATA)
+    if not isinstance(meta, dict):
+        raise CorruptBufferError(f"{meta_path}: expected a JSON object")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CorruptBufferError(
+            f"{meta_path}: format_version {version!r} is newer than this library reads "
+            f"({FORMAT_VERSION}); upgrade the library"
+        )
+    fmt = meta.get("trajectory_format", meta.get("storage_format"))
+    if fmt not in formats.FORMATS:
+        raise CorruptBufferError(f"{meta_path}: trajectory_format {fmt!r} is not 'pt' or 'pkl'")
+    return meta
+
+
+def _read_journal(path: str) -> list[dict[str, Any]]:
+    jpath = os.path.join(path, JOURNAL)
+    if not os.path.exists(jpath):
+        return []
+    with open(jpath, "rb") as f:
+        lines = f.read().split(b"\n")
+    entries = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if i >= len(lines) - 2:  # torn final line of an interrupted append: ignore it
+                continue
+            raise CorruptBufferError(f"{jpath}: line {i + 1} is not valid JSON") from None
+        if not isinstance(entry, dict):
+            raise CorruptBufferError(f"{jpath}: line {i + 1} is not an index entry")
+        entries.append(entry)
+    return entries
+
+
+def _int_field(entry: dict[str, Any], key: str, where: str) -> int:
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CorruptBufferError(f"{where}: index entry has {key}={value!r}, expected an int >= 0")
+    return value
+
+
+def read_index(path: str) -> tuple[list[dict[str, Any]], bool, int]:
+    """Index entries in order (index file, then journal), whether ours, and journal length."""
+    entries: list[dict[str, Any]] = []
+    ours = False
+    for name in (INDEX, INDEX_RLINF_MERGE):
+        ipath = os.path.join(path, name)
+        if os.path.exists(ipath):
+            data = _read_json(ipath, name)
+            if (
+                not isinstance(data, dict)
+                or not isinstance(data.get("trajectory_index"), dict)
+                or not isinstance(data.get("trajectory_id_list"), list)
+            ):
+                raise CorruptBufferError(
+                    f"{ipath}: expected {{'trajectory_index': {{...}}, 'trajectory_id_list': [...]}}"
+                )
+            ours = data.get("format_version") is not None
+            table = data["trajectory_index"]
+            for tid in data["trajectory_id_list"]:
+                if isinstance(tid, bool) or not isinstance(tid, int):
+                    raise CorruptBufferError(f"{ipath}: trajectory_id_list holds {tid!r}")
+                entry = table.get(str(tid))
+                if not isinstance(entry, dict):
+                    raise CorruptBufferError(f"{ipath}: trajectory {tid} is listed but has no index entry")
+                entries.append(dict(entry, trajectory_id=tid))
+            break
+    journal = _read_journal(path)
+    if journal:
+        ours = ours or not entries
+    seen = {e["trajectory_id"] for e in entries}
+    added = 0
+    for entry in journal:
+        tid = entry.get("trajectory_id")
+        if tid not in seen:
+            entries.append(entry)
+            seen.add(tid)
+            added += 1
+    return entries, ours, added
+
+
+def open_file_record(
+    path: str, name: str, tid: int, fmt: str, entry: dict[str, Any]
+) -> tuple[Record, Schema]:
+    """Build a record by reading the file itself (for directories RLinf wrote)."""
+    fpath = safe_file(path, name)
+    data = formats.read(fpath, name.rsplit(".", 1)[1], mmap=True)
+    where = f"{fpath}: "
+    try:
+        traj = align(data, where=where)
+    except Exception as exc:
+        raise CorruptBufferError(str(exc)) from None
+    schema = Schema.of_columns(traj.columns)
+    mwid = entry.get("model_weights_id") or data.get("model_weights_id") or traj.model_weights_id
+    count = entry.get("model_update_count", data.get("model_update_count"))
+    if not isinstance(count, int) or isinstance(count, bool):
+        count = traj.model_update_count
+    record = Record(
+        trajectory_id=tid,
+        num_steps=traj.num_steps,
+        num_envs=traj.num_envs,
+        max_episode_length=traj.max_episode_length
+        if traj.max_episode_length is not None
+        else entry.get("max_episode_length"),
+        model_weights_id=str(data.get("model_weights_id") or mwid),
+        model_update_count=int(count),
+        uuid=str(entry.get("uuid") or uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{path}/{name}")),
+        shape=[int(d) for d in traj.columns[("rewards",)].shape],
+        directory=path,
+        file=name,
+    )
+    return record, schema
+
+
+def _record_from_entry(path: str, entry: dict[str, Any], name: str) -> Record:
+    where = os.path.join(path, INDEX)
+    tid = _int_field(entry, "trajectory_id", where)
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or len(shape) < 2:
+        raise CorruptBufferError(f"{where}: trajectory {tid} has shape {shape!r}")
+    weights = entry.get("model_weights_uuid")
+    if not isinstance(weights, str):
+        raise CorruptBufferError(f"{where}: trajectory {tid} has no model_weights_uuid")
+    return Record(
+        trajectory_id=tid,
+        num_steps=_int_field(entry, "num_steps", where),
+        num_envs=_int_field(entry, "num_envs", where),
+        max_episode_length=entry.get("max_episode_length"),
+        model_weights_id=weights,
+        model_update_count=_int_field(entry, "model_update_count", where),
+        uuid=str(entry.get("uuid", "")),
+        shape=[int(d) for d in shape],
+        directory=path,
+        file=name,
+    )
+
+
+def read_directory(
+    path: str, share: tuple[int, int] = (0, 1), require_files: bool = True
+) -> tuple[DirectoryContents, Schema | None]:
+    """Parse a buffer directory (ours or RLinf's) and the schema of its trajectories.
+
+    Args:
+        path: the directory.
+        share: ``(rank, world_size)``: keep index positions ``rank, rank + world_size, ...``.
+        require_files: raise if a selected trajectory's file is missing.
+
+    Returns:
+        The parsed contents and the schema (``None`` when no trajectory was selected).
+
+    Raises:
+        BufferNotFoundError, CorruptBufferError, UnsafeFileError: with the file named.
+    """
+    path = check_directory(path)
+    meta = read_metadata(path)
+    fmt = meta.get("trajectory_format", meta.get("storage_format"))
+    entries, ours, journal_entries = read_index(path)
+    if not entries and not os.path.exists(os.path.join(path, INDEX)):
+        files_present = list_trajectory_files(path)
+        if files_present:
+            raise BufferNotFoundError(
+                f"{path}: {INDEX} is missing but trajectory files are present; rebuild the index "
+                "with the verify tool (--repair)"
+            )
+    files = list_trajectory_files(path)
+    ids = [e["trajectory_id"] if isinstance(e.get("trajectory_id"), int) else -1 for e in entries]
+    if len(set(ids)) != len(ids) or min(ids, default=0) < 0:
+        raise CorruptBufferError(f"{path}: the index lists a trajectory id twice or a bad id")
+    rank, world = share
+    selected = entries[rank::world]
+    records: list[Record] = []
+    schema: Schema | None = None
+    for entry in selected:
+        tid = entry["trajectory_id"]
+        names = files.get(tid, [])
+        named = entry.get("file")
+        if named is not None:
+            if not isinstance(named, str):
+                raise CorruptBufferError(f"{path}: trajectory {tid} names file {named!r}")
+            safe_file(path, named)
+            names = [named] if named in names else []
+        if not names:
+            if require_files:
+                raise BufferNotFoundError(
+                    f"{path}: the index lists trajectory {tid} but its file "
+                    f"(trajectory_{tid}_*.{fmt}) is missing; restore it or repair the directory "
+                    "with the verify tool"
+                )
+            continue
+        if len(names) > 1:
+            raise CorruptBufferError(
+                f"{path}: several files claim trajectory {tid}: {sorted(names)}; keep one"
+            )
+        name = names[0]
+        if ours and named is not None and "num_steps" in entry:
+            safe_file(path, name)
+            records.append(_record_from_entry(path, entry, name))
+        else:
+            record, file_schema = open_file_record(path, name, tid, fmt, entry)
+            if schema is None:
+                schema = file_schema
+            else:
+                try:
+                    schema.check(file_schema, where=f"{path}/{name}: ")
+                except Exception as exc:
+                    raise CorruptBufferError(str(exc)) from None
+            records.append(record)
+    if records and schema is None:
+        newest = records[-1]
+        data = formats.read(safe_file(path, newest.file or ""), newest.fmt or fmt, mmap=True)
+        schema = Schema.of_columns(align(data, where=f"{newest.path}: ").columns)
+    counter = max(
+        [max(ids, default=-1) + 1, max(files, default=-1) + 1]
+        + [meta["trajectory_counter"]] * isinstance(meta.get("trajectory_counter"), int)
+    )
+    seed = meta.get("seed") if isinstance(meta.get("seed"), int) else None
+    contents = DirectoryContents(
+        path=path,
+        fmt=fmt,
+        records=records,
+        all_ids=ids,
+        counter=counter,
+        seed=seed,
+        written_by_us=ours,
+        journal_entries=journal_entries,
+        metadata=meta,
+    )
+    return contents, schema
+
+
+def load_columns(record: Record, mmap: bool = True) -> dict[Key, torch.Tensor]:
+    """The raw columns ``[rows, B, ...]`` of a record's file (extra rows not yet dropped)."""
+    path = safe_file(record.directory or "", record.file or "")
+    data = formats.read(path, record.fmt or "pt", mmap=mmap)
+    cols = iter_columns(data, where=f"{path}: ")
+    for key, value in cols.items():
+        if not isinstance(value, torch.Tensor):
+            raise CorruptBufferError(f"{path}: {'.'.join(key)} is not a tensor")
+    if ("rewards",) not in cols or int(cols[("rewards",)].shape[0]) != record.num_steps:
+        raise CorruptBufferError(
+            f"{path}: its rewards do not have the {record.num_steps} rows the index records"
+        )
+    return cols
+
+
+def write_metadata(
+    path: str,
+    fmt: str,
+    entries: Iterable[dict[str, Any]],
+    counter: int,
+    seed: int | None,
+    schema: Schema | None,
+) -> None:
+    """Atomically write ``metadata.json`` (RLinf's keys plus ``format_version`` and fields).
+
+    ``size`` and ``total_samples`` count the trajectories and transitions the index lists.
+    """
+    entries = list(entries)
+    atomic_write_json(
+        os.path.join(path, METADATA),
+        {
+            "format_version": FORMAT_VERSION,
+            "trajectory_format": fmt,
+            "size": len(entries),
+            "total_samples": sum(int(e["num_samples"]) for e in entries),
+            "trajectory_counter": counter,
+            "seed": seed,
+            "fields": schema.to_json() if schema else {},
+        },
+    )
+
+
+def write_index(path: str, entries: Iterable[dict[str, Any]]) -> None:
+    """Atomically write the whole index (entries in order), then drop the journal it contains."""
+    entries = list(entries)
+    atomic_write_json(
+        os.path.join(path, INDEX),
+        {
+            "format_version": FORMAT_VERSION,
+            "trajectory_index": {str(e["trajectory_id"]): e for e in entries},
+            "trajectory_id_list": [e["trajectory_id"] for e in entries],
+        },
+    )
+    jpath = os.path.join(path, JOURNAL)
+    if os.path.exists(jpath):
+        os.unlink(jpath)
+        fsync_dir(path)
+
+
+class Journal:
+    """Append-only index journal: one JSON entry per line; ``sync()`` makes appends durable."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, JOURNAL)
+        self._file: IO[bytes] | None = None
+        self.lines = 0
+
+    def append(self, entry: dict[str, Any]) -> None:
+        """Append one entry (flushed to the OS, durable after :meth:`sync`)."""
+        if self._file is None:
+            self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across appends
+        self._file.write(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+        self._file.flush()
+        self.lines += 1
+
+    def sync(self) -> None:
+        """fsync the journal."""
+        if self._file is not None:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Close the file handle (entries stay on disk)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def reset(self) -> None:
+        """Forget the handle after the index compaction removed the file."""
+        self.close()
+        self.lines = 0

@@ -1,0 +1,45 @@
+"""The exception hierarchy of the replay buffer.
+
+Every error the library raises on purpose is a :class:`ReplayBufferError`. Each subclass also
+derives from the built-in exception a caller would naturally catch (``ValueError`` for bad
+arguments, ``FileNotFoundError`` for missing paths, ...), so existing ``except`` clauses keep
+working. Messages say what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class ReplayBufferError(Exception):
+    """Base class of every error raised on purpose by this library."""
+
+
+class InvalidTrajectoryError(ReplayBufferError, ValueError):
+    """A trajectory passed to ``add_trajectories`` is malformed; the buffer is unchanged."""
+
+
+class InvalidArgumentError(ReplayBufferError, ValueError):
+    """An argument of a public call is out of range or of the wrong type."""
+
+
+class EmptyBufferError(ReplayBufferError, RuntimeError):
+    """Sampling was asked of a buffer (or window) that holds no transition."""
+
+
+class BufferDirectoryError(ReplayBufferError, OSError):
+    """A buffer directory (checkpoint or auto-save path) is missing, unreadable or inconsistent."""
+
+
+class BufferNotFoundError(BufferDirectoryError, FileNotFoundError):
+    """The directory, or a file the index names, does not exist."""
+
+
+class CorruptBufferError(BufferDirectoryError):
+    """A file of a buffer directory cannot be parsed, or disagrees with the index."""
+
+
+class UnsafeFileError(CorruptBufferError):
+    """A file tried to run code or to reach outside its buffer directory; it was not loaded."""
+
+
+class WriterError(ReplayBufferError, RuntimeError):
+    """A background write failed. Raised on the next call, on ``flush()`` and on ``close()``."""

@@ -1,0 +1,111 @@
+"""The trajectory index: ids in insertion order, transition counts, the sampling window.
+
+Appends and removals of the oldest trajectories are O(1) amortized; per-trajectory transition
+counts live in a growable int64 array so the window's cumulative sums are a single ``cumsum``
+over the window only (their cost does not grow with trajectories outside the window).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from .directory import Record
+
+
+class TrajectoryIndex:
+    """Ordered trajectories of a buffer, oldest first."""
+
+    def __init__(self) -> None:
+        self._records: dict[int, Record] = {}
+        self._ids = np.empty(64, dtype=np.int64)
+        self._counts = np.empty(64, dtype=np.int64)
+        self._head = 0  # first live position in the arrays
+        self._tail = 0  # one past the last
+        self._total = 0
+        self.version = 0  # bumped on every change (invalidates cached windows)
+        self._window_key: tuple[int, int] | None = None
+        self._window: tuple[np.ndarray, np.ndarray, int] | None = None
+
+    def __len__(self) -> int:
+        return self._tail - self._head
+
+    def __contains__(self, trajectory_id: object) -> bool:
+        return trajectory_id in self._records
+
+    def __iter__(self) -> Iterator[Record]:
+        for tid in self._ids[self._head : self._tail].tolist():
+            yield self._records[tid]
+
+    def __getitem__(self, trajectory_id: int) -> Record:
+        return self._records[trajectory_id]
+
+    @property
+    def total_transitions(self) -> int:
+        """Sum of ``T * B`` over indexed trajectories."""
+        return self._total
+
+    def ids(self) -> np.ndarray:
+        """Indexed ids, oldest first (a copy)."""
+        return self._ids[self._head : self._tail].copy()
+
+    def append(self, record: Record) -> None:
+        """Add the newest trajectory."""
+        if record.trajectory_id in self._records:
+            raise KeyError(f"trajectory {record.trajectory_id} is already indexed")
+        if self._tail == len(self._ids):
+            self._grow()
+        self._ids[self._tail] = record.trajectory_id
+        self._counts[self._tail] = record.num_transitions
+        self._tail += 1
+        self._records[record.trajectory_id] = record
+        self._total += record.num_transitions
+        self.version += 1
+
+    def _grow(self) -> None:
+        live = self._tail - self._head
+        size = max(64, 2 * live)
+        ids = np.empty(size, dtype=np.int64)
+        counts = np.empty(size, dtype=np.int64)
+        ids[:live] = self._ids[self._head : self._tail]
+        counts[:live] = self._counts[self._head : self._tail]
+        self._ids, self._counts, self._head, self._tail = ids, counts, 0, live
+
+    def pop_oldest(self) -> Record:
+        """Remove and return the oldest trajectory."""
+        if not len(self):
+            raise IndexError("index is empty")
+        tid = int(self._ids[self._head])
+        self._head += 1
+        record = self._records.pop(tid)
+        self._total -= record.num_transitions
+        self.version += 1
+        return record
+
+    def oldest_id(self) -> int:
+        """Id of the oldest trajectory."""
+        return int(self._ids[self._head])
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self.__init__()
+
+    def window(self, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The sampling window: the newest ``size`` trajectories (``size`` 0: all).
+
+        Returns:
+            ``(ids, cumulative_ends, first_position)``: ids oldest first (int64), the cumulative
+            transition counts (int64, last element = transitions in the window), and the
+            position of the window's first trajectory among all indexed ones.
+        """
+        n = len(self)
+        w = n if size <= 0 else min(size, n)
+        key = (self.version, w)
+        if self._window_key != key or self._window is None:
+            lo = self._tail - w
+            ids = self._ids[lo : self._tail].copy()
+            ends = np.cumsum(self._counts[lo : self._tail])
+            self._window = (ids, ends, n - w)
+            self._window_key = key
+        return self._window

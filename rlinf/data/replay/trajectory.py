@@ -1,0 +1,379 @@
+"""The :class:`Trajectory` record and its normalization into aligned transitions.
+
+A trajectory holds ``B`` parallel environments over ``T`` steps: every tensor is ``[T, B, ...]``.
+Two row layouts are accepted (see ``docs/format.md``):
+
+* **aligned** (this library's own, and demonstrations): every field has ``T`` rows, row ``t`` of
+  every field belongs to transition ``t``.
+* **RLinf rollout layout**: ``e`` rollout epochs of ``n`` steps (``T = n * e``). ``rewards`` and the
+  observation dicts have ``T`` rows; done-like fields have one extra row at the *start* of every
+  epoch (the flag carried in); action-like fields one extra row at the *end* of every epoch (the
+  action chosen at the final observation, never executed).
+
+:func:`align` turns either into an :class:`AlignedTrajectory` whose columns all have ``T`` rows, so
+transition ``(t, b)`` is ``curr_obs[t, b]``, ``actions[t, b]``, ``rewards[t, b]``, ``next_obs[t, b]``
+and ``dones[t, b]`` ("done after this transition").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InvalidTrajectoryError
+
+Key = tuple[str, ...]
+"""A column name: ``("rewards",)`` for a per-step field, ``("curr_obs", "states")`` for a dict entry."""
+
+STEP_FIELDS: tuple[str, ...] = (
+    "actions",
+    "intervene_flags",
+    "rewards",
+    "terminations",
+    "truncations",
+    "dones",
+    "prev_logprobs",
+    "prev_values",
+    "versions",
+)
+DICT_FIELDS: tuple[str, ...] = ("curr_obs", "next_obs", "forward_inputs")
+
+#: Fields whose extra row (RLinf layout) is the *first* row of every epoch.
+DONE_LIKE = frozenset({"dones", "terminations", "truncations"})
+#: Fields whose extra row (RLinf layout) is the *last* row of every epoch.
+ACTION_LIKE = frozenset(
+    {"actions", "intervene_flags", "versions", "prev_logprobs", "prev_values", "forward_inputs"}
+)
+#: Fields that always have exactly one row per transition.
+STEP_ALIGNED = frozenset({"rewards", "curr_obs", "next_obs"})
+
+#: ``model_weights_id`` RLinf gives trajectories that carry no ``versions`` tensor.
+NO_VERSIONS_WEIGHTS_ID = "e58eb380-d5b9-5265-a382-0fc33930cf3e"
+_VERSIONS_NAMESPACE = uuid.UUID("5b0d6a52-2f3e-4c55-9d7a-7f1f4d1c2a90")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,127}$")
+
+
+@dataclass
+class Trajectory:
+    """A batch of ``B`` environment rollouts over ``T`` steps, as produced by rollout workers.
+
+    Every tensor field is ``[T, B, ...]`` (any dtype; uint8 images stay uint8). Any field may be
+    ``None`` except ``rewards``, which :meth:`TrajectoryReplayBuffer.add_trajectories` requires to
+    count transitions. Dict fields map names to ``[T, B, ...]`` tensors.
+
+    Attributes:
+        max_episode_length: the environment's episode length limit, in steps (informational).
+        model_weights_id: uuid (str) of the policy weights that produced the rollout. Derived
+            from ``versions`` when ``None``.
+        model_update_count: how many updates the policy had when it produced the rollout.
+            Derived from ``versions`` (its maximum) when ``None``, else 0.
+        actions, intervene_flags, versions, prev_logprobs, prev_values: action-like; in RLinf's
+            layout they carry one extra (last) row per rollout epoch.
+        rewards: one row per transition.
+        terminations, truncations, dones: done-like; in RLinf's layout one extra (first) row per
+            rollout epoch. ``dones[t]`` means "the episode ended after transition t".
+        curr_obs, next_obs: observations before and after each transition, one row each.
+        forward_inputs: model inputs recorded at action time (action-like).
+    """
+
+    max_episode_length: int | None = None
+    model_weights_id: str | None = None
+    model_update_count: int | None = None
+    actions: torch.Tensor | None = None
+    intervene_flags: torch.Tensor | None = None
+    rewards: torch.Tensor | None = None
+    terminations: torch.Tensor | None = None
+    truncations: torch.Tensor | None = None
+    dones: torch.Tensor | None = None
+    prev_logprobs: torch.Tensor | None = None
+    prev_values: torch.Tensor | None = None
+    versions: torch.Tensor | None = None
+    curr_obs: dict[str, torch.Tensor] | None = field(default=None)
+    next_obs: dict[str, torch.Tensor] | None = field(default=None)
+    forward_inputs: dict[str, torch.Tensor] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The non-``None`` fields as a plain dict (the shape RLinf's files hold)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or (isinstance(value, dict) and not value):
+                continue
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Trajectory:
+        """Build a trajectory from a dict with the dataclass's field names; other keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class AlignedTrajectory:
+    """A validated trajectory whose columns all have ``num_steps`` rows.
+
+    Attributes:
+        columns: column name -> tensor ``[T, B, ...]`` (CPU; may share memory with the input).
+        num_steps: ``T``, transitions per environment.
+        num_envs: ``B``.
+        max_episode_length, model_weights_id, model_update_count: as in :class:`Trajectory`.
+    """
+
+    columns: dict[Key, torch.Tensor]
+    num_steps: int
+    num_envs: int
+    max_episode_length: int | None
+    model_weights_id: str
+    model_update_count: int
+
+    @property
+    def num_transitions(self) -> int:
+        """``T * B``."""
+        return self.num_steps * self.num_envs
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensor data held by the columns."""
+        return sum(t.numel() * t.element_size() for t in self.columns.values())
+
+    def flat(self) -> dict[Key, torch.Tensor]:
+        """Columns reshaped to ``[T * B, ...]`` (transition ``i`` is step ``i // B``, env ``i % B``)."""
+        n = self.num_transitions
+        return {k: v.reshape(n, *v.shape[2:]) for k, v in self.columns.items()}
+
+    def to_file_dict(self) -> dict[str, Any]:
+        """The nested dict stored in a trajectory file (RLinf's shape plus ``model_update_count``)."""
+        return file_dict_from_columns(
+            self.columns, self.max_episode_length, self.model_weights_id, self.model_update_count
+        )
+
+
+def file_dict_from_columns(
+    columns: Mapping[Key, torch.Tensor],
+    max_episode_length: int | None,
+    model_weights_id: str,
+    model_update_count: int,
+) -> dict[str, Any]:
+    """Nest ``columns`` back into RLinf's file dict: per-step fields plus dicts of tensors."""
+    out: dict[str, Any] = {
+        "max_episode_length": max_episode_length,
+        "model_weights_id": model_weights_id,
+        "model_update_count": model_update_count,
+    }
+    for key, tensor in columns.items():
+        if len(key) == 1:
+            out[key[0]] = tensor
+        else:
+            out.setdefault(key[0], {})[key[1]] = tensor
+    return out
+
+
+def key_name(key: Key) -> str:
+    """``("curr_obs", "states")`` -> ``"curr_obs.states"`` (for messages and reports)."""
+    return ".".join(key)
+
+
+def role_of(key: Key) -> str:
+    """``"done"``, ``"action"`` or ``"step"``: which row per epoch is extra in RLinf's layout."""
+    top = key[0]
+    if top in DONE_LIKE:
+        return "done"
+    if top in ACTION_LIKE:
+        return "action"
+    return "step"
+
+
+def epochs_of(key: Key, raw_rows: int, num_steps: int, where: str = "") -> int:
+    """Number of rollout epochs ``e`` encoded by a column's extra rows (0: no extra rows).
+
+    Raises:
+        InvalidTrajectoryError: the row count fits neither layout.
+    """
+    extra = raw_rows - num_steps
+    if extra == 0:
+        return 0
+    name = key_name(key)
+    if role_of(key) == "step":
+        raise InvalidTrajectoryError(
+            f"{where}{name} has {raw_rows} rows but rewards has {num_steps}; {name} needs exactly "
+            "one row per transition (same T as rewards)"
+        )
+    if extra < 0 or num_steps % extra != 0:
+        raise InvalidTrajectoryError(
+            f"{where}{name} has {raw_rows} rows and rewards has {num_steps}: expected {num_steps} "
+            "rows, or n+1 rows per rollout epoch (T = n * epochs); fix the T dimension"
+        )
+    return extra
+
+
+def source_steps(key: Key, raw_rows: int, num_steps: int) -> np.ndarray:
+    """For each aligned step ``t`` in ``[0, T)``, the raw row of ``key`` that holds it (int64)."""
+    t = np.arange(num_steps, dtype=np.int64)
+    e = epochs_of(key, raw_rows, num_steps)
+    if e == 0:
+        return t
+    n = num_steps // e
+    shift = 1 if role_of(key) == "done" else 0
+    return (t // n) * (n + 1) + (t % n) + shift
+
+
+def align_column(key: Key, tensor: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """Drop the extra rows of one column (a view when there are none)."""
+    e = epochs_of(key, tensor.shape[0], num_steps)
+    if e == 0:
+        return tensor
+    n = num_steps // e
+    blocks = tensor.reshape(e, n + 1, *tensor.shape[1:])
+    kept = blocks[:, 1:] if role_of(key) == "done" else blocks[:, :-1]
+    return kept.reshape(num_steps, *tensor.shape[1:])
+
+
+def iter_columns(data: Mapping[str, Any], where: str = "") -> dict[Key, Any]:
+    """Collect the tensor-valued columns of a trajectory dict (``None`` and empty dicts skipped)."""
+    cols: dict[Key, Any] = {}
+    for name in STEP_FIELDS:
+        value = data.get(name)
+        if value is not None:
+            cols[(name,)] = value
+    for name in DICT_FIELDS:
+        value = data.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, Mapping):
+            raise InvalidTrajectoryError(
+                f"{where}{name} must be a dict of [T, B, ...] tensors, got {type(value).__name__}"
+            )
+        for sub, tensor in value.items():
+            if not isinstance(sub, str) or not sub or "/" in sub or sub.startswith("."):
+                raise InvalidTrajectoryError(
+                    f"{where}{name} has key {sub!r}; keys must be non-empty strings without '/'"
+                )
+            if tensor is not None:
+                cols[(name, sub)] = tensor
+    return cols
+
+
+def default_weights_id(versions: torch.Tensor | None) -> str:
+    """A deterministic uuid for trajectories given without ``model_weights_id``."""
+    if versions is None or versions.numel() == 0:
+        return NO_VERSIONS_WEIGHTS_ID
+    values = ",".join(repr(float(v)) for v in torch.unique(versions.detach().float().cpu()))
+    return str(uuid.uuid5(_VERSIONS_NAMESPACE, values))
+
+
+def check_weights_id(value: Any, where: str = "") -> str:
+    """Validate a ``model_weights_id``: it becomes part of file names, so no path characters."""
+    if not isinstance(value, str) or not _SAFE_ID.match(value) or ".." in value:
+        raise InvalidTrajectoryError(
+            f"{where}model_weights_id {value!r} is not a safe id: use letters, digits, '.' and '-' "
+            "(a uuid string), at most 128 characters"
+        )
+    return value
+
+
+def align(
+    traj: Trajectory | Mapping[str, Any], where: str = "", check_finite: bool = False
+) -> AlignedTrajectory:
+    """Validate a trajectory (a :class:`Trajectory` or its dict) and align its rows.
+
+    Args:
+        traj: the trajectory.
+        where: prefix for error messages (e.g. ``"trajectory 3: "``).
+        check_finite: also reject NaN or infinite values in floating-point columns.
+
+    Returns:
+        The aligned trajectory; its columns are CPU tensors, views of the input where possible.
+
+    Raises:
+        InvalidTrajectoryError: with a message naming the field and what to fix.
+    """
+    if isinstance(traj, Trajectory):
+        data: Mapping[str, Any] = traj.__dict__
+    elif isinstance(traj, Mapping):
+        data = traj
+    else:
+        raise InvalidTrajectoryError(
+            f"{where}expected a Trajectory, got {type(traj).__name__}; build one with "
+            "Trajectory(rewards=..., actions=..., curr_obs={...}, ...)"
+        )
+    raw = iter_columns(data, where)
+    rewards = raw.get(("rewards",))
+    if rewards is None:
+        raise InvalidTrajectoryError(
+            f"{where}rewards is missing; every trajectory needs rewards [T, B, ...] "
+            "(it defines the number of transitions)"
+        )
+    for key, tensor in raw.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise InvalidTrajectoryError(
+                f"{where}{key_name(key)} is a {type(tensor).__name__}, not a torch.Tensor; "
+                "convert it with torch.as_tensor(...)"
+            )
+        if tensor.dim() < 2:
+            raise InvalidTrajectoryError(
+                f"{where}{key_name(key)} has shape {tuple(tensor.shape)}; tensors must be "
+                "[T, B, ...] (add the env dimension, e.g. x.unsqueeze(1))"
+            )
+        if tensor.is_complex() or tensor.layout != torch.strided:
+            raise InvalidTrajectoryError(
+                f"{where}{key_name(key)} must be a dense real tensor, got {tensor.dtype} ({tensor.layout})"
+            )
+    num_steps, num_envs = int(rewards.shape[0]), int(rewards.shape[1])
+    if num_steps == 0 or num_envs == 0:
+        raise InvalidTrajectoryError(
+            f"{where}rewards has shape {tuple(rewards.shape)}; a trajectory needs T >= 1 and B >= 1"
+        )
+    columns: dict[Key, torch.Tensor] = {}
+    for key, tensor in raw.items():
+        if int(tensor.shape[1]) != num_envs:
+            raise InvalidTrajectoryError(
+                f"{where}{key_name(key)} has B={tensor.shape[1]} (shape {tuple(tensor.shape)}) but "
+                f"rewards has B={num_envs}; all fields must share [T, B]"
+            )
+        aligned = align_column(key, tensor.detach(), num_steps) if tensor.shape[0] else None
+        if aligned is None:
+            raise InvalidTrajectoryError(f"{where}{key_name(key)} has no rows")
+        if aligned.device.type != "cpu":
+            aligned = aligned.cpu()
+        if check_finite and aligned.is_floating_point() and not bool(torch.isfinite(aligned).all()):
+            raise InvalidTrajectoryError(
+                f"{where}{key_name(key)} contains NaN or infinite values; clean the rollout or "
+                "construct the buffer with check_finite=False"
+            )
+        columns[key] = aligned
+
+    mel = data.get("max_episode_length")
+    if mel is not None and (isinstance(mel, bool) or not isinstance(mel, int | np.integer)):
+        raise InvalidTrajectoryError(f"{where}max_episode_length must be an int, got {mel!r}")
+    versions = raw.get(("versions",))
+    weights_id = data.get("model_weights_id")
+    weights_id = default_weights_id(versions) if weights_id is None else weights_id
+    check_weights_id(weights_id, where)
+    count = data.get("model_update_count")
+    if count is None:
+        count = _count_from_versions(versions)
+    if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 0:
+        raise InvalidTrajectoryError(f"{where}model_update_count must be a non-negative int, got {count!r}")
+    return AlignedTrajectory(
+        columns=columns,
+        num_steps=num_steps,
+        num_envs=num_envs,
+        max_episode_length=None if mel is None else int(mel),
+        model_weights_id=weights_id,
+        model_update_count=int(count),
+    )
+
+
+def _count_from_versions(versions: Any) -> int:
+    if not isinstance(versions, torch.Tensor) or versions.numel() == 0:
+        return 0
+    top = float(versions.detach().max())
+    return int(top) if math.isfinite(top) and top >= 0 else 0

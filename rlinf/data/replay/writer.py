@@ -1,0 +1,100 @@
+"""A background writer thread whose errors are never swallowed.
+
+Jobs run in submission order on one daemon thread. A job that raises is recorded; the first
+recorded error is raised (as :class:`WriterError`, chained to the original) by the next
+:meth:`BackgroundWriter.check`, :meth:`flush` or :meth:`close`, which the buffer calls at the start
+of every public operation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from .errors import WriterError
+
+
+class BackgroundWriter:
+    """Runs write jobs on a background thread, in order."""
+
+    def __init__(self, name: str = "replay-buffer-writer") -> None:
+        self._name = name
+        self._jobs: deque[tuple[str, Callable[[], None]]] = deque()
+        self._cond = threading.Condition()
+        self._errors: list[tuple[str, BaseException]] = []
+        self._running = 0  # jobs taken but not finished
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    @property
+    def pending(self) -> int:
+        """Jobs queued or running."""
+        with self._cond:
+            return len(self._jobs) + self._running
+
+    def submit(self, description: str, job: Callable[[], None]) -> None:
+        """Queue ``job``; ``description`` names it in error messages."""
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping = False
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+            self._jobs.append((description, job))
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._stopping:
+                    self._cond.wait()
+                if not self._jobs:
+                    return
+                description, job = self._jobs.popleft()
+                self._running += 1
+            try:
+                job()
+            except BaseException as exc:  # noqa: BLE001 - recorded and re-raised to the caller
+                with self._cond:
+                    self._errors.append((description, exc))
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify_all()
+
+    def check(self) -> None:
+        """Raise the first recorded error (and forget all recorded errors)."""
+        with self._cond:
+            if not self._errors:
+                return
+            errors, self._errors = self._errors, []
+        description, exc = errors[0]
+        more = f" (and {len(errors) - 1} more failed writes)" if len(errors) > 1 else ""
+        raise WriterError(
+            f"background write failed: {description}: {type(exc).__name__}: {exc}{more}. The "
+            "trajectories stay in memory; fix the cause (disk space, permissions) and call "
+            "flush() or save_checkpoint() again"
+        ) from exc
+
+    def wait(self) -> None:
+        """Block until every queued job has run (errors are kept for :meth:`check`)."""
+        with self._cond:
+            while self._jobs or self._running:
+                self._cond.wait()
+
+    def flush(self) -> None:
+        """Wait for every queued job, then raise the first error if any."""
+        self.wait()
+        self.check()
+
+    def close(self) -> None:
+        """Finish queued jobs, stop the thread, then raise the first error if any."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._cond:
+            self._thread = None
+        self.check()
