@@ -44,6 +44,14 @@ def trajectory_file_name(trajectory_id: int, weights_id: str, update_count: int,
     return f"trajectory_{trajectory_id}_{weights_id}_{update_count}.{fmt}"
 
 
+def rlinf_weights_id(file_name: str) -> str:
+    """What RLinf must read as ``model_weights_id`` to rebuild ``file_name`` from its id."""
+    m = FILE_RE.match(file_name)
+    if m is None:
+        raise ValueError(f"{file_name!r} is not a trajectory file name")
+    return m.group(2)
+
+
 @dataclass
 class Record:
     """What the index knows of one trajectory.
@@ -94,8 +102,9 @@ class Record:
     def to_entry(self, file: str | None = None) -> dict[str, Any]:
         """The index entry: RLinf's keys plus this library's.
 
-        ``model_weights_id`` is written as ``{uuid}_{update_count}`` so that RLinf, which opens
-        ``trajectory_{id}_{model_weights_id}.{fmt}``, finds the file this library named.
+        ``model_weights_id`` is written as the part of the file name between the id and the
+        extension (``{uuid}_{update_count}`` for the names this library gives), so that RLinf,
+        which opens ``trajectory_{id}_{model_weights_id}.{fmt}``, finds the file.
         """
         name = file or self.file
         if name is None:
@@ -105,7 +114,7 @@ class Record:
             "trajectory_id": self.trajectory_id,
             "max_episode_length": self.max_episode_length,
             "shape": list(self.shape),
-            "model_weights_id": f"{self.model_weights_id}_{self.model_update_count}",
+            "model_weights_id": rlinf_weights_id(name),
             "model_weights_uuid": self.model_weights_id,
             "model_update_count": self.model_update_count,
             "uuid": self.uuid,

@@ -1,0 +1,233 @@
+"""Merge ``rank_*`` buffer directories into one, or split off the first N trajectories.
+
+Merging interleaves the sources by original trajectory id (rank_0's id 0, rank_1's id 0,
+rank_0's id 1, ...) and renumbers from 0. ``split_count`` keeps the first N trajectories of that
+order. The output is assembled in a hidden staging directory next to the destination, checked
+(every file present, same size as its source, the directory loads), and only then renamed into
+place. With ``copy=False`` the sources' files are moved: hard-linked into the staging directory
+(copied across file systems) and removed from the sources only after the destination is
+complete; each source's index is rewritten first, so a source is loadable at every moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..checkpoint import new_staging_dir, publish
+from ..directory import (
+    INDEX,
+    INDEX_RLINF_MERGE,
+    JOURNAL,
+    METADATA,
+    DirectoryContents,
+    Record,
+    check_directory,
+    is_buffer_directory,
+    read_directory,
+    write_index,
+    write_metadata,
+)
+from ..errors import (
+    BufferDirectoryError,
+    CorruptBufferError,
+    InvalidArgumentError,
+    InvalidTrajectoryError,
+)
+from ..fsio import atomic_copy, fsync_dir, link_or_copy
+from ..schema import Schema
+
+_RANK_DIR = re.compile(r"^rank_(\d+)$")
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``, called as trajectories are placed."""
+
+
+@dataclass
+class MergeSplitResult:
+    """What :func:`merge_or_split` did.
+
+    Attributes:
+        sources: the source directories, in rank order.
+        save_path: the destination directory.
+        trajectories: trajectories written to the destination.
+        transitions: their transitions.
+        moved: files were moved (``False``: copied).
+        origin: ``(source directory, original id)`` per new id.
+    """
+
+    sources: list[str]
+    save_path: str
+    trajectories: int
+    transitions: int
+    moved: bool
+    origin: list[tuple[str, int]]
+
+
+def find_sources(source_path: str) -> list[str]:
+    """``rank_*`` buffer directories under ``source_path`` (by rank), or ``source_path`` itself."""
+    root = check_directory(source_path)
+    ranks = []
+    with os.scandir(root) as it:
+        for entry in it:
+            m = _RANK_DIR.match(entry.name)
+            if m and entry.is_dir(follow_symlinks=False) and is_buffer_directory(entry.path):
+                ranks.append((int(m.group(1)), entry.path))
+    if ranks:
+        return [path for _, path in sorted(ranks)]
+    if is_buffer_directory(root):
+        return [root]
+    raise BufferDirectoryError(
+        f"{root}: neither a buffer directory (metadata.json) nor a folder of rank_* buffer "
+        "directories"
+    )
+
+
+def plan(contents: list[DirectoryContents], split_count: int | None) -> list[tuple[int, Record]]:
+    """``(source number, record)`` in output order: interleaved by original id, then cut."""
+    order = sorted(
+        ((r.trajectory_id, src, r) for src, c in enumerate(contents) for r in c.records),
+        key=lambda item: (item[0], item[1]),
+    )
+    chosen = [(src, r) for _, src, r in order]
+    if split_count is not None:
+        if split_count > len(chosen):
+            raise InvalidArgumentError(
+                f"--split-count {split_count} is more than the {len(chosen)} trajectories the "
+                "source holds"
+            )
+        chosen = chosen[:split_count]
+    return chosen
+
+
+def _check_destination(save_path: str, sources: list[str]) -> str:
+    dest = os.path.abspath(os.fspath(save_path))
+    if os.path.lexists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+        raise BufferDirectoryError(
+            f"{dest}: already exists and is not empty; choose a new or empty save path"
+        )
+    real = os.path.realpath(dest)
+    for src in sources:
+        src_real = os.path.realpath(src)
+        if real == src_real or real.startswith(src_real + os.sep):
+            raise BufferDirectoryError(f"{dest}: save path must not be inside a source ({src})")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    return dest
+
+
+def _verify(staging: str, placed: list[tuple[Record, str]]) -> None:
+    contents, _ = read_directory(staging)
+    if [r.trajectory_id for r in contents.records] != list(range(len(placed))):
+        raise CorruptBufferError(f"{staging}: the merged index does not list 0..{len(placed) - 1}")
+    for record, name in placed:
+        src, dst = record.path or "", os.path.join(staging, name)
+        if os.path.getsize(src) != os.path.getsize(dst):
+            raise CorruptBufferError(f"{dst}: size differs from its source {src}")
+
+
+def _release_sources(contents: list[DirectoryContents], moved: set[tuple[int, int]]) -> None:
+    """Remove moved trajectories from their sources: index first, then files."""
+    for src, c in enumerate(contents):
+        gone = [r for r in c.records if (src, r.trajectory_id) in moved]
+        if not gone:
+            continue
+        keep = [r for r in c.records if (src, r.trajectory_id) not in moved]
+        if keep:
+            entries = [r.to_entry() for r in keep]
+            write_index(c.path, entries)
+            write_metadata(c.path, c.fmt, entries, c.counter, c.seed, None)
+        else:
+            for name in (INDEX, INDEX_RLINF_MERGE, JOURNAL, METADATA):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(c.path, name))
+        for record in gone:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(record.path or "")
+        fsync_dir(c.path)
+        if not keep:
+            with contextlib.suppress(OSError):
+                os.rmdir(c.path)
+
+
+def merge_or_split(
+    source_path: str,
+    save_path: str,
+    split_count: int | None = None,
+    copy: bool = False,
+    progress: Progress | None = None,
+) -> MergeSplitResult:
+    """Merge the ``rank_*`` directories under ``source_path`` (or take ``source_path`` itself)
+    into ``save_path``, keeping the first ``split_count`` trajectories if given.
+
+    Raises:
+        InvalidArgumentError: ``split_count`` < 1 or larger than the source.
+        BufferDirectoryError: the destination exists and is not empty, or lies in a source.
+        CorruptBufferError, BufferNotFoundError: a source is inconsistent (nothing is changed).
+    """
+    if split_count is not None and (
+        isinstance(split_count, bool) or not isinstance(split_count, int) or split_count < 1
+    ):
+        raise InvalidArgumentError(f"--split-count must be an int >= 1, got {split_count!r}")
+    sources = find_sources(source_path)
+    contents: list[DirectoryContents] = []
+    schema: Schema | None = None
+    for src in sources:
+        c, s = read_directory(src)
+        contents.append(c)
+        if s is not None:
+            if schema is None:
+                schema = s
+            else:
+                try:
+                    schema.check(s, where=f"{src}: ")
+                except InvalidTrajectoryError as exc:
+                    raise BufferDirectoryError(f"cannot merge: {exc}") from None
+    fmts = {c.fmt for c in contents}
+    if len(fmts) > 1:
+        raise BufferDirectoryError(
+            f"sources mix trajectory formats {sorted(fmts)}; merge directories of one format"
+        )
+    fmt = fmts.pop()
+    chosen = plan(contents, split_count)
+    dest = _check_destination(save_path, sources)
+    staging = new_staging_dir(dest)
+    placed: list[tuple[Record, str]] = []
+    try:
+        for new_id, (_, record) in enumerate(chosen):
+            renumbered = dataclasses.replace(record, trajectory_id=new_id)
+            name = renumbered.canonical_name(record.fmt or fmt)
+            target = os.path.join(staging, name)
+            if copy:
+                atomic_copy(record.path or "", target)
+            else:
+                link_or_copy(record.path or "", target)
+            placed.append((record, name))
+            if progress is not None:
+                progress(new_id + 1, len(chosen))
+        entries = [
+            dataclasses.replace(r, trajectory_id=i).to_entry(name)
+            for i, (r, name) in enumerate(placed)
+        ]
+        write_index(staging, entries)
+        write_metadata(staging, fmt, entries, len(entries), contents[0].seed, schema)
+        fsync_dir(staging)
+        _verify(staging, placed)
+        publish(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not copy:
+        _release_sources(contents, {(src, r.trajectory_id) for src, r in chosen})
+    return MergeSplitResult(
+        sources=sources,
+        save_path=dest,
+        trajectories=len(placed),
+        transitions=sum(r.num_transitions for r, _ in placed),
+        moved=not copy,
+        origin=[(contents[src].path, r.trajectory_id) for src, r in chosen],
+    )

@@ -1,0 +1,49 @@
+"""Command line of the merge/split tool: ``main(argv)`` calls :func:`merge_or_split`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import ReplayBufferError
+from .merge_split import merge_or_split
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (``--help`` text)."""
+    p = argparse.ArgumentParser(
+        prog="python toolkits/replay_buffer/merge_or_split_replay_buffer.py",
+        description="Merge the rank_* buffer directories under --source-path into one buffer "
+        "(interleaved by original trajectory id, renumbered from 0), or with --split-count N "
+        "keep only the first N trajectories. Files are moved unless --copy is given; the "
+        "source stays loadable until the destination is complete and verified.",
+    )
+    p.add_argument(
+        "--source-path", required=True,
+        help="a buffer directory, or a folder holding rank_0, rank_1, ... buffer directories",
+    )
+    p.add_argument("--save-path", required=True, help="destination (must not exist or be empty)")
+    p.add_argument("--split-count", type=int, default=None, help="keep the first N trajectories")
+    p.add_argument("--copy", action="store_true", help="copy files instead of moving them")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = merge_or_split(
+            args.source_path, args.save_path, split_count=args.split_count, copy=args.copy
+        )
+    except (ReplayBufferError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    verb = "moved" if result.moved else "copied"
+    print(
+        f"{verb} {result.trajectories} trajectories ({result.transitions} transitions) from "
+        f"{len(result.sources)} source(s) to {result.save_path}"
+    )
+    for src in result.sources:
+        n = sum(1 for s, _ in result.origin if s == src)
+        print(f"  {src}: {n} trajectories")
+    return 0
