@@ -1,0 +1,138 @@
+"""Shared test helpers: trajectories whose values encode their step, and the alignment check.
+
+A *coded* trajectory ``i`` with ``e`` epochs of ``n`` steps and ``B`` envs carries, for epoch
+``k``, transition ``s`` and env ``b``, the code ``c = 1000 * i + 100 * k + s`` in every element of
+``curr_obs.states``, ``actions``, ``rewards`` and ``forward_inputs.action``; ``next_obs.states`` is
+``c + 1``; ``dones``/``truncations`` are true exactly when ``s == n - 1``; ``prev_logprobs`` holds
+``c`` and ``env_ids`` (an observation) holds ``b``. Extra rows in RLinf's layout hold poison
+values (-7) so that a misaligned read is caught.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlinf.data.replay_buffer import Trajectory
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURE = SHARED / "fixtures" / "rlinf-autosave-pt"
+POISON = -7.0
+
+
+def _fixture_dir() -> Path:
+    env = os.environ.get("RLINF_FIXTURE_DIR")
+    return Path(env) if env else FIXTURE
+
+
+def coded_trajectory(
+    i: int,
+    n: int = 4,
+    e: int = 2,
+    num_envs: int = 2,
+    layout: str = "rlinf",
+    images: bool = True,
+    obs_dim: int = 3,
+    logprobs: bool = True,
+    model_update_count: int | None = None,
+    weights_id: str | None = None,
+) -> Trajectory:
+    """A trajectory whose values encode (trajectory, epoch, step, env).
+
+    Args:
+        layout: ``"rlinf"`` (extra done row first and extra action row last per epoch),
+            ``"aligned"`` (T rows everywhere), ``"done_only"`` (extra done row, no extra action
+            row: what some RLinf versions write).
+    """
+    codes = torch.tensor([1000 * i + 100 * k + s for k in range(e) for s in range(n)], dtype=torch.float32)
+    T = n * e
+    steps = codes[:, None].expand(T, num_envs)  # [T, B]
+    last = torch.tensor([s == n - 1 for _ in range(e) for s in range(n)])[:, None].expand(T, num_envs)
+    env_ids = torch.arange(num_envs, dtype=torch.int64)[None, :].expand(T, num_envs)
+
+    def with_extra(x: torch.Tensor, where: str) -> torch.Tensor:
+        """Insert one poison row per epoch at the start ("first") or end ("last")."""
+        blocks = x.reshape(e, n, *x.shape[1:])
+        pad = torch.full((e, 1, *x.shape[1:]), POISON).to(x.dtype)
+        if x.dtype == torch.bool:
+            pad = torch.zeros((e, 1, *x.shape[1:]), dtype=torch.bool)
+        parts = [pad, blocks] if where == "first" else [blocks, pad]
+        return torch.cat(parts, dim=1).reshape(e * (n + 1), *x.shape[1:])
+
+    done_extra = layout in ("rlinf", "done_only")
+    action_extra = layout == "rlinf"
+
+    def done_field(x: torch.Tensor) -> torch.Tensor:
+        return with_extra(x, "first") if done_extra else x
+
+    def action_field(x: torch.Tensor) -> torch.Tensor:
+        return with_extra(x, "last") if action_extra else x
+
+    actions = steps[..., None].expand(T, num_envs, 2).clone()
+    curr = {
+        "states": steps[..., None].expand(T, num_envs, obs_dim).clone(),
+        "env_ids": env_ids[..., None].clone(),
+    }
+    nxt = {
+        "states": (steps + 1)[..., None].expand(T, num_envs, obs_dim).clone(),
+        "env_ids": env_ids[..., None].clone(),
+    }
+    if images:
+        img = (
+            (steps.to(torch.int64) % 251).to(torch.uint8)[..., None, None, None].expand(T, num_envs, 4, 4, 3)
+        )
+        curr["main_images"] = img.clone()
+        nxt["main_images"] = img.clone()
+    traj = Trajectory(
+        max_episode_length=n,
+        model_weights_id=weights_id,
+        model_update_count=model_update_count,
+        actions=action_field(actions),
+        intervene_flags=action_field(torch.zeros(T, num_envs, 2, dtype=torch.bool)),
+        rewards=steps[..., None].clone(),
+        terminations=done_field(torch.zeros(T, num_envs, 1, dtype=torch.bool)),
+        truncations=done_field(last[..., None].clone()),
+        dones=done_field(last[..., None].clone()),
+        versions=action_field(torch.ones(T, num_envs, 1)),
+        curr_obs=curr,
+        next_obs=nxt,
+        forward_inputs={"action": action_field(actions.clone())},
+    )
+    if logprobs:
+        traj.prev_logprobs = action_field(steps[..., None].clone())
+    return traj
+
+
+def assert_aligned(batch: dict, n: int | None = None) -> None:
+    """Every row of a sampled batch is one real, aligned transition of a coded trajectory."""
+    c = batch["curr_obs"]["states"][:, 0]
+    assert (batch["curr_obs"]["states"] == c[:, None]).all()
+    assert (batch["actions"] == c[:, None]).all(), "actions misaligned with curr_obs"
+    assert (batch["rewards"][:, 0] == c).all(), "rewards misaligned with curr_obs"
+    assert (batch["next_obs"]["states"] == (c + 1)[:, None]).all(), "next_obs misaligned"
+    assert (batch["forward_inputs"]["action"] == c[:, None]).all()
+    assert (c != POISON).all()
+    if "prev_logprobs" in batch:
+        assert (batch["prev_logprobs"][:, 0] == c).all()
+    if n is not None:
+        expected_done = (c % 100) == n - 1
+        assert (batch["dones"][:, 0] == expected_done).all(), "dones misaligned"
+        assert (batch["truncations"][:, 0] == expected_done).all()
+    if "env_ids" in batch["curr_obs"]:
+        assert (batch["curr_obs"]["env_ids"] == batch["next_obs"]["env_ids"]).all()
+
+
+@pytest.fixture
+def fixture_dir(tmp_path: Path) -> Path:
+    """A writable copy of the RLinf-written fixture directory."""
+    src = _fixture_dir()
+    if not src.is_dir():
+        pytest.skip(f"fixture directory {src} not present")
+    dst = tmp_path / "rlinf-autosave-pt"
+    shutil.copytree(src, dst)
+    return dst
