@@ -28,7 +28,7 @@ from .directory import (
     write_index,
     write_metadata,
 )
-from .errors import BufferDirectoryError, InvalidArgumentError
+from .errors import BufferDirectoryError, BufferNotFoundError, InvalidArgumentError
 from .fsio import fsync_dir, link_or_copy, remove_tmp_files
 from .schema import Schema
 from .trajectory import Key, file_dict_from_columns
@@ -64,14 +64,18 @@ class Snapshot:
 
 
 def write_record(record: Record, data: dict[Key, torch.Tensor] | None, target: str, fmt: str) -> None:
-    """Materialize one trajectory at ``target`` in ``fmt``: link/copy, convert, or serialize."""
-    if record.path is not None:
+    """Materialize one trajectory at ``target`` in ``fmt``: link/copy its file if it still
+    exists (converting between formats), else serialize the rows held in memory."""
+    if record.path is not None and (data is None or os.path.exists(record.path)):
         if record.fmt == fmt:
             link_or_copy(record.path, target)
         else:
             formats.write(target, fmt, formats.read(record.path, record.fmt or "pt"))
         return
-    assert data is not None, f"trajectory {record.trajectory_id} has no data to save"
+    if data is None:
+        raise BufferNotFoundError(
+            f"trajectory {record.trajectory_id} has no file and no rows in memory to save"
+        )
     shape = (record.num_steps, record.num_envs)
     columns = {k: v.reshape(*shape, *v.shape[1:]) for k, v in data.items()}
     formats.write(
