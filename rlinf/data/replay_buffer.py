@@ -18,36 +18,10 @@ if __name__ == "__main__" and not __package__:  # run as a script: import the pa
     _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path[0] = _root
 
-from rlinf.data.replay import (  # noqa: E402
-    Batch,
-    BufferDirectoryError,
-    BufferNotFoundError,
-    CorruptBufferError,
-    EmptyBufferError,
-    InvalidArgumentError,
-    InvalidTrajectoryError,
-    ReplayBufferError,
-    Trajectory,
-    TrajectoryReplayBuffer,
-    UnsafeFileError,
-    WriterError,
-)
+from rlinf.data.replay import *  # noqa: E402, F403 - the public names of the package
+from rlinf.data.replay import __all__ as _PUBLIC  # noqa: E402
 
-__all__ = [
-    "Batch",
-    "BufferDirectoryError",
-    "BufferNotFoundError",
-    "CorruptBufferError",
-    "EmptyBufferError",
-    "InvalidArgumentError",
-    "InvalidTrajectoryError",
-    "ReplayBufferError",
-    "Trajectory",
-    "TrajectoryReplayBuffer",
-    "UnsafeFileError",
-    "WriterError",
-    "main",
-]
+__all__ = [*_PUBLIC, "main"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,10 +23,10 @@ import torch
 from . import checkpoint, formats
 from .cache import DEFAULT_CHUNK_BYTES, TrajectoryCache
 from .directory import Record, load_columns
-from .errors import CorruptBufferError, InvalidArgumentError, InvalidTrajectoryError
+from .errors import CorruptBufferError, InvalidArgumentError
 from .index import TrajectoryIndex
 from .sampler import UniformSampler
-from .schema import Schema
+from .schema import Schema, combine
 from .trajectory import (
     AlignedTrajectory,
     Key,
@@ -527,11 +527,7 @@ class TrajectoryReplayBuffer:
                 else v
                 for k, v in raw.items()
             }
-            try:
-                assert schema is not None
-                schema.check(Schema.of_columns(columns), where=f"{record.path}: ")
-            except InvalidTrajectoryError as exc:
-                raise CorruptBufferError(str(exc)) from None
+            combine(schema, Schema.of_columns(columns), f"{record.path}: ", CorruptBufferError)
             n = record.num_transitions
             flat = {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
             self._forget_evicted(self._cache.put(record.trajectory_id, flat, schema))

@@ -28,7 +28,7 @@ import torch
 from . import formats
 from .errors import BufferDirectoryError, BufferNotFoundError, CorruptBufferError, UnsafeFileError
 from .fsio import atomic_write_json, fsync_dir
-from .schema import Schema
+from .schema import Schema, combine
 from .trajectory import AlignedTrajectory, Key, align, iter_columns
 
 FORMAT_VERSION = 1
@@ -428,13 +428,7 @@ def read_directory(
             records.append(_record_from_entry(path, entry, name))
         else:
             record, file_schema = open_file_record(path, name, tid, fmt, entry)
-            if schema is None:
-                schema = file_schema
-            else:
-                try:
-                    schema.check(file_schema, where=f"{path}/{name}: ")
-                except Exception as exc:
-                    raise CorruptBufferError(str(exc)) from None
+            schema = combine(schema, file_schema, f"{path}/{name}: ", CorruptBufferError)
             records.append(record)
     if records and schema is None:
         newest = records[-1]

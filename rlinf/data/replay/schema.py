@@ -74,3 +74,16 @@ class Schema(dict[Key, ColumnSpec]):
             key_name(k): {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.row_shape)}
             for k, v in self.items()
         }
+
+
+def combine(
+    schema: Schema | None, other: Schema, where: str, error: type[Exception]
+) -> Schema:
+    """The schema two sources share; raise ``error`` naming the first difference."""
+    if schema is None:
+        return other
+    try:
+        schema.check(other, where=where)
+    except InvalidTrajectoryError as exc:
+        raise error(str(exc)) from None
+    return schema

@@ -33,14 +33,9 @@ from ..directory import (
     write_index,
     write_metadata,
 )
-from ..errors import (
-    BufferDirectoryError,
-    CorruptBufferError,
-    InvalidArgumentError,
-    InvalidTrajectoryError,
-)
+from ..errors import BufferDirectoryError, CorruptBufferError, InvalidArgumentError
 from ..fsio import atomic_copy, fsync_dir, link_or_copy
-from ..schema import Schema
+from ..schema import Schema, combine
 
 _RANK_DIR = re.compile(r"^rank_(\d+)$")
 
@@ -180,13 +175,7 @@ def merge_or_split(
         c, s = read_directory(src)
         contents.append(c)
         if s is not None:
-            if schema is None:
-                schema = s
-            else:
-                try:
-                    schema.check(s, where=f"{src}: ")
-                except InvalidTrajectoryError as exc:
-                    raise BufferDirectoryError(f"cannot merge: {exc}") from None
+            schema = combine(schema, s, f"cannot merge: {src}: ", BufferDirectoryError)
     fmts = {c.fmt for c in contents}
     if len(fmts) > 1:
         raise BufferDirectoryError(
