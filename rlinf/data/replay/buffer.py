@@ -132,6 +132,7 @@ class TrajectoryReplayBuffer:
         self._cache = self._new_cache()
         self._schema: Schema | None = None
         self._unwritten: dict[int, dict[Key, torch.Tensor]] = {}
+        self._failed: dict[int, Record] = {}  # writes that raised; retried by flush()/close()
         self._readers: OrderedDict[str, dict[Key, torch.Tensor]] = OrderedDict()
         self._writer = BackgroundWriter()
         self._counter = 0
@@ -271,8 +272,7 @@ class TrajectoryReplayBuffer:
         if self._own is not None:
             if stored is None:
                 stored = {k: v.clone() for k, v in flat.items()}
-            self._unwritten[tid] = stored
-            self._writer.submit(f"trajectory {tid}", lambda: self._write_own(record, stored))
+            self._submit_write(record, stored)
         self._forget_evicted(evicted)
         return tid
 
@@ -285,7 +285,28 @@ class TrajectoryReplayBuffer:
             assert oldest.trajectory_id == tid, "cache and index out of step"
             self._evicted += 1
 
+    def _retry_failed_writes(self) -> None:
+        with self._lock:
+            retry, self._failed = self._failed, {}
+            for tid, record in retry.items():
+                data = self._unwritten.get(tid)
+                if data is not None:
+                    self._submit_write(record, data)
+
+    def _submit_write(self, record: Record, data: dict[Key, torch.Tensor]) -> None:
+        self._unwritten[record.trajectory_id] = data
+        self._writer.submit(f"trajectory {record.trajectory_id}", lambda: self._write_own(record, data))
+
     def _write_own(self, record: Record, data: dict[Key, torch.Tensor]) -> None:
+        try:
+            self._write_file(record, data)
+        except BaseException:
+            with self._lock:
+                if record.trajectory_id in self._unwritten:
+                    self._failed[record.trajectory_id] = record
+            raise
+
+    def _write_file(self, record: Record, data: dict[Key, torch.Tensor]) -> None:
         own = self._own
         assert own is not None
         name = record.canonical_name(self.trajectory_format)
@@ -416,9 +437,11 @@ class TrajectoryReplayBuffer:
         """Return once every trajectory added before the call is durable on disk.
 
         With ``auto_save``: every trajectory file and the index entry naming it are fsync'd
-        under their final names. Without ``auto_save`` there is nothing to write. Raises
-        :class:`WriterError` if a background write failed.
+        under their final names. Without ``auto_save`` there is nothing to write. Writes that
+        failed earlier are retried first. Raises :class:`WriterError` if a write failed (the
+        trajectory stays in memory; fix the cause and call ``flush()`` again).
         """
+        self._retry_failed_writes()
         self._writer.wait()
         with self._lock:
             if self._own is not None:
@@ -440,7 +463,9 @@ class TrajectoryReplayBuffer:
         with self._lock:
             snapshot = checkpoint.Snapshot(
                 records=list(self._index),
-                data={r.trajectory_id: self._memory_rows(r) for r in self._index if r.path is None},
+                data={
+                    r.trajectory_id: rows for r in self._index if (rows := self._memory_rows(r)) is not None
+                },
                 schema=self._schema,
                 counter=self._counter,
                 seed=self.seed,
@@ -452,18 +477,22 @@ class TrajectoryReplayBuffer:
                 self._own.compact(self._counter, self._schema)
             return
         renamed = checkpoint.save(snapshot, save_path)
+        replaced = os.path.realpath(save_path)
         with self._lock:
             for record in snapshot.records:
                 new = renamed.get(record.trajectory_id)
-                if new is not None and self._index_holds(record):
+                # the files of a checkpoint we just replaced are gone: point at the new ones;
+                # records with a file elsewhere keep it (the export may be deleted or reused)
+                stale = record.directory is not None and (os.path.realpath(record.directory) == replaced)
+                if new is not None and stale and self._index_holds(record):
                     record.directory, record.file = new
             self._readers.clear()
 
-    def _memory_rows(self, record: Record) -> dict[Key, torch.Tensor]:
+    def _memory_rows(self, record: Record) -> dict[Key, torch.Tensor] | None:
         tid = record.trajectory_id
         if self._cache is not None and tid in self._cache:
             return self._cache.view(tid)
-        return self._unwritten[tid]
+        return self._unwritten.get(tid)
 
     def load_checkpoint(
         self,
@@ -495,8 +524,8 @@ class TrajectoryReplayBuffer:
                 f"(valid ranks: 0..{world_size - 1})"
             )
         share = (local_rank, world_size) if is_distributed else (0, 1)
+        self.flush()  # pending writes may land in load_path (e.g. our own auto-save path)
         contents, schema = checkpoint.read(load_path, share)
-        self.flush()
         with self._lock:
             self._reset_contents()
             own_next = self._own.next_id if self._own is not None else 0
@@ -537,6 +566,7 @@ class TrajectoryReplayBuffer:
         if self._cache is not None:
             self._cache.clear()
         self._unwritten.clear()
+        self._failed.clear()
         self._readers.clear()
         self._schema = None
 
@@ -547,6 +577,7 @@ class TrajectoryReplayBuffer:
         The buffer stays usable: a later add restarts the writer. Raises :class:`WriterError`
         if a background write failed.
         """
+        self._retry_failed_writes()
         self._writer.wait()
         with self._lock:
             if self._own is not None:

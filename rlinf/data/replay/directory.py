@@ -456,7 +456,13 @@ def read_directory(
 def load_columns(record: Record, mmap: bool = True) -> dict[Key, torch.Tensor]:
     """The raw columns ``[rows, B, ...]`` of a record's file (extra rows not yet dropped)."""
     path = safe_file(record.directory or "", record.file or "")
-    data = formats.read(path, record.fmt or "pt", mmap=mmap)
+    try:
+        data = formats.read(path, record.fmt or "pt", mmap=mmap)
+    except FileNotFoundError:
+        raise BufferNotFoundError(
+            f"{path}: the file of trajectory {record.trajectory_id} has disappeared; restore it "
+            "or reload the buffer directory"
+        ) from None
     cols = iter_columns(data, where=f"{path}: ")
     for key, value in cols.items():
         if not isinstance(value, torch.Tensor):

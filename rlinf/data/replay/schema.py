@@ -76,9 +76,7 @@ class Schema(dict[Key, ColumnSpec]):
         }
 
 
-def combine(
-    schema: Schema | None, other: Schema, where: str, error: type[Exception]
-) -> Schema:
+def combine(schema: Schema | None, other: Schema, where: str, error: type[Exception]) -> Schema:
     """The schema two sources share; raise ``error`` naming the first difference."""
     if schema is None:
         return other

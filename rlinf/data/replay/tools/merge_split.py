@@ -78,8 +78,7 @@ def find_sources(source_path: str) -> list[str]:
     if is_buffer_directory(root):
         return [root]
     raise BufferDirectoryError(
-        f"{root}: neither a buffer directory (metadata.json) nor a folder of rank_* buffer "
-        "directories"
+        f"{root}: neither a buffer directory (metadata.json) nor a folder of rank_* buffer directories"
     )
 
 
@@ -93,8 +92,7 @@ def plan(contents: list[DirectoryContents], split_count: int | None) -> list[tup
     if split_count is not None:
         if split_count > len(chosen):
             raise InvalidArgumentError(
-                f"--split-count {split_count} is more than the {len(chosen)} trajectories the "
-                "source holds"
+                f"--split-count {split_count} is more than the {len(chosen)} trajectories the source holds"
             )
         chosen = chosen[:split_count]
     return chosen
@@ -199,8 +197,7 @@ def merge_or_split(
             if progress is not None:
                 progress(new_id + 1, len(chosen))
         entries = [
-            dataclasses.replace(r, trajectory_id=i).to_entry(name)
-            for i, (r, name) in enumerate(placed)
+            dataclasses.replace(r, trajectory_id=i).to_entry(name) for i, (r, name) in enumerate(placed)
         ]
         write_index(staging, entries)
         write_metadata(staging, fmt, entries, len(entries), contents[0].seed, schema)

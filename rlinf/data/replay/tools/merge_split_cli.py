@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         "source stays loadable until the destination is complete and verified.",
     )
     p.add_argument(
-        "--source-path", required=True,
+        "--source-path",
+        required=True,
         help="a buffer directory, or a folder holding rank_0, rank_1, ... buffer directories",
     )
     p.add_argument("--save-path", required=True, help="destination (must not exist or be empty)")
