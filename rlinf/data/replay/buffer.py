@@ -142,7 +142,8 @@ class TrajectoryReplayBuffer:
         if self.auto_save_path is not None:
             self._own = checkpoint.OwnDirectory.open(self.auto_save_path, self.trajectory_format, self.seed)
             if self._own.contents.records:
-                self._install(self._own.contents.records, self._own.schema)
+                records, schema = self._own.contents.records, self._own.schema
+                self._install(records, *self._prepare(records, schema), schema)
             self._counter = max(self._counter, self._own.next_id)
 
     # -- configuration ------------------------------------------------------------------------
@@ -526,39 +527,60 @@ class TrajectoryReplayBuffer:
         share = (local_rank, world_size) if is_distributed else (0, 1)
         self.flush()  # pending writes may land in load_path (e.g. our own auto-save path)
         contents, schema = checkpoint.read(load_path, share)
+        keep, warm = self._prepare(contents.records, schema)  # may raise: buffer unchanged
         with self._lock:
             self._reset_contents()
             own_next = self._own.next_id if self._own is not None else 0
-            self._install(contents.records, schema)
+            self._install(contents.records, keep, warm, schema)
             self._counter = max(contents.counter, own_next)
             if self._own is not None and checkpoint.same_path(contents.path, self._own.path):
                 self._counter = max(self._counter, self._own.next_id)
 
-    def _install(self, records: list[Record], schema: Schema | None) -> None:
-        """Index ``records`` (file-backed) and load the newest into memory."""
+    def _prepare(
+        self, records: list[Record], schema: Schema | None
+    ) -> tuple[list[Record], list[tuple[Record, dict[Key, torch.Tensor]]]]:
+        """Decide what a load keeps and read what it caches, without changing the buffer.
+
+        Returns the records to index (without ``auto_save``: the window) and, for the newest
+        ones the cache can hold, their aligned rows ``[T * B, ...]`` (memory-mapped for pt).
+        """
         keep = records
         if not self.auto_save and self._window_size:
             keep = records[-self._window_size :]
-            self._evicted += len(records) - len(keep)
-        self._schema = schema if keep else None
-        for record in keep:
-            self._index.append(record)
         if self._cache is None or not keep:
-            return
+            return keep, []
         # the cache holds a suffix of the index: warm it with the newest records it can hold
         limit = self._cache.max_trajectories
         warm = keep if limit is None else keep[max(0, len(keep) - limit) :]
-        for record in warm:
-            raw = load_columns(record, mmap=True)
-            columns = {
-                k: v[torch.from_numpy(source_steps(k, int(v.shape[0]), record.num_steps))]
-                if int(v.shape[0]) != record.num_steps
-                else v
-                for k, v in raw.items()
-            }
-            combine(schema, Schema.of_columns(columns), f"{record.path}: ", CorruptBufferError)
-            n = record.num_transitions
-            flat = {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
+        return keep, [(record, self._read_aligned(record, schema)) for record in warm]
+
+    @staticmethod
+    def _read_aligned(record: Record, schema: Schema | None) -> dict[Key, torch.Tensor]:
+        raw = load_columns(record, mmap=True)
+        columns = {
+            k: v[torch.from_numpy(source_steps(k, int(v.shape[0]), record.num_steps))]
+            if int(v.shape[0]) != record.num_steps
+            else v
+            for k, v in raw.items()
+        }
+        combine(schema, Schema.of_columns(columns), f"{record.path}: ", CorruptBufferError)
+        n = record.num_transitions
+        return {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
+
+    def _install(
+        self,
+        records: list[Record],
+        keep: list[Record],
+        warm: list[tuple[Record, dict[Key, torch.Tensor]]],
+        schema: Schema | None,
+    ) -> None:
+        """Index ``keep`` (file-backed) and copy the prepared rows into the cache."""
+        self._evicted += len(records) - len(keep)
+        self._schema = schema if keep else None
+        for record in keep:
+            self._index.append(record)
+        for record, flat in warm:
+            assert self._cache is not None and schema is not None
             self._forget_evicted(self._cache.put(record.trajectory_id, flat, schema))
 
     def _reset_contents(self) -> None:
