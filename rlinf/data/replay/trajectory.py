@@ -225,9 +225,9 @@ def source_steps(key: Key, raw_rows: int, num_steps: int) -> np.ndarray:
     return (t // n) * (n + 1) + (t % n) + shift
 
 
-def align_column(key: Key, tensor: torch.Tensor, num_steps: int) -> torch.Tensor:
+def align_column(key: Key, tensor: torch.Tensor, num_steps: int, where: str = "") -> torch.Tensor:
     """Drop the extra rows of one column (a view when there are none)."""
-    e = epochs_of(key, tensor.shape[0], num_steps)
+    e = epochs_of(key, tensor.shape[0], num_steps, where)
     if e == 0:
         return tensor
     n = num_steps // e
@@ -338,9 +338,7 @@ def align(
                 f"{where}{key_name(key)} has B={tensor.shape[1]} (shape {tuple(tensor.shape)}) but "
                 f"rewards has B={num_envs}; all fields must share [T, B]"
             )
-        aligned = align_column(key, tensor.detach(), num_steps) if tensor.shape[0] else None
-        if aligned is None:
-            raise InvalidTrajectoryError(f"{where}{key_name(key)} has no rows")
+        aligned = align_column(key, tensor.detach(), num_steps, where)
         if aligned.device.type != "cpu":
             aligned = aligned.cpu()
         if check_finite and aligned.is_floating_point() and not bool(torch.isfinite(aligned).all()):
