@@ -32,9 +32,17 @@ def read(path: str, mmap: bool = False) -> dict[str, Any]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UnsafeFileError(
-            f"{path}: refused to load: the file holds objects other than tensors and plain data "
-            f"({str(exc).splitlines()[0][:200]})"
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if "global" in ln.lower()), None)
+        if reason is not None:
+            raise UnsafeFileError(
+                f"{path}: refused to load: the file references code, not only tensors and plain "
+                f"data ({reason[:200]})"
+            ) from None
+        noise = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        detail = next((ln for ln in lines if not ln.startswith(noise)), "")
+        raise CorruptBufferError(
+            f"{path}: not a readable torch file ({detail[:200] or 'bad pickle stream'})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         if isinstance(exc, FileNotFoundError):
