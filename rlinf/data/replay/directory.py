@@ -26,10 +26,16 @@ from typing import IO, Any
 import torch
 
 from . import formats
-from .errors import BufferDirectoryError, BufferNotFoundError, CorruptBufferError, UnsafeFileError
+from .errors import (
+    BufferDirectoryError,
+    BufferNotFoundError,
+    CorruptBufferError,
+    InvalidTrajectoryError,
+    UnsafeFileError,
+)
 from .fsio import atomic_write_json, fsync_dir
 from .schema import Schema, combine
-from .trajectory import AlignedTrajectory, Key, align, iter_columns
+from .trajectory import AlignedTrajectory, Key, align, check_weights_id, iter_columns
 
 FORMAT_VERSION = 1
 METADATA = "metadata.json"
@@ -179,6 +185,14 @@ def _read_json(path: str, what: str) -> Any:
         ) from None
 
 
+def checked_weights_id(value: Any, where: str) -> str:
+    """A ``model_weights_id`` read from disk, refused if it could not be part of a file name."""
+    try:
+        return check_weights_id(value)
+    except InvalidTrajectoryError as exc:
+        raise UnsafeFileError(f"{where}: {exc}") from None
+
+
 def check_directory(path: str) -> str:
     """Return the absolute path of an existing directory, or raise a clear error."""
     if not isinstance(path, str | os.PathLike) or not str(path):
@@ -319,12 +333,13 @@ def open_file_record(
     where = f"{fpath}: "
     try:
         traj = align(data, where=where)
-    except Exception as exc:
+    except InvalidTrajectoryError as exc:
         raise CorruptBufferError(str(exc)) from None
     schema = Schema.of_columns(traj.columns)
-    mwid = entry.get("model_weights_id") or data.get("model_weights_id") or traj.model_weights_id
+    weights = data.get("model_weights_id") or entry.get("model_weights_id") or traj.model_weights_id
+    checked_weights_id(weights, fpath)
     count = entry.get("model_update_count", data.get("model_update_count"))
-    if not isinstance(count, int) or isinstance(count, bool):
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         count = traj.model_update_count
     record = Record(
         trajectory_id=tid,
@@ -333,7 +348,7 @@ def open_file_record(
         max_episode_length=traj.max_episode_length
         if traj.max_episode_length is not None
         else entry.get("max_episode_length"),
-        model_weights_id=str(data.get("model_weights_id") or mwid),
+        model_weights_id=weights,
         model_update_count=int(count),
         uuid=str(entry.get("uuid") or uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{path}/{name}")),
         shape=[int(d) for d in traj.columns[("rewards",)].shape],
@@ -349,9 +364,7 @@ def _record_from_entry(path: str, entry: dict[str, Any], name: str) -> Record:
     shape = entry.get("shape")
     if not isinstance(shape, list) or len(shape) < 2:
         raise CorruptBufferError(f"{where}: trajectory {tid} has shape {shape!r}")
-    weights = entry.get("model_weights_uuid")
-    if not isinstance(weights, str):
-        raise CorruptBufferError(f"{where}: trajectory {tid} has no model_weights_uuid")
+    weights = checked_weights_id(entry.get("model_weights_uuid"), f"{where}: trajectory {tid}")
     return Record(
         trajectory_id=tid,
         num_steps=_int_field(entry, "num_steps", where),

@@ -57,7 +57,7 @@ STEP_ALIGNED = frozenset({"rewards", "curr_obs", "next_obs"})
 #: ``model_weights_id`` RLinf gives trajectories that carry no ``versions`` tensor.
 NO_VERSIONS_WEIGHTS_ID = "e58eb380-d5b9-5265-a382-0fc33930cf3e"
 _VERSIONS_NAMESPACE = uuid.UUID("5b0d6a52-2f3e-4c55-9d7a-7f1f4d1c2a90")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,127}$")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
 
 @dataclass
@@ -273,7 +273,7 @@ def check_weights_id(value: Any, where: str = "") -> str:
     """Validate a ``model_weights_id``: it becomes part of file names, so no path characters."""
     if not isinstance(value, str) or not _SAFE_ID.match(value) or ".." in value:
         raise InvalidTrajectoryError(
-            f"{where}model_weights_id {value!r} is not a safe id: use letters, digits, '.' and '-' "
+            f"{where}model_weights_id {value!r} is not a safe id: use letters, digits, '.', '_' and '-' "
             "(a uuid string), at most 128 characters"
         )
     return value
