@@ -231,7 +231,7 @@ class TrajectoryReplayBuffer:
         The whole call is validated first: if any trajectory is malformed, nothing is added and
         :class:`InvalidTrajectoryError` names the trajectory, the field and the fix. With
         ``auto_save`` the files are written on a background thread; the call returns once the
-        data is copied into the buffer (see ``docs/durability.md`` for what is on disk when).
+        data is copied into the buffer (``flush()`` makes it durable; see ``docs/guide.md``).
 
         Args:
             trajectories: ``Trajectory`` objects with tensors ``[T, B, ...]`` (aligned or in
