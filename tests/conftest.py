@@ -10,6 +10,7 @@ values (-7) so that a misaligned read is caught.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlinf.data.replay_buffer import Trajectory
+from rlinf.data.replay_buffer import ReplayBufferError, Trajectory, TrajectoryReplayBuffer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -136,3 +137,25 @@ def fixture_dir(tmp_path: Path) -> Path:
     dst = tmp_path / "rlinf-autosave-pt"
     shutil.copytree(src, dst)
     return dst
+
+
+_OPEN: list[TrajectoryReplayBuffer] = []
+
+
+class TrackedBuffer(TrajectoryReplayBuffer):
+    """The buffer under test, remembered so that auto-save buffers are closed after each test
+    (their writer thread and journal handle would otherwise outlive the test)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.auto_save:
+            _OPEN.append(self)
+
+
+@pytest.fixture(autouse=True)
+def _close_tracked_buffers():
+    yield
+    while _OPEN:
+        buf = _OPEN.pop()
+        with contextlib.suppress(ReplayBufferError):
+            buf.close()

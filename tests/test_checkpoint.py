@@ -26,6 +26,7 @@ from conftest import assert_aligned, coded_trajectory
 import rlinf.data.replay.checkpoint as checkpoint_mod
 import rlinf.data.replay.formats as formats_mod
 import rlinf.data.replay.formats.pt as pt_mod
+from rlinf.data.replay.cli import iter_leaves
 from rlinf.data.replay_buffer import (
     BufferDirectoryError,
     InvalidArgumentError,
@@ -63,14 +64,8 @@ def trajectories_seen(buf: TrajectoryReplayBuffer, num: int = 4000) -> set[int]:
     return {int(c) // 1000 for c, _ in seen_transitions(buf, num)}
 
 
-def leaves(batch: dict, prefix: str = "") -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, dict):
-            out.update(leaves(value, prefix=f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def leaves(batch: dict) -> dict[str, torch.Tensor]:
+    return dict(iter_leaves(batch))
 
 
 def file_hashes(directory: Path) -> dict[str, str]:

@@ -8,7 +8,6 @@ consume random numbers).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TrackedBuffer as TrajectoryReplayBuffer
 from conftest import coded_trajectory
 
 from rlinf.data.replay_buffer import (
@@ -28,32 +28,9 @@ from rlinf.data.replay_buffer import (
     ReplayBufferError,
     Trajectory,
 )
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer as _Buffer
 
 SEED = 2024
 KINDS = ("memory", "disk")
-
-
-_OPEN: list[_Buffer] = []
-
-
-class TrajectoryReplayBuffer(_Buffer):
-    """The buffer under test, remembered so that auto-save buffers are closed after each test
-    (their writer thread and journal handle would otherwise outlive the test)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if self.auto_save:
-            _OPEN.append(self)
-
-
-@pytest.fixture(autouse=True)
-def _close_auto_save_buffers():
-    yield
-    while _OPEN:
-        buf = _OPEN.pop()
-        with contextlib.suppress(ReplayBufferError):
-            buf.close()
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -99,9 +76,9 @@ def assert_unchanged(buf: TrajectoryReplayBuffer, twin: TrajectoryReplayBuffer) 
         buf.flush()
         twin.flush()
         assert buf.get_stats()["files_written"] == twin.get_stats()["files_written"]
-        assert len(list(Path(buf.auto_save_path).glob("trajectory_[0-9]*"))) == twin.get_stats()[
-            "files_written"
-        ]
+        assert (
+            len(list(Path(buf.auto_save_path).glob("trajectory_[0-9]*"))) == twin.get_stats()["files_written"]
+        )
     if twin.total_samples:
         for num in (1, 97):
             assert_batches_equal(buf.sample(num), twin.sample(num))
@@ -499,8 +476,6 @@ def source_directory(source: str, tmp_path: Path, fixture_dir: Path) -> Path:
     if source == "rlinf-pt":
         return fixture_dir
     return _saved_checkpoint(tmp_path, source.split("-")[1], trajectories=3)
-
-
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -205,12 +205,18 @@ def test_seed_commands_run_as_written(tmp_path):
     run = [sys.executable, str(TOOL.relative_to(REPO))]
     out = subprocess.run(
         [*run, "--source-path", str(src), "--save-path", str(merged), "--copy"],
-        cwd=REPO, capture_output=True, text=True, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     out = subprocess.run(
         [*run, "--source-path", str(merged), "--save-path", str(split), "--split-count", "4", "--copy"],
-        cwd=REPO, capture_output=True, text=True, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     assert codes_by_id(split) == {0: 0, 1: 100, 2: 1, 3: 101}

@@ -17,7 +17,6 @@ Storage paths exercised (``STORAGE``):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import pickle
@@ -28,9 +27,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import POISON, assert_aligned, coded_trajectory
+from conftest import TrackedBuffer as TrajectoryReplayBuffer
 
-from rlinf.data.replay_buffer import ReplayBufferError, Trajectory
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer as _Buffer
+from rlinf.data.replay_buffer import Trajectory
 
 STORAGE = ("memory", "chunked", "cached", "disk", "disk-chunked", "nocache", "checkpoint")
 FORMATS = ("pt", "pkl")
@@ -39,28 +38,6 @@ SEED = 1234
 WEIGHTS_ID = "3da470c4-34f9-5bdb-9175-29591bcef469"
 #: (n, e, B) of the trajectories used where sizes should differ
 SHAPES = [(4, 1, 2), (3, 2, 1), (5, 3, 3), (2, 2, 2), (1, 1, 1), (6, 2, 4)]
-
-
-_OPEN: list[_Buffer] = []
-
-
-class TrajectoryReplayBuffer(_Buffer):
-    """The buffer under test, remembered so that auto-save buffers are closed after each test
-    (their writer thread and journal handle would otherwise outlive the test)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if self.auto_save:
-            _OPEN.append(self)
-
-
-@pytest.fixture(autouse=True)
-def _close_auto_save_buffers():
-    yield
-    while _OPEN:
-        buf = _OPEN.pop()
-        with contextlib.suppress(ReplayBufferError):
-            buf.close()
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -86,9 +63,7 @@ def build(
     own = tmp_path / f"own-{kind}-{fmt}-{window}-{seed}"
     if kind in ("memory", "chunked"):
         chunking = {"chunk_bytes": 1} if kind == "chunked" else {}
-        buf = TrajectoryReplayBuffer(
-            seed=seed, sample_window_size=window, trajectory_format=fmt, **chunking
-        )
+        buf = TrajectoryReplayBuffer(seed=seed, sample_window_size=window, trajectory_format=fmt, **chunking)
         add_all(buf)
         return buf
     if kind == "checkpoint":
@@ -97,8 +72,12 @@ def build(
         ckpt = tmp_path / f"ckpt-{fmt}-{window}-{seed}"
         src.save_checkpoint(str(ckpt))
         buf = TrajectoryReplayBuffer(
-            seed=seed, cache_size=1, sample_window_size=window, auto_save=True,
-            auto_save_path=str(own), trajectory_format=fmt,
+            seed=seed,
+            cache_size=1,
+            sample_window_size=window,
+            auto_save=True,
+            auto_save_path=str(own),
+            trajectory_format=fmt,
         )
         buf.load_checkpoint(str(ckpt))
         assert buf.get_stats()["cached_trajectories"] <= 1
@@ -110,8 +89,12 @@ def build(
         "nocache": {"enable_cache": False},
     }[kind]
     buf = TrajectoryReplayBuffer(
-        seed=seed, sample_window_size=window, auto_save=True, auto_save_path=str(own),
-        trajectory_format=fmt, **options,
+        seed=seed,
+        sample_window_size=window,
+        auto_save=True,
+        auto_save_path=str(own),
+        trajectory_format=fmt,
+        **options,
     )
     add_all(buf)
     buf.flush()
@@ -410,8 +393,17 @@ def test_batch_has_rollout_structure_and_keeps_dtypes(tmp_path, kind):
     buf = build(kind, tmp_path, coded_set(SHAPES[:3]))
     batch = buf.sample(64)
     assert set(batch) == {
-        "actions", "intervene_flags", "rewards", "terminations", "truncations", "dones",
-        "prev_logprobs", "versions", "curr_obs", "next_obs", "forward_inputs",
+        "actions",
+        "intervene_flags",
+        "rewards",
+        "terminations",
+        "truncations",
+        "dones",
+        "prev_logprobs",
+        "versions",
+        "curr_obs",
+        "next_obs",
+        "forward_inputs",
     }
     for absent in ("max_episode_length", "model_weights_id", "model_update_count"):
         assert absent not in batch
@@ -606,7 +598,10 @@ def test_same_seed_and_calls_give_identical_batches(tmp_path, kind):
         if kind == "memory":
             return TrajectoryReplayBuffer(seed=seed, sample_window_size=4)
         return TrajectoryReplayBuffer(
-            seed=seed, sample_window_size=4, cache_size=1, auto_save=True,
+            seed=seed,
+            sample_window_size=4,
+            cache_size=1,
+            auto_save=True,
             auto_save_path=str(tmp_path / tag),
         )
 
@@ -704,8 +699,12 @@ def test_disk_backed_sample_equals_reference_implementation(tmp_path, layout, fm
     shapes = SHAPES + [(2, 3, 2), (4, 1, 3)]
     window = 6
     buf = TrajectoryReplayBuffer(
-        seed=4242, sample_window_size=window, cache_size=2, auto_save=True,
-        auto_save_path=str(tmp_path / "own"), trajectory_format=fmt,
+        seed=4242,
+        sample_window_size=window,
+        cache_size=2,
+        auto_save=True,
+        auto_save_path=str(tmp_path / "own"),
+        trajectory_format=fmt,
     )
     ref = ReferenceSampler(4242)
     trajectories = coded_set(shapes, layout=layout)

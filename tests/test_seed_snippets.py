@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import assert_aligned, coded_trajectory
 
+from rlinf.data.replay.cli import iter_leaves
 from rlinf.data.replay_buffer import Trajectory, TrajectoryReplayBuffer, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,14 +25,8 @@ SEED_NAME = re.compile(rf"^trajectory_(\d+)_({UUID})_(\d+)\.(pt|pkl)$")
 LEAF_LINE = re.compile(r"^\s+(\S+)\s+shape=\[([0-9, ]*)\]\s+dtype=(\S+)\s*$")
 
 
-def leaves(batch: dict, prefix: str = "") -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, dict):
-            out.update(leaves(value, prefix=f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def leaves(batch: dict) -> dict[str, torch.Tensor]:
+    return dict(iter_leaves(batch))
 
 
 def trajectory_files(directory: Path) -> list[str]:

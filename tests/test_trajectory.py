@@ -371,9 +371,7 @@ def test_explicit_weights_id_and_update_count_are_kept():
     assert got.max_episode_length == 4
 
 
-@pytest.mark.parametrize(
-    "bad", ["../x", "/abs", "a/b", "..", "", "a\\b", "x" * 200, ".hidden", "a b", 5]
-)
+@pytest.mark.parametrize("bad", ["../x", "/abs", "a/b", "..", "", "a\\b", "x" * 200, ".hidden", "a b", 5])
 def test_unsafe_model_weights_id_is_rejected(bad):
     traj = coded_trajectory(0)
     traj.model_weights_id = bad
