@@ -7,6 +7,7 @@ stderr and exit status 1 (2 for bad usage).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -91,12 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ReplayBufferError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    try:
+        report(args.load_path, args.num_chunks, batch, stats, seconds)
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def report(load_path: str, num_chunks: int, batch: Batch, stats: dict[str, Any], seconds: float) -> None:
+    """Print what was loaded and every key of the batch with its shape and dtype."""
     print(
         f"loaded {stats['size']} trajectories ({stats['total_samples']} transitions) from "
-        f"{args.load_path}; window {stats['window_trajectories']} trajectories"
+        f"{load_path}; window {stats['window_trajectories']} trajectories"
     )
-    print(f"sampled {args.num_chunks} transitions in {seconds * 1e3:.2f} ms")
+    print(f"sampled {num_chunks} transitions in {seconds * 1e3:.2f} ms")
     width = max(len(name) for name, _ in iter_leaves(batch))
     for name, tensor in iter_leaves(batch):
         print(f"  {name:<{width}}  shape={list(tensor.shape)}  dtype={tensor.dtype}")
-    return 0
