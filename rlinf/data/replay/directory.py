@@ -20,7 +20,7 @@ import os
 import re
 import uuid as uuidlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
 import torch
@@ -82,7 +82,6 @@ class Record:
     shape: list[int]
     directory: str | None = None
     file: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_transitions(self) -> int:

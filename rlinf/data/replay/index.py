@@ -83,10 +83,6 @@ class TrajectoryIndex:
         self.version += 1
         return record
 
-    def oldest_id(self) -> int:
-        """Id of the oldest trajectory."""
-        return int(self._ids[self._head])
-
     def clear(self) -> None:
         """Forget everything."""
         self.__init__()

@@ -149,12 +149,6 @@ class AlignedTrajectory:
         n = self.num_transitions
         return {k: v.reshape(n, *v.shape[2:]) for k, v in self.columns.items()}
 
-    def to_file_dict(self) -> dict[str, Any]:
-        """The nested dict stored in a trajectory file (RLinf's shape plus ``model_update_count``)."""
-        return file_dict_from_columns(
-            self.columns, self.max_episode_length, self.model_weights_id, self.model_update_count
-        )
-
 
 def file_dict_from_columns(
     columns: Mapping[Key, torch.Tensor],
