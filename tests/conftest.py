@@ -26,6 +26,23 @@ FIXTURE = SHARED / "fixtures" / "rlinf-autosave-pt"
 POISON = -7.0
 
 
+#: per-step fields every coded trajectory carries (it has no prev_values)
+CODED_STEP_FIELDS = frozenset(
+    {
+        "actions",
+        "intervene_flags",
+        "rewards",
+        "terminations",
+        "truncations",
+        "dones",
+        "prev_logprobs",
+        "versions",
+    }
+)
+#: its dict fields
+CODED_DICT_FIELDS = frozenset({"curr_obs", "next_obs", "forward_inputs"})
+
+
 def _fixture_dir() -> Path:
     env = os.environ.get("RLINF_FIXTURE_DIR")
     return Path(env) if env else FIXTURE

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_aligned, coded_trajectory
+from conftest import CODED_DICT_FIELDS, CODED_STEP_FIELDS, assert_aligned, coded_trajectory
 
 import rlinf.data.replay.checkpoint as checkpoint_mod
 import rlinf.data.replay.formats as formats_mod
@@ -333,17 +333,8 @@ def test_auto_save_into_the_loaded_directory_never_overwrites_its_files(sharded_
 # -- files RLinf can read -----------------------------------------------------------------------
 RLINF_META_KEYS = {"trajectory_format", "size", "total_samples", "trajectory_counter", "seed"}
 RLINF_ENTRY_KEYS = {"num_samples", "trajectory_id", "max_episode_length", "shape", "model_weights_id"}
-TENSOR_FIELDS = {
-    "actions",
-    "intervene_flags",
-    "rewards",
-    "terminations",
-    "truncations",
-    "dones",
-    "prev_logprobs",
-    "versions",
-}
-DICT_FIELDS = {"curr_obs", "next_obs", "forward_inputs"}
+TENSOR_FIELDS = CODED_STEP_FIELDS
+DICT_FIELDS = CODED_DICT_FIELDS
 
 
 def rlinf_head_read(directory: Path) -> dict[int, dict]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import POISON, assert_aligned, coded_trajectory
+from conftest import CODED_DICT_FIELDS, CODED_STEP_FIELDS, POISON, assert_aligned, coded_trajectory
 from conftest import TrackedBuffer as TrajectoryReplayBuffer
 
 from rlinf.data.replay_buffer import Trajectory
@@ -392,19 +392,7 @@ def test_sample_is_unaffected_by_later_changes_to_the_added_tensors(tmp_path, ki
 def test_batch_has_rollout_structure_and_keeps_dtypes(tmp_path, kind):
     buf = build(kind, tmp_path, coded_set(SHAPES[:3]))
     batch = buf.sample(64)
-    assert set(batch) == {
-        "actions",
-        "intervene_flags",
-        "rewards",
-        "terminations",
-        "truncations",
-        "dones",
-        "prev_logprobs",
-        "versions",
-        "curr_obs",
-        "next_obs",
-        "forward_inputs",
-    }
+    assert set(batch) == CODED_STEP_FIELDS | CODED_DICT_FIELDS
     for absent in ("max_episode_length", "model_weights_id", "model_update_count"):
         assert absent not in batch
     assert set(batch["curr_obs"]) == {"states", "env_ids", "main_images"}
