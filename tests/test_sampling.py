@@ -11,8 +11,8 @@ Storage paths exercised (``STORAGE``):
   newest trajectory are read from the written files;
 * ``nocache``: ``auto_save=True, enable_cache=False``: every row read from files;
 * ``checkpoint``: a checkpoint saved by an in-memory buffer, loaded by a disk-backed buffer;
-* ``chunked`` / ``disk-chunked``: ``memory`` / a 3-trajectory cache with ``chunk_bytes=1``, so
-  that every cached trajectory sits in its own arena chunk (gathers span several chunks).
+* ``ring`` / ``disk-ring``: ``memory`` / a 3-trajectory cache whose ring starts a few rows before
+  its end, so trajectories wrap around the ring's end (gathers take the modulo path).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from conftest import TrackedBuffer as TrajectoryReplayBuffer
 
 from rlinf.data.replay_buffer import Trajectory
 
-STORAGE = ("memory", "chunked", "cached", "disk", "disk-chunked", "nocache", "checkpoint")
+STORAGE = ("memory", "ring", "cached", "disk", "disk-ring", "nocache", "checkpoint")
 FORMATS = ("pt", "pkl")
 LAYOUTS = ("rlinf", "aligned", "done_only")
 SEED = 1234
@@ -61,9 +61,9 @@ def build(
             buf.add_trajectories(trajectories[i : i + step])
 
     own = tmp_path / f"own-{kind}-{fmt}-{window}-{seed}"
-    if kind in ("memory", "chunked"):
-        chunking = {"chunk_bytes": 1} if kind == "chunked" else {}
-        buf = TrajectoryReplayBuffer(seed=seed, sample_window_size=window, trajectory_format=fmt, **chunking)
+    if kind in ("memory", "ring"):
+        buf = TrajectoryReplayBuffer(seed=seed, sample_window_size=window, trajectory_format=fmt)
+        wrap_ring(buf, kind)
         add_all(buf)
         return buf
     if kind == "checkpoint":
@@ -85,7 +85,7 @@ def build(
     options = {
         "cached": {"cache_size": 10_000},
         "disk": {"cache_size": 1},
-        "disk-chunked": {"cache_size": 3, "chunk_bytes": 1},
+        "disk-ring": {"cache_size": 3},
         "nocache": {"enable_cache": False},
     }[kind]
     buf = TrajectoryReplayBuffer(
@@ -96,6 +96,7 @@ def build(
         trajectory_format=fmt,
         **options,
     )
+    wrap_ring(buf, kind)
     add_all(buf)
     buf.flush()
     stats = buf.get_stats()
@@ -107,19 +108,26 @@ def build(
     return buf
 
 
+def wrap_ring(buf: TrajectoryReplayBuffer, kind: str) -> None:
+    """For the ``*ring`` kinds, start the in-memory ring 7 rows before its end."""
+    if kind.endswith("ring") and buf._cache is not None:
+        buf._cache.start_row = -7
+
+
 def load_into(kind: str, tmp_path: Path, directory: Path, *, window: int = 0) -> TrajectoryReplayBuffer:
     """A buffer of storage path ``kind`` that loaded the buffer directory ``directory``."""
     own = {"auto_save": True, "auto_save_path": str(tmp_path / f"own-{kind}")}
     options = {
         "memory": {},
-        "chunked": {"chunk_bytes": 1},
+        "ring": {},
         "cached": {"cache_size": 100, **own},
         "disk": {"cache_size": 1, **own},
         "checkpoint": {"cache_size": 1, **own},
-        "disk-chunked": {"cache_size": 2, "chunk_bytes": 1, **own},
+        "disk-ring": {"cache_size": 2, **own},
         "nocache": {"enable_cache": False, **own},
     }[kind]
     buf = TrajectoryReplayBuffer(seed=SEED, sample_window_size=window, **options)
+    wrap_ring(buf, kind)
     buf.load_checkpoint(str(directory))
     return buf
 
@@ -330,7 +338,7 @@ def test_sample_never_misaligns_any_layout_on_any_storage_path(tmp_path, layout,
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("kind", ["memory", "chunked", "cached", "disk", "disk-chunked", "nocache"])
+@pytest.mark.parametrize("kind", ["memory", "ring", "cached", "disk", "disk-ring", "nocache"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_sample_from_rlinf_written_directory_is_aligned(tmp_path, layout, kind, fmt):
     """Files in RLinf's layout (extra rows on disk) are aligned when read back, also lazily."""
@@ -664,13 +672,13 @@ def _aligned_versions(shapes: list[tuple[int, int, int]], first: int = 0) -> lis
     return coded_set(shapes, layout="aligned", first=first)
 
 
-@pytest.mark.parametrize("chunk_bytes", [None, 1])
+@pytest.mark.parametrize("kind", ["memory", "ring"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_in_memory_sample_equals_reference_implementation(layout, chunk_bytes):
+def test_in_memory_sample_equals_reference_implementation(layout, kind):
     shapes = SHAPES + [(2, 3, 2), (4, 1, 3)]
     window = 5
-    chunking = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
-    buf = TrajectoryReplayBuffer(seed=777, sample_window_size=window, **chunking)
+    buf = TrajectoryReplayBuffer(seed=777, sample_window_size=window)
+    wrap_ring(buf, kind)
     ref = ReferenceSampler(777)
     buf.add_trajectories(coded_set(shapes[:3], layout=layout))
     ref.set_window(_aligned_versions(shapes[:3]))

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from . import checkpoint, formats
-from .cache import DEFAULT_CHUNK_BYTES, TrajectoryCache
+from .cache import TrajectoryCache
 from .directory import Record, load_columns
-from .errors import CorruptBufferError, InvalidArgumentError
+from .errors import CorruptBufferError, EmptyBufferError, InvalidArgumentError
 from .index import TrajectoryIndex
 from .sampler import UniformSampler
 from .schema import Schema, combine
@@ -87,6 +87,9 @@ class TrajectoryReplayBuffer:
         trajectory_format: ``"pt"`` (default) or ``"pkl"``, for files this buffer writes.
         cache_max_bytes: optional bound of the in-memory store in bytes (rows only).
         check_finite: reject trajectories with NaN or infinite floats.
+        reserve_bytes: address space reserved for the in-memory ring (virtual: pages are
+            committed only as rows are written). Default ``cache_max_bytes``, else the
+            machine's physical memory. When the ring is full the oldest trajectories leave it.
     """
 
     def __init__(
@@ -101,7 +104,7 @@ class TrajectoryReplayBuffer:
         *,
         cache_max_bytes: int | None = None,
         check_finite: bool = False,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        reserve_bytes: int | None = None,
     ) -> None:
         if seed is None:
             seed = random.SystemRandom().randrange(2**63)
@@ -115,7 +118,9 @@ class TrajectoryReplayBuffer:
         if cache_max_bytes is not None:
             cache_max_bytes = _check_int("cache_max_bytes", cache_max_bytes, 1)
         self.cache_max_bytes = cache_max_bytes
-        self._chunk_bytes = _check_int("chunk_bytes", chunk_bytes, 1)
+        if reserve_bytes is not None:
+            reserve_bytes = _check_int("reserve_bytes", reserve_bytes, 1)
+        self._reserve_bytes = reserve_bytes
         if self.auto_save:
             if not isinstance(auto_save_path, str | os.PathLike) or not os.fspath(auto_save_path):
                 raise InvalidArgumentError(
@@ -154,7 +159,7 @@ class TrajectoryReplayBuffer:
             limit = self.cache_size
         else:
             return None
-        return TrajectoryCache(limit, self.cache_max_bytes, self._chunk_bytes)
+        return TrajectoryCache(limit, self.cache_max_bytes, self._reserve_bytes)
 
     @property
     def sample_window_size(self) -> int:
@@ -167,11 +172,7 @@ class TrajectoryReplayBuffer:
             self._window_size = _check_int("sample_window_size", value, 0)
             if not self.auto_save and self._cache is not None:
                 self._cache.max_trajectories = self._window_size or None
-                while (
-                    self._cache.max_trajectories is not None
-                    and len(self._cache) > self._cache.max_trajectories
-                ):
-                    self._forget_evicted([self._cache.pop_oldest()])
+                self._forget_evicted(self._cache.enforce_bounds())
 
     # -- counters -----------------------------------------------------------------------------
     @property
@@ -264,16 +265,14 @@ class TrajectoryReplayBuffer:
         record = Record.of_trajectory(tid, traj)
         flat = traj.flat()
         evicted: list[int] = []
-        stored: dict[Key, torch.Tensor] | None = None
         if self._cache is not None:
             evicted = self._cache.put(tid, flat, self._schema or Schema())
-            if tid in self._cache:
-                stored = self._cache.view(tid)
         self._index.append(record)
         if self._own is not None:
-            if stored is None:
-                stored = {k: v.clone() for k, v in flat.items()}
-            self._submit_write(record, stored)
+            # the writer gets rows nobody else can change: the caller may reuse its tensors,
+            # and the cache reuses its memory once the trajectory is evicted
+            owned = {k: v if k in traj.owned else v.clone() for k, v in flat.items()}
+            self._submit_write(record, owned)
         self._forget_evicted(evicted)
         return tid
 
@@ -352,33 +351,47 @@ class TrajectoryReplayBuffer:
         num = _check_int("num_chunks", num_chunks, 1)
         with self._lock:
             self._writer.check()
-            ids, ends, first = self._index.window(self._window_size)
-            positions, rows = self._sampler.draw(ends, num)
-            return nest(self._gather(ids, first, positions, rows))
+            ids, ends, _ = self._index.window(self._window_size)
+            total = int(ends[-1]) if len(ends) else 0
+            if total <= 0:
+                raise EmptyBufferError(
+                    "cannot sample: the sampling window holds no transition; add trajectories or "
+                    "load a checkpoint first (is_ready() tells when sampling is possible)"
+                )
+            return nest(self._gather(ids, ends, self._sampler.draw_flat(total, num)))
 
-    def _gather(
-        self, ids: np.ndarray, first: int, positions: np.ndarray, rows: np.ndarray
-    ) -> dict[Key, torch.Tensor]:
+    def _gather(self, ids: np.ndarray, ends: np.ndarray, flat: torch.Tensor) -> dict[Key, torch.Tensor]:
+        """Rows of window transitions ``flat`` (int64 ``[N]``, numbered across the window).
+
+        The cached part of the window is its newest trajectories, which are the newest rows of
+        the cache: transition ``f`` of that part is cache row ``head - hit_rows + f``, so hits
+        need no search at all. Misses (older window trajectories) are located with a binary
+        search over the window's cumulative counts and read from pending writes or files.
+        """
+        cache = self._cache
+        w = len(ids)
+        cached_in_window = min(w, len(cache)) if cache is not None else 0
+        misses_before = w - cached_in_window  # window positions [0, misses_before) are not cached
+        miss_total = int(ends[misses_before - 1]) if misses_before else 0
+        total = int(ends[-1])
+        hit_rows = total - miss_total
+        if cache is not None and miss_total == 0:
+            return cache.gather(flat, cache.newest_rows_start(hit_rows), hit_rows)
         schema = self._schema
         assert schema is not None
-        num = len(positions)
+        num = int(flat.shape[0])
         out = {k: torch.empty((num, *s.row_shape), dtype=s.dtype) for k, s in schema.items()}
-        cached = len(self._cache) if self._cache is not None else 0
-        # cached trajectories are the newest `cached` of the index: window position p is
-        # cached iff first + p >= len(index) - cached
-        slot = positions + (first - (len(self._index) - cached))
-        hit = slot >= 0
-        n_hit = int(hit.sum())
-        if n_hit and self._cache is not None:
-            chunks, starts = self._cache.slot_arrays()
-            if n_hit == num:
-                self._cache.gather_into(out, None, chunks[slot], starts[slot] + rows)
-            else:
-                where = np.nonzero(hit)[0]
-                s = slot[where]
-                self._cache.gather_into(out, where, chunks[s], starts[s] + rows[where])
-        if n_hit < num:
-            self._gather_misses(out, ids, positions, rows, ~hit)
+        hit = flat >= miss_total
+        dest_hit = torch.nonzero(hit).flatten()
+        if cache is not None and len(dest_hit):
+            offsets = flat[dest_hit] - miss_total
+            cache.gather_into(out, dest_hit, offsets, cache.newest_rows_start(hit_rows), hit_rows)
+        where = torch.nonzero(~hit).flatten().numpy()
+        if len(where):
+            f = flat.numpy()[where]
+            positions = np.searchsorted(ends, f, side="right")
+            begins = ends - np.diff(ends, prepend=0)
+            self._gather_misses(out, ids, positions, f - begins[positions], where)
         return out
 
     def _gather_misses(
@@ -387,16 +400,16 @@ class TrajectoryReplayBuffer:
         ids: np.ndarray,
         positions: np.ndarray,
         rows: np.ndarray,
-        miss: np.ndarray,
+        dest_rows: np.ndarray,
     ) -> None:
-        where = np.nonzero(miss)[0]
-        order = np.argsort(positions[where], kind="stable")
-        where = where[order]
-        pos_sorted = positions[where]
+        """``out[k][dest_rows[i]]`` = row ``rows[i]`` of window trajectory ``positions[i]``,
+        read from pending writes or files: one group of array operations per trajectory."""
+        order = np.argsort(positions, kind="stable")
+        pos_sorted = positions[order]
         bounds = np.flatnonzero(np.diff(pos_sorted)) + 1
-        for group in np.split(where, bounds):
+        for group in np.split(order, bounds):
             tid = int(ids[positions[group[0]]])
-            dest = torch.from_numpy(group)
+            dest = torch.from_numpy(dest_rows[group])
             local = rows[group]
             data = self._unwritten.get(tid)
             if data is not None:
@@ -462,22 +475,38 @@ class TrajectoryReplayBuffer:
         """
         self.flush()
         with self._lock:
+            records = list(self._index)
+            unwritten = dict(self._unwritten)
+            cache = self._cache
+            # rows only in memory are copied one trajectory at a time while writing; the pin
+            # copies out any that are evicted before their turn
+            pin = cache.pin([r.trajectory_id for r in records if r.path is None]) if cache else {}
+
+            def rows_of(tid: int) -> dict[Key, torch.Tensor] | None:
+                with self._lock:
+                    if cache is not None and tid in pin:
+                        return cache.take(pin, tid)
+                    return unwritten.get(tid)
+
             snapshot = checkpoint.Snapshot(
-                records=list(self._index),
-                data={
-                    r.trajectory_id: rows for r in self._index if (rows := self._memory_rows(r)) is not None
-                },
+                records=records,
+                rows_of=rows_of,
                 schema=self._schema,
                 counter=self._counter,
                 seed=self.seed,
                 fmt=self.trajectory_format,
             )
-        if self._own is not None and checkpoint.same_path(save_path, self._own.path):
-            with self._lock:
-                self._own.absorb(snapshot)
-                self._own.compact(self._counter, self._schema)
-            return
-        renamed = checkpoint.save(snapshot, save_path)
+        try:
+            if self._own is not None and checkpoint.same_path(save_path, self._own.path):
+                with self._lock:
+                    self._own.absorb(snapshot)
+                    self._own.compact(self._counter, self._schema)
+                return
+            renamed = checkpoint.save(snapshot, save_path)
+        finally:
+            if cache is not None:
+                with self._lock:
+                    cache.unpin(pin)
         replaced = os.path.realpath(save_path)
         with self._lock:
             for record in snapshot.records:
@@ -488,12 +517,6 @@ class TrajectoryReplayBuffer:
                 if new is not None and stale and self._index_holds(record):
                     record.directory, record.file = new
             self._readers.clear()
-
-    def _memory_rows(self, record: Record) -> dict[Key, torch.Tensor] | None:
-        tid = record.trajectory_id
-        if self._cache is not None and tid in self._cache:
-            return self._cache.view(tid)
-        return self._unwritten.get(tid)
 
     def load_checkpoint(
         self,

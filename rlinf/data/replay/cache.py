@@ -1,17 +1,31 @@
-"""The in-memory trajectory store: an append-only arena of column chunks with FIFO eviction.
+"""The in-memory trajectory store: one ring of rows per column, in reserved address space.
 
-Trajectories are copied, flattened to ``[T * B, ...]`` rows, into the tail *chunk* of the arena:
-one preallocated tensor per column, sized for several trajectories. Chunks are allocated as
-data arrives (growing geometrically up to ``chunk_bytes``), never for slots the cache does not
-hold, and dropped as soon as every trajectory in them has been evicted. Rows of a chunk are
-never overwritten, so views handed to the background writer stay valid.
+Trajectories are flattened to ``[T * B, ...]`` rows and appended to a ring: one tensor per column
+``[capacity, *row_shape]`` over an anonymous private ``mmap`` reserved with ``MAP_NORESERVE``, so
+nothing is committed up front: pages are committed as rows are first written.
 
-The cached trajectories are always the most recent ones (a suffix of the index order), which lets
-the sampler map index positions to arena rows with arrays instead of per-row lookups.
+Sizing. A cache bounded in trajectories gets a ring of ``max_trajectories`` times the rows of the
+first trajectory, and grows (doubling, copying the live rows once) only if longer trajectories
+arrive; a cache bounded in bytes gets exactly ``max_bytes`` of rows. A bounded ring wraps around
+and rewrites pages it already owns, so steady-state adds cost one copy and no page faults, and
+resident memory stays at the bound. An unbounded cache reserves the machine's physical memory
+and appends; when that is full the oldest trajectories are evicted.
+
+Addressing. Rows have a *virtual row number* that only grows; the ring row is ``v % capacity``.
+Cached trajectories are the most recent ones (a suffix of the index order) and occupy one
+contiguous virtual range, so the ``k`` newest cached trajectories are exactly the virtual rows
+``[head - rows_of_those_k, head)``: a sampled transition number maps to a ring row with one add
+and at most one modulo, and each column is gathered with a single ``index_select``.
+
+A trajectory that crosses the end of the ring is stored in two pieces; :meth:`TrajectoryCache.view`
+returns a copy for it and a view otherwise.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
+import sys
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,25 +36,45 @@ import torch
 from .schema import Schema
 from .trajectory import Key
 
-DEFAULT_CHUNK_BYTES = 256 << 20
-_FIRST_CHUNK_BYTES = 4 << 20
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
+_PAGE = mmap.PAGESIZE
 
 
-@dataclass
-class _Chunk:
-    columns: dict[Key, torch.Tensor]
-    capacity: int
-    used: int = 0
-    live: int = 0
+def physical_memory_bytes() -> int:
+    """Bytes of physical memory of this machine (a conservative 16 GiB if unknown)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 16 << 30
+
+
+Pin = dict[int, "dict[Key, torch.Tensor] | None"]
+"""Trajectory id -> its rows copied out at eviction (``None`` while still in the ring)."""
 
 
 @dataclass
 class _Slot:
     trajectory_id: int
-    chunk: int
-    start: int
+    vstart: int  # virtual row of the first transition
     rows: int
     nbytes: int
+
+
+class _Column:
+    """One column's ring: a ``[capacity, *row_shape]`` tensor over reserved memory."""
+
+    def __init__(self, capacity: int, dtype: torch.dtype, row_shape: tuple[int, ...], row_bytes: int):
+        self.row_bytes = row_bytes
+        self.map: mmap.mmap | None = None
+        if row_bytes == 0:
+            self.tensor = torch.empty((capacity, *row_shape), dtype=dtype)
+            self.length = 0
+            return
+        self.length = -(-capacity * row_bytes // _PAGE) * _PAGE
+        self.map = mmap.mmap(-1, self.length, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
+        # numpy keeps a buffer export on the map, so it can never be unmapped under a tensor
+        raw = torch.from_numpy(np.frombuffer(self.map, dtype=np.uint8))
+        self.tensor = raw[: capacity * row_bytes].view(dtype).view(capacity, *row_shape)
 
 
 class TrajectoryCache:
@@ -50,25 +84,32 @@ class TrajectoryCache:
         max_trajectories: keep at most this many (``None``: unbounded).
         max_bytes: keep at most this many bytes of rows (``None``: unbounded). The newest
             trajectory is always kept, even if it alone exceeds the bound.
-        chunk_bytes: largest chunk allocation, in bytes.
+        reserve_bytes: address space to reserve for the ring (virtual, not committed);
+            default ``max_bytes`` if set, else the machine's physical memory. The ring always
+            fits the newest trajectory; when it is full the oldest trajectories are evicted.
+        start_row: ring row where the first trajectory goes (negative: from the end). Any
+            value behaves the same; tests use one near the end to exercise wrapping.
     """
 
     def __init__(
         self,
         max_trajectories: int | None,
         max_bytes: int | None = None,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        reserve_bytes: int | None = None,
+        start_row: int = 0,
     ) -> None:
+        self.start_row = start_row
         self.max_trajectories = max_trajectories
         self.max_bytes = max_bytes
-        self.chunk_bytes = chunk_bytes
-        self._chunks: dict[int, _Chunk] = {}
-        self._next_chunk = 0
-        self._tail: int | None = None
+        self.reserve_bytes = reserve_bytes
+        self._columns: dict[Key, _Column] = {}
+        self._capacity = 0
+        self._head = 0  # virtual row one past the newest
+        self._tail = 0  # virtual row of the oldest live row
         self._slots: deque[_Slot] = deque()
         self._by_id: dict[int, _Slot] = {}
         self._bytes = 0
-        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._pins: list[Pin] = []
 
     # -- size ---------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -79,15 +120,23 @@ class TrajectoryCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of rows held (not counting unused chunk capacity)."""
+        """Bytes of rows held."""
         return self._bytes
 
     @property
-    def allocated_bytes(self) -> int:
-        """Bytes of chunk capacity allocated (pages are committed as rows are written)."""
-        return sum(
-            sum(t.numel() * t.element_size() for t in c.columns.values()) for c in self._chunks.values()
-        )
+    def rows(self) -> int:
+        """Rows (transitions) held."""
+        return self._head - self._tail
+
+    @property
+    def capacity(self) -> int:
+        """Rows the ring can hold before evicting (0 until the first trajectory)."""
+        return self._capacity
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Address space reserved for the ring (virtual; only written pages are resident)."""
+        return sum(c.length for c in self._columns.values())
 
     def ids(self) -> list[int]:
         """Cached trajectory ids, oldest first."""
@@ -95,116 +144,200 @@ class TrajectoryCache:
 
     # -- writes -------------------------------------------------------------------------------
     def put(self, trajectory_id: int, flat: Mapping[Key, torch.Tensor], schema: Schema) -> list[int]:
-        """Copy a flattened trajectory (``[N, ...]`` per column) in; return the ids evicted."""
+        """Copy a flattened trajectory (``[N, ...]`` per column) in; return the ids evicted.
+
+        Evictions happen before the copy, so rows of evicted trajectories are only overwritten
+        after they have left the cache (pinned ones are copied out first).
+        """
         rows = int(next(iter(flat.values())).shape[0])
-        chunk_no = self._chunk_for(rows, schema)
-        chunk = self._chunks[chunk_no]
-        start = chunk.used
-        for key, dest in chunk.columns.items():
-            dest[start : start + rows].copy_(flat[key])
-        chunk.used += rows
-        chunk.live += 1
-        slot = _Slot(trajectory_id, chunk_no, start, rows, rows * schema.row_bytes)
+        nbytes = rows * schema.row_bytes
+        if not self._columns:
+            self._reserve(self._initial_capacity(rows, schema), schema)
+        evicted = self._evict_over_bounds(incoming=1, incoming_bytes=nbytes)
+        while self._head + rows - self._tail > self._capacity:
+            budget = self._budget_rows(schema)
+            if self._capacity < max(budget, rows):
+                needed = self._head + rows - self._tail
+                self._grow(min(max(budget, rows), max(2 * self._capacity, needed)), schema)
+            else:
+                evicted.append(self.pop_oldest())
+        self._write(self._columns, self._capacity, self._head, flat)
+        slot = _Slot(trajectory_id, self._head, rows, nbytes)
+        self._head += rows
         self._slots.append(slot)
         self._by_id[trajectory_id] = slot
-        self._bytes += slot.nbytes
-        self._arrays = None
-        return self._evict_over_bounds()
+        self._bytes += nbytes
+        return evicted
 
-    def _chunk_for(self, rows: int, schema: Schema) -> int:
-        if self._tail is not None:
-            tail = self._chunks[self._tail]
-            if tail.capacity - tail.used >= rows:
-                return self._tail
-        row_bytes = max(1, schema.row_bytes)
-        prev = self._chunks[self._tail].capacity * row_bytes if self._tail is not None else 0
-        target = min(self.chunk_bytes, max(_FIRST_CHUNK_BYTES, 2 * prev))
-        if self.max_bytes is not None:
-            target = min(target, max(self.max_bytes, rows * row_bytes))
-        capacity = max(rows, target // row_bytes)
-        columns = {
-            key: torch.empty((capacity, *spec.row_shape), dtype=spec.dtype) for key, spec in schema.items()
-        }
-        chunk_no = self._next_chunk
-        self._next_chunk += 1
-        self._chunks[chunk_no] = _Chunk(columns, capacity)
-        if self._tail is not None and self._chunks[self._tail].live == 0:
-            del self._chunks[self._tail]
-        self._tail = chunk_no
-        return chunk_no
+    def _budget_rows(self, schema: Schema) -> int:
+        """Most rows the ring may hold: the explicit reservation, the byte bound, or RAM."""
+        budget = self.reserve_bytes or self.max_bytes or physical_memory_bytes()
+        return budget // max(1, schema.row_bytes)
 
-    def _evict_over_bounds(self) -> list[int]:
+    def _initial_capacity(self, rows: int, schema: Schema) -> int:
+        budget = max(rows, self._budget_rows(schema))
+        if self.reserve_bytes is None and self.max_bytes is None and self.max_trajectories:
+            return min(budget, self.max_trajectories * rows)
+        return budget
+
+    @staticmethod
+    def _write(
+        columns: dict[Key, _Column], capacity: int, vstart: int, rows: Mapping[Key, torch.Tensor]
+    ) -> None:
+        """Copy ``rows`` (``[N, ...]`` per column) to virtual rows ``[vstart, vstart + N)``."""
+        n = int(next(iter(rows.values())).shape[0])
+        start = vstart % capacity
+        first = min(n, capacity - start)
+        for key, column in columns.items():
+            src = rows[key]
+            column.tensor[start : start + first].copy_(src[:first])
+            if first < n:
+                column.tensor[: n - first].copy_(src[first:])
+
+    def _reserve(self, capacity: int, schema: Schema) -> None:
+        """Reserve an empty ring of ``capacity`` rows (nothing is committed yet)."""
+        self._columns, self._capacity = self._new_columns(capacity, schema)
+        self._head = self._tail = self.start_row % self._capacity
+
+    def _new_columns(self, capacity: int, schema: Schema) -> tuple[dict[Key, _Column], int]:
+        minimum = max(1, self._head - self._tail)
+        while True:
+            try:
+                columns = {
+                    key: _Column(capacity, spec.dtype, spec.row_shape, spec.row_bytes)
+                    for key, spec in schema.items()
+                }
+                return columns, capacity
+            except OSError:  # address space or commit limit: ask for less
+                if capacity <= minimum:
+                    raise MemoryError(
+                        f"cannot reserve memory for {capacity} rows of {schema.row_bytes} bytes; "
+                        "lower cache_size/cache_max_bytes or free memory"
+                    ) from None
+                capacity = max(minimum, capacity // 2)
+
+    def _grow(self, capacity: int, schema: Schema) -> None:
+        """Move the live rows to a larger ring (rare: only when longer trajectories arrive)."""
+        columns, capacity = self._new_columns(capacity, schema)
+        for slot in self._slots:
+            rows = {k: self._rows_of(c.tensor, self._capacity, slot) for k, c in self._columns.items()}
+            self._write(columns, capacity, slot.vstart, rows)
+        self._columns, self._capacity = columns, capacity
+
+    def _evict_over_bounds(self, incoming: int = 0, incoming_bytes: int = 0) -> list[int]:
+        """Evict oldest trajectories until the bounds hold with ``incoming`` more added."""
         evicted = []
-        while len(self._slots) > 1 and (
-            (self.max_trajectories is not None and len(self._slots) > self.max_trajectories)
-            or (self.max_bytes is not None and self._bytes > self.max_bytes)
+        while self._slots and (
+            (
+                self.max_trajectories is not None
+                and len(self._slots) + incoming > max(1, self.max_trajectories)
+            )
+            or (self.max_bytes is not None and self._bytes + incoming_bytes > self.max_bytes)
         ):
             evicted.append(self.pop_oldest())
-        if self.max_trajectories == 0 and self._slots:
-            evicted.append(self.pop_oldest())
+        return evicted
+
+    def enforce_bounds(self) -> list[int]:
+        """Evict until the (possibly lowered) bounds hold; return the ids evicted."""
+        evicted = self._evict_over_bounds()
+        if self.max_trajectories == 0:
+            while self._slots:
+                evicted.append(self.pop_oldest())
         return evicted
 
     def pop_oldest(self) -> int:
         """Evict the oldest trajectory; return its id."""
-        slot = self._slots.popleft()
+        slot = self._slots[0]
+        for pin in self._pins:
+            if slot.trajectory_id in pin and pin[slot.trajectory_id] is None:
+                pin[slot.trajectory_id] = self._copy_out(slot)
+        self._slots.popleft()
         del self._by_id[slot.trajectory_id]
         self._bytes -= slot.nbytes
-        chunk = self._chunks[slot.chunk]
-        chunk.live -= 1
-        if chunk.live == 0 and slot.chunk != self._tail:
-            del self._chunks[slot.chunk]
-        self._arrays = None
+        self._tail = self._slots[0].vstart if self._slots else self._head
         return slot.trajectory_id
 
     def clear(self) -> None:
-        """Drop everything (memory is released once no view of it remains)."""
-        self._chunks.clear()
-        self._tail = None
+        """Drop everything and the reservation (pinned trajectories are copied out first)."""
+        while self._slots and self._pins:
+            self.pop_oldest()
+        self._columns = {}
+        self._capacity = 0
+        self._head = self._tail = 0
         self._slots.clear()
         self._by_id.clear()
         self._bytes = 0
-        self._arrays = None
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def pin(self, trajectory_ids: list[int]) -> Pin:
+        """Keep the rows of these trajectories readable while a snapshot is written.
+
+        Returns a dict that :meth:`take` reads; trajectories evicted before they are taken are
+        copied into it first. Call :meth:`unpin` when done.
+        """
+        pin: Pin = dict.fromkeys((t for t in trajectory_ids if t in self._by_id), None)
+        self._pins.append(pin)
+        return pin
+
+    def take(self, pin: Pin, trajectory_id: int) -> dict[Key, torch.Tensor]:
+        """A private copy of a pinned trajectory's rows (call under the owner's lock)."""
+        rows = pin.get(trajectory_id)
+        if rows is None:
+            rows = self._copy_out(self._by_id[trajectory_id])
+        pin.pop(trajectory_id, None)
+        return rows
+
+    def unpin(self, pin: Pin) -> None:
+        """Stop tracking a pin."""
+        self._pins = [p for p in self._pins if p is not pin]
 
     # -- reads --------------------------------------------------------------------------------
-    def view(self, trajectory_id: int) -> dict[Key, torch.Tensor]:
-        """The rows of one cached trajectory (views into the arena, ``[N, ...]`` per column)."""
-        slot = self._by_id[trajectory_id]
-        chunk = self._chunks[slot.chunk]
-        return {k: v[slot.start : slot.start + slot.rows] for k, v in chunk.columns.items()}
+    def _rows_of(self, tensor: torch.Tensor, capacity: int, slot: _Slot) -> torch.Tensor:
+        start = slot.vstart % capacity
+        if start + slot.rows <= capacity:
+            return tensor[start : start + slot.rows]
+        return torch.cat([tensor[start:], tensor[: start + slot.rows - capacity]])
 
-    def slot_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(chunk_no, start_row)`` per cached trajectory, oldest first (int64 arrays)."""
-        if self._arrays is None:
-            chunks = np.fromiter((s.chunk for s in self._slots), np.int64, len(self._slots))
-            starts = np.fromiter((s.start for s in self._slots), np.int64, len(self._slots))
-            self._arrays = (chunks, starts)
-        return self._arrays
+    def _copy_out(self, slot: _Slot) -> dict[Key, torch.Tensor]:
+        return {k: self._rows_of(c.tensor, self._capacity, slot).clone() for k, c in self._columns.items()}
+
+    def view(self, trajectory_id: int) -> dict[Key, torch.Tensor]:
+        """The rows of one cached trajectory, ``[N, ...]`` per column.
+
+        A view into the ring (valid until the trajectory is evicted), or a copy when the
+        trajectory wraps around the ring's end.
+        """
+        slot = self._by_id[trajectory_id]
+        return {k: self._rows_of(c.tensor, self._capacity, slot) for k, c in self._columns.items()}
+
+    def newest_rows_start(self, rows: int) -> int:
+        """Virtual row where the newest ``rows`` rows begin (``rows`` must end on a slot edge)."""
+        return self._head - rows
+
+    def gather(self, offsets: torch.Tensor, vstart: int, span: int) -> dict[Key, torch.Tensor]:
+        """Rows ``vstart + offsets`` (virtual; ``offsets`` int64 ``[N]`` in ``[0, span)``).
+
+        One ``index_select`` per column; returns ``{column: [N, *row_shape]}`` new tensors.
+        """
+        idx = self._ring_rows(offsets, vstart, span)
+        return {k: torch.index_select(c.tensor, 0, idx) for k, c in self._columns.items()}
+
+    def _ring_rows(self, offsets: torch.Tensor, vstart: int, span: int) -> torch.Tensor:
+        lo = vstart % self._capacity
+        idx = offsets + lo if lo else offsets
+        if lo + span > self._capacity:
+            idx = idx.remainder(self._capacity)
+        return idx
 
     def gather_into(
         self,
         out: Mapping[Key, torch.Tensor],
-        out_rows: np.ndarray | None,
-        chunk_nos: np.ndarray,
-        rows: np.ndarray,
+        dest: torch.Tensor,
+        offsets: torch.Tensor,
+        vstart: int,
+        span: int,
     ) -> None:
-        """Copy arena rows into ``out``: ``out[k][out_rows[i]] = chunk[chunk_nos[i]][k][rows[i]]``.
-
-        One ``index_select`` per (chunk, column): no Python work per row. ``out_rows=None``
-        means rows ``0..len(rows)-1`` in order.
-        """
-        present = np.unique(chunk_nos)
-        for c in present.tolist():
-            chunk = self._chunks[c]
-            if len(present) == 1:
-                sel_rows = torch.from_numpy(rows)
-                dest = None if out_rows is None else torch.from_numpy(out_rows)
-            else:
-                mask = chunk_nos == c
-                sel_rows = torch.from_numpy(rows[mask])
-                pos = np.nonzero(mask)[0] if out_rows is None else out_rows[mask]
-                dest = torch.from_numpy(pos)
-            for key, src in chunk.columns.items():
-                if dest is None:
-                    torch.index_select(src, 0, sel_rows, out=out[key])
-                else:
-                    out[key].index_copy_(0, dest, src.index_select(0, sel_rows))
+        """``out[k][dest[i]] = row vstart + offsets[i]`` for every column (no per-row Python work)."""
+        idx = self._ring_rows(offsets, vstart, span)
+        for key, column in self._columns.items():
+            out[key].index_copy_(0, dest, torch.index_select(column.tensor, 0, idx))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,26 +53,35 @@ class Snapshot:
 
     Attributes:
         records: trajectories in index order.
-        data: flattened rows ``[T * B, ...]`` of the records that have no file yet.
+        rows_of: ``rows_of(trajectory_id)`` returns a private copy of a trajectory's flattened
+            rows ``[T * B, ...]`` if the buffer holds them in memory (else ``None``); called
+            only for records whose file is missing, one at a time, so a save never needs a
+            second copy of the whole buffer.
     """
 
     records: list[Record]
-    data: dict[int, dict[Key, torch.Tensor]]
+    rows_of: Callable[[int], dict[Key, torch.Tensor] | None]
     schema: Schema | None
     counter: int
     seed: int | None
     fmt: str
 
 
-def write_record(record: Record, data: dict[Key, torch.Tensor] | None, target: str, fmt: str) -> None:
-    """Materialize one trajectory at ``target`` in ``fmt``: link/copy its file if it still
-    exists (converting between formats), else serialize the rows held in memory."""
-    if record.path is not None and (data is None or os.path.exists(record.path)):
+def write_record(
+    record: Record,
+    rows_of: Callable[[int], dict[Key, torch.Tensor] | None],
+    target: str,
+    fmt: str,
+) -> None:
+    """Materialize one trajectory at ``target`` in ``fmt``: link/copy its file if it exists
+    (converting between formats), else serialize the rows ``rows_of`` returns."""
+    if record.path is not None and os.path.exists(record.path):
         if record.fmt == fmt:
             link_or_copy(record.path, target)
         else:
             formats.write(target, fmt, formats.read(record.path, record.fmt or "pt"))
         return
+    data = rows_of(record.trajectory_id)
     if data is None:
         raise BufferNotFoundError(
             f"trajectory {record.trajectory_id} has no file and no rows in memory to save"
@@ -144,7 +154,7 @@ def save(snapshot: Snapshot, save_path: str) -> dict[int, tuple[str, str]]:
             name = record.canonical_name(snapshot.fmt)
             write_record(
                 record,
-                snapshot.data.get(record.trajectory_id),
+                snapshot.rows_of,
                 os.path.join(staging, name),
                 snapshot.fmt,
             )
@@ -254,7 +264,7 @@ class OwnDirectory:
             name = record.canonical_name(self.fmt)
             write_record(
                 record,
-                snapshot.data.get(record.trajectory_id),
+                snapshot.rows_of,
                 os.path.join(self.path, name),
                 self.fmt,
             )

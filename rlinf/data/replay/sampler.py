@@ -20,6 +20,10 @@ class UniformSampler:
     def __init__(self, generator: torch.Generator) -> None:
         self.generator = generator
 
+    def draw_flat(self, total: int, num: int) -> torch.Tensor:
+        """``num`` transition numbers drawn uniformly from ``[0, total)`` (int64 ``[num]``)."""
+        return torch.randint(0, total, (num,), generator=self.generator, dtype=torch.int64)
+
     def draw(self, ends: np.ndarray, num: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``num`` transitions.
 
@@ -38,7 +42,7 @@ class UniformSampler:
                 "cannot sample: the sampling window holds no transition; add trajectories or "
                 "load a checkpoint first (is_ready() tells when sampling is possible)"
             )
-        flat = torch.randint(0, total, (num,), generator=self.generator, dtype=torch.int64).numpy()
+        flat = self.draw_flat(total, num).numpy()
         positions = np.searchsorted(ends, flat, side="right")
         begins = ends - np.diff(ends, prepend=0)
         return positions, flat - begins[positions]

@@ -125,6 +125,7 @@ class AlignedTrajectory:
         num_steps: ``T``, transitions per environment.
         num_envs: ``B``.
         max_episode_length, model_weights_id, model_update_count: as in :class:`Trajectory`.
+        owned: columns whose tensors are new memory (not shared with the caller's input).
     """
 
     columns: dict[Key, torch.Tensor]
@@ -133,6 +134,7 @@ class AlignedTrajectory:
     max_episode_length: int | None
     model_weights_id: str
     model_update_count: int
+    owned: frozenset[Key] = frozenset()
 
     @property
     def num_transitions(self) -> int:
@@ -326,6 +328,7 @@ def align(
             f"{where}rewards has shape {tuple(rewards.shape)}; a trajectory needs T >= 1 and B >= 1"
         )
     columns: dict[Key, torch.Tensor] = {}
+    owned: set[Key] = set()
     for key, tensor in raw.items():
         if int(tensor.shape[1]) != num_envs:
             raise InvalidTrajectoryError(
@@ -341,6 +344,8 @@ def align(
                 "construct the buffer with check_finite=False"
             )
         columns[key] = aligned
+        if aligned.numel() and aligned.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
+            owned.add(key)
 
     mel = data.get("max_episode_length")
     if mel is not None and (isinstance(mel, bool) or not isinstance(mel, int | np.integer)):
@@ -361,6 +366,7 @@ def align(
         max_episode_length=None if mel is None else int(mel),
         model_weights_id=weights_id,
         model_update_count=int(count),
+        owned=frozenset(owned),
     )
 
 
