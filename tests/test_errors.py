@@ -372,8 +372,8 @@ def test_sampling_after_clear_raises_empty_buffer_error(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["npz", "PT", "", None, "json"])
-def test_trajectory_format_must_be_pt_or_pkl(fmt):
-    with pytest.raises(InvalidArgumentError, match="trajectory_format must be 'pt' or 'pkl'"):
+def test_trajectory_format_must_be_pt_pkl_or_segment(fmt):
+    with pytest.raises(InvalidArgumentError, match="trajectory_format must be 'pt', 'pkl' or 'segment'"):
         TrajectoryReplayBuffer(trajectory_format=fmt)
 
 
@@ -494,7 +494,7 @@ def test_load_with_invalid_json_raises_corrupt(tmp_path, fixture_dir, source, ki
     "name,content,message",
     [
         ("metadata.json", "[1, 2]", "expected a JSON object"),
-        ("metadata.json", '{"trajectory_format": "npz"}', "trajectory_format 'npz' is not 'pt' or 'pkl'"),
+        ("metadata.json", '{"trajectory_format": "npz"}', "trajectory_format 'npz' is not 'pt', 'pkl' or 'segment'"),
         ("trajectory_index.json", '{"trajectory_index": []}', "expected {'trajectory_index'"),
         (
             "trajectory_index.json",

@@ -15,18 +15,20 @@ import random
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import checkpoint, formats
-from .cache import TrajectoryCache
+from .cache import TrajectoryCache, scatter_rows
 from .directory import Record, load_columns
 from .errors import CorruptBufferError, EmptyBufferError, InvalidArgumentError
+from .formats.segment import SegmentStore
 from .index import TrajectoryIndex
 from .sampler import UniformSampler
-from .schema import Schema, combine
+from .schema import Schema
 from .trajectory import (
     AlignedTrajectory,
     Key,
@@ -139,6 +141,10 @@ class TrajectoryReplayBuffer:
         self._unwritten: dict[int, dict[Key, torch.Tensor]] = {}
         self._failed: dict[int, Record] = {}  # writes that raised; retried by flush()/close()
         self._readers: OrderedDict[str, dict[Key, torch.Tensor]] = OrderedDict()
+        # segments rows may be read from: key -> (directory, segment name), and their stores
+        self._segments: list[tuple[str, str]] = []
+        self._segment_keys: dict[tuple[str, str], int] = {}
+        self._stores: dict[str, SegmentStore] = {}
         self._writer = BackgroundWriter()
         self._counter = 0
         self._evicted = 0
@@ -309,6 +315,9 @@ class TrajectoryReplayBuffer:
     def _write_file(self, record: Record, data: dict[Key, torch.Tensor]) -> None:
         own = self._own
         assert own is not None
+        if self.trajectory_format == formats.SEGMENT:
+            self._append_segment(own, record, data)
+            return
         name = record.canonical_name(self.trajectory_format)
         shape = (record.num_steps, record.num_envs)
         columns = {k: v.reshape(*shape, *v.shape[1:]) for k, v in data.items()}
@@ -328,6 +337,45 @@ class TrajectoryReplayBuffer:
             self._unwritten.pop(record.trajectory_id, None)
             self._files_written += 1
             own.record_written(record, name, self._counter, self._schema)
+
+    def _append_segment(
+        self, own: checkpoint.OwnDirectory, record: Record, data: dict[Key, torch.Tensor]
+    ) -> None:
+        schema = self._schema
+        assert schema is not None
+        name, row = own.segment_store(schema).append(data)  # fsync'd before the entry is written
+        with self._lock:
+            if self._index_holds(record):
+                record.directory, record.file, record.row = own.path, name, row
+                self._index.set_location(record.trajectory_id, self._segment_key(own.path, name), row)
+            self._unwritten.pop(record.trajectory_id, None)
+            self._files_written += 1
+            own.record_written(
+                replace(record, directory=own.path, file=name, row=row), name, self._counter, schema
+            )
+
+    def _segment_key(self, directory: str, name: str) -> int:
+        """A small integer naming segment ``name`` of ``directory`` (for vectorized lookups)."""
+        key = self._segment_keys.get((directory, name))
+        if key is None:
+            key = self._segment_keys[(directory, name)] = len(self._segments)
+            self._segments.append((directory, name))
+        return key
+
+    def _record_segment(self, record: Record) -> int:
+        if record.row is None or record.directory is None or record.file is None:
+            return -1
+        return self._segment_key(record.directory, record.file)
+
+    def _store_for(self, directory: str, schema: Schema) -> SegmentStore:
+        store = self._stores.get(directory)
+        if store is None:
+            if self._own is not None and directory == self._own.path:
+                store = self._own.segment_store(schema)
+            else:
+                store = SegmentStore(directory, schema)
+            self._stores[directory] = store
+        return store
 
     def _index_holds(self, record: Record) -> bool:
         return record.trajectory_id in self._index and self._index[record.trajectory_id] is record
@@ -390,9 +438,43 @@ class TrajectoryReplayBuffer:
         if len(where):
             f = flat.numpy()[where]
             positions = np.searchsorted(ends, f, side="right")
-            begins = ends - np.diff(ends, prepend=0)
-            self._gather_misses(out, ids, positions, f - begins[positions], where)
+            rows = f - (ends - np.diff(ends, prepend=0))[positions]
+            segs, firsts = self._index.window_locations(self._window_size)
+            seg_of = segs[positions]
+            located = seg_of >= 0
+            if located.all():
+                self._gather_segments(out, seg_of, firsts[positions] + rows, where)
+            else:
+                if located.any():
+                    sel = np.flatnonzero(located)
+                    self._gather_segments(out, seg_of[sel], firsts[positions[sel]] + rows[sel], where[sel])
+                    rest = np.flatnonzero(~located)
+                    positions, rows, where = positions[rest], rows[rest], where[rest]
+                self._gather_misses(out, ids, positions, rows, where)
         return out
+
+    def _gather_segments(
+        self, out: dict[Key, torch.Tensor], segs: np.ndarray, rows: np.ndarray, dest_rows: np.ndarray
+    ) -> None:
+        """``out[k][dest_rows[i]]`` = row ``rows[i]`` of segment ``segs[i]``: one
+        ``index_select`` per (segment, column) over the memory-mapped column files."""
+        schema = self._schema
+        assert schema is not None
+        present = np.unique(segs).tolist()
+        whole = len(present) == 1 and len(dest_rows) == len(next(iter(out.values())))
+        for s in present:
+            sel = slice(None) if len(present) == 1 else np.flatnonzero(segs == s)
+            directory, name = self._segments[s]
+            r = rows[sel]
+            cols = self._store_for(directory, schema).columns(name, int(r.max()) + 1)
+            idx = torch.from_numpy(r)
+            if whole and np.array_equal(dest_rows, np.arange(len(dest_rows))):
+                for key in out:
+                    out[key] = torch.index_select(cols[key], 0, idx)
+                return
+            dest = dest_rows[sel]
+            for key in out:
+                scatter_rows(out[key], dest, torch.index_select(cols[key], 0, idx))
 
     def _gather_misses(
         self,
@@ -409,13 +491,13 @@ class TrajectoryReplayBuffer:
         bounds = np.flatnonzero(np.diff(pos_sorted)) + 1
         for group in np.split(order, bounds):
             tid = int(ids[positions[group[0]]])
-            dest = torch.from_numpy(dest_rows[group])
+            dest = dest_rows[group]
             local = rows[group]
             data = self._unwritten.get(tid)
             if data is not None:
                 sel = torch.from_numpy(local)
                 for key, tensor in data.items():
-                    out[key].index_copy_(0, dest, tensor.index_select(0, sel))
+                    scatter_rows(out[key], dest, tensor.index_select(0, sel))
                 continue
             record = self._index[tid]
             raw = self._read_raw(record)
@@ -425,7 +507,7 @@ class TrajectoryReplayBuffer:
                 tensor = raw[key]
                 src = source_steps(key, int(tensor.shape[0]), record.num_steps)[t] * b + env
                 flat = tensor.reshape(-1, *tensor.shape[2:])
-                out[key].index_copy_(0, dest, flat.index_select(0, torch.from_numpy(src)))
+                scatter_rows(out[key], dest, flat.index_select(0, torch.from_numpy(src)))
 
     def _read_raw(self, record: Record) -> dict[Key, torch.Tensor]:
         path = record.path
@@ -515,8 +597,11 @@ class TrajectoryReplayBuffer:
                 # records with a file elsewhere keep it (the export may be deleted or reused)
                 stale = record.directory is not None and (os.path.realpath(record.directory) == replaced)
                 if new is not None and stale and self._index_holds(record):
-                    record.directory, record.file = new
+                    record.directory, record.file, record.row = new.directory, new.file, new.row
+                    seg = self._record_segment(record)
+                    self._index.set_location(record.trajectory_id, seg, record.row if seg >= 0 else -1)
             self._readers.clear()
+            self._stores.pop(replaced, None)
 
     def load_checkpoint(
         self,
@@ -577,18 +662,11 @@ class TrajectoryReplayBuffer:
         warm = keep if limit is None else keep[max(0, len(keep) - limit) :]
         return keep, [(record, self._read_aligned(record, schema)) for record in warm]
 
-    @staticmethod
-    def _read_aligned(record: Record, schema: Schema | None) -> dict[Key, torch.Tensor]:
-        raw = load_columns(record, mmap=True)
-        columns = {
-            k: v[torch.from_numpy(source_steps(k, int(v.shape[0]), record.num_steps))]
-            if int(v.shape[0]) != record.num_steps
-            else v
-            for k, v in raw.items()
-        }
-        combine(schema, Schema.of_columns(columns), f"{record.path}: ", CorruptBufferError)
-        n = record.num_transitions
-        return {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
+    def _read_aligned(self, record: Record, schema: Schema | None) -> dict[Key, torch.Tensor]:
+        store = None
+        if record.fmt == formats.SEGMENT and schema is not None:
+            store = self._store_for(record.directory or "", schema)
+        return checkpoint.read_rows(record, schema, store)
 
     def _install(
         self,
@@ -601,7 +679,7 @@ class TrajectoryReplayBuffer:
         self._evicted += len(records) - len(keep)
         self._schema = schema if keep else None
         for record in keep:
-            self._index.append(record)
+            self._index.append(record, self._record_segment(record))
         for record, flat in warm:
             assert self._cache is not None and schema is not None
             self._forget_evicted(self._cache.put(record.trajectory_id, flat, schema))
@@ -614,6 +692,9 @@ class TrajectoryReplayBuffer:
         self._failed.clear()
         self._readers.clear()
         self._schema = None
+        self._segments.clear()
+        self._segment_keys.clear()
+        self._stores.clear()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:

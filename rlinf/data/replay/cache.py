@@ -52,6 +52,20 @@ Pin = dict[int, "dict[Key, torch.Tensor] | None"]
 """Trajectory id -> its rows copied out at eviction (``None`` while still in the ring)."""
 
 
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor (bfloat16 viewed as int16, which numpy lacks)."""
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def scatter_rows(out: torch.Tensor, dest: np.ndarray, src: torch.Tensor) -> None:
+    """``out[dest[i]] = src[i]`` for whole rows.
+
+    Done with numpy fancy assignment, which copies each row with one ``memcpy``; torch's
+    ``index_copy_`` walks elements and is several times slower for image-sized rows.
+    """
+    _np(out)[dest] = _np(src)
+
+
 @dataclass
 class _Slot:
     trajectory_id: int
@@ -339,5 +353,6 @@ class TrajectoryCache:
     ) -> None:
         """``out[k][dest[i]] = row vstart + offsets[i]`` for every column (no per-row Python work)."""
         idx = self._ring_rows(offsets, vstart, span)
+        dest_np = dest.numpy()
         for key, column in self._columns.items():
-            out[key].index_copy_(0, dest, torch.index_select(column.tensor, 0, idx))
+            scatter_rows(out[key], dest_np, torch.index_select(column.tensor, 0, idx))

@@ -13,7 +13,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -25,14 +25,16 @@ from .directory import (
     Record,
     is_buffer_directory,
     list_trajectory_files,
+    load_columns,
     read_directory,
     write_index,
     write_metadata,
 )
-from .errors import BufferDirectoryError, BufferNotFoundError, InvalidArgumentError
+from .errors import BufferDirectoryError, BufferNotFoundError, CorruptBufferError, InvalidArgumentError
+from .formats.segment import SEGMENT_RE, SegmentStore, truncate_segment
 from .fsio import fsync_dir, link_or_copy, remove_tmp_files
-from .schema import Schema
-from .trajectory import Key, file_dict_from_columns
+from .schema import Schema, combine
+from .trajectory import Key, file_dict_from_columns, source_steps
 
 _COMPACT_MIN = 1024
 
@@ -67,25 +69,60 @@ class Snapshot:
     fmt: str
 
 
+def read_rows(
+    record: Record, schema: Schema | None, store: SegmentStore | None = None
+) -> dict[Key, torch.Tensor]:
+    """Aligned rows ``[T * B, ...]`` of a record's file or segment.
+
+    ``pt`` files are memory-mapped (rows are views of the mapping); segment rows are copied.
+    Raises :class:`CorruptBufferError` if the file's fields differ from ``schema``.
+    """
+    n = record.num_transitions
+    if record.fmt == formats.SEGMENT:
+        assert schema is not None and record.file is not None and record.row is not None
+        store = store or SegmentStore(record.directory or "", schema)
+        return store.read(record.file, record.row, n)
+    raw = load_columns(record, mmap=True)
+    columns = {
+        k: v[torch.from_numpy(source_steps(k, int(v.shape[0]), record.num_steps))]
+        if int(v.shape[0]) != record.num_steps
+        else v
+        for k, v in raw.items()
+    }
+    combine(schema, Schema.of_columns(columns), f"{record.path}: ", CorruptBufferError)
+    return {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
+
+
+def record_rows(
+    record: Record, rows_of: Callable[[int], dict[Key, torch.Tensor] | None], schema: Schema | None
+) -> dict[Key, torch.Tensor]:
+    """A record's rows from memory (``rows_of``) or else from its file or segment."""
+    data = rows_of(record.trajectory_id)
+    if data is None and record.path is not None and os.path.exists(record.path):
+        data = read_rows(record, schema)
+    if data is None:
+        raise BufferNotFoundError(
+            f"trajectory {record.trajectory_id} has no file and no rows in memory to save"
+        )
+    return data
+
+
 def write_record(
     record: Record,
     rows_of: Callable[[int], dict[Key, torch.Tensor] | None],
     target: str,
     fmt: str,
+    schema: Schema | None = None,
 ) -> None:
-    """Materialize one trajectory at ``target`` in ``fmt``: link/copy its file if it exists
-    (converting between formats), else serialize the rows ``rows_of`` returns."""
-    if record.path is not None and os.path.exists(record.path):
+    """Materialize one trajectory as file ``target`` in ``fmt`` (``pt``/``pkl``): link/copy its
+    file if it has one (converting between formats), else serialize its rows."""
+    if record.fmt in formats.FORMATS and record.path is not None and os.path.exists(record.path):
         if record.fmt == fmt:
             link_or_copy(record.path, target)
         else:
             formats.write(target, fmt, formats.read(record.path, record.fmt or "pt"))
         return
-    data = rows_of(record.trajectory_id)
-    if data is None:
-        raise BufferNotFoundError(
-            f"trajectory {record.trajectory_id} has no file and no rows in memory to save"
-        )
+    data = record_rows(record, rows_of, schema)
     shape = (record.num_steps, record.num_envs)
     columns = {k: v.reshape(*shape, *v.shape[1:]) for k, v in data.items()}
     formats.write(
@@ -95,6 +132,39 @@ def write_record(
             columns, record.max_episode_length, record.model_weights_id, record.model_update_count
         ),
     )
+
+
+def place_records(
+    records: list[Record],
+    rows_of: Callable[[int], dict[Key, torch.Tensor] | None],
+    directory: str,
+    fmt: str,
+    schema: Schema | None,
+    store: SegmentStore | None = None,
+) -> dict[int, Record]:
+    """Write ``records`` into ``directory`` in ``fmt``; return each one re-homed there.
+
+    File formats get one file per trajectory; ``segment`` appends rows to ``store`` (a new
+    store over ``directory`` if not given).
+    """
+    placed: dict[int, Record] = {}
+    if fmt == formats.SEGMENT and records:
+        assert schema is not None
+        own_store = store is None
+        store = store or SegmentStore(directory, schema)
+        try:
+            for record in records:
+                name, row = store.append(record_rows(record, rows_of, schema))
+                placed[record.trajectory_id] = replace(record, directory=directory, file=name, row=row)
+        finally:
+            if own_store:
+                store.close()
+        return placed
+    for record in records:
+        name = record.canonical_name(fmt)
+        write_record(record, rows_of, os.path.join(directory, name), fmt, schema)
+        placed[record.trajectory_id] = replace(record, directory=directory, file=name, row=None)
+    return placed
 
 
 def prepare_destination(save_path: str) -> str:
@@ -140,33 +210,24 @@ def publish(staging: str, dest: str) -> None:
         fsync_dir(parent)
 
 
-def save(snapshot: Snapshot, save_path: str) -> dict[int, tuple[str, str]]:
+def save(snapshot: Snapshot, save_path: str) -> dict[int, Record]:
     """Write ``snapshot`` as a complete buffer directory at ``save_path``.
 
     Returns:
-        ``{trajectory_id: (directory, file name)}`` of the files written.
+        ``{trajectory_id: record re-homed in save_path}`` of the trajectories written.
     """
     dest = prepare_destination(save_path)
     staging = new_staging_dir(dest)
     try:
-        names: dict[int, str] = {}
-        for record in snapshot.records:
-            name = record.canonical_name(snapshot.fmt)
-            write_record(
-                record,
-                snapshot.rows_of,
-                os.path.join(staging, name),
-                snapshot.fmt,
-            )
-            names[record.trajectory_id] = name
-        entries = [r.to_entry(names[r.trajectory_id]) for r in snapshot.records]
+        placed = place_records(snapshot.records, snapshot.rows_of, staging, snapshot.fmt, snapshot.schema)
+        entries = [placed[r.trajectory_id].to_entry() for r in snapshot.records]
         write_index(staging, entries)
         write_metadata(staging, snapshot.fmt, entries, snapshot.counter, snapshot.seed, snapshot.schema)
         publish(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {tid: (dest, name) for tid, name in names.items()}
+    return {tid: replace(r, directory=dest) for tid, r in placed.items()}
 
 
 class OwnDirectory:
@@ -192,6 +253,13 @@ class OwnDirectory:
         self.entries: dict[int, dict[str, Any]] = {r.trajectory_id: r.to_entry() for r in contents.records}
         self.next_id = contents.counter
         self.journal = Journal(path)
+        self._store: SegmentStore | None = None
+
+    def segment_store(self, schema: Schema) -> SegmentStore:
+        """The store appending this directory's segments (``segment`` format only)."""
+        if self._store is None:
+            self._store = SegmentStore(self.path, schema)
+        return self._store
 
     @classmethod
     def open(cls, path: str, fmt: str, seed: int | None) -> OwnDirectory:
@@ -208,6 +276,8 @@ class OwnDirectory:
                     f"with trajectory_format={contents.fmt!r} or choose another path"
                 )
             own = cls(path, fmt, seed, contents, schema)
+            if fmt == formats.SEGMENT:
+                recover_segments(path, schema, contents.records)
             if contents.journal_entries or not contents.written_by_us:
                 own.compact(own.next_id, schema)
             return own
@@ -261,15 +331,24 @@ class OwnDirectory:
                         f"lists a different trajectory {record.trajectory_id}; save elsewhere"
                     )
                 continue
-            name = record.canonical_name(self.fmt)
-            write_record(
-                record,
-                snapshot.rows_of,
-                os.path.join(self.path, name),
-                self.fmt,
-            )
-            self.entries[record.trajectory_id] = record.to_entry(name)
+            store = self.segment_store(snapshot.schema) if self.fmt == formats.SEGMENT else None
+            assert snapshot.schema is not None or store is None
+            placed = place_records([record], snapshot.rows_of, self.path, self.fmt, snapshot.schema, store)
+            self.entries[record.trajectory_id] = placed[record.trajectory_id].to_entry()
 
     def close(self) -> None:
-        """Close the journal handle."""
+        """Close the journal handle and the segment being appended."""
         self.journal.close()
+        if self._store is not None:
+            self._store.close()
+
+
+def recover_segments(path: str, schema: Schema | None, records: list[Record]) -> None:
+    """Cut what a crash left in segment files beyond the rows the index names."""
+    committed: dict[str, int] = {}
+    for r in records:
+        if r.file is not None and r.row is not None:
+            committed[r.file] = max(committed.get(r.file, 0), r.row + r.num_transitions)
+    for name in os.listdir(path):
+        if SEGMENT_RE.match(name) and not os.path.islink(os.path.join(path, name)):
+            truncate_segment(os.path.join(path, name), schema, committed.get(name, 0))

@@ -33,8 +33,9 @@ from .errors import (
     InvalidTrajectoryError,
     UnsafeFileError,
 )
+from .formats import segment
 from .fsio import atomic_write_json, fsync_dir
-from .schema import Schema, combine
+from .schema import Schema, combine, schema_from_json
 from .trajectory import AlignedTrajectory, Key, align, check_weights_id, iter_columns
 
 FORMAT_VERSION = 1
@@ -70,6 +71,7 @@ class Record:
         directory: absolute directory of its file, or ``None`` while it lives only in memory.
         file: file name inside ``directory`` (``None`` while memory-only).
         shape: shape of ``rewards`` ``[T, B, ...]``.
+        row: for the ``segment`` format, the first row of the trajectory in segment ``file``.
     """
 
     trajectory_id: int
@@ -82,6 +84,7 @@ class Record:
     shape: list[int]
     directory: str | None = None
     file: str | None = None
+    row: int | None = None
 
     @property
     def num_transitions(self) -> int:
@@ -97,8 +100,10 @@ class Record:
 
     @property
     def fmt(self) -> str | None:
-        """``"pt"`` or ``"pkl"`` from the file name."""
-        return None if self.file is None else self.file.rsplit(".", 1)[1]
+        """``"pt"`` or ``"pkl"`` from the file name, ``"segment"`` for rows in a segment."""
+        if self.file is None:
+            return None
+        return "segment" if self.row is not None else self.file.rsplit(".", 1)[1]
 
     def canonical_name(self, fmt: str) -> str:
         """The file name this library gives the trajectory in format ``fmt``."""
@@ -114,18 +119,26 @@ class Record:
         name = file or self.file
         if name is None:
             raise ValueError("a memory-only record has no index entry")
+        if self.row is not None:
+            return {
+                **self._common_entry(),
+                "model_weights_id": self.model_weights_id,
+                "file": name,
+                "row": self.row,
+            }
+        return {**self._common_entry(), "model_weights_id": rlinf_weights_id(name), "file": name}
+
+    def _common_entry(self) -> dict[str, Any]:
         return {
             "num_samples": self.num_transitions,
             "trajectory_id": self.trajectory_id,
             "max_episode_length": self.max_episode_length,
             "shape": list(self.shape),
-            "model_weights_id": rlinf_weights_id(name),
             "model_weights_uuid": self.model_weights_id,
             "model_update_count": self.model_update_count,
             "uuid": self.uuid,
             "num_steps": self.num_steps,
             "num_envs": self.num_envs,
-            "file": name,
         }
 
     @classmethod
@@ -249,8 +262,8 @@ def read_metadata(path: str) -> dict[str, Any]:
             f"({FORMAT_VERSION}); upgrade the library"
         )
     fmt = meta.get("trajectory_format", meta.get("storage_format"))
-    if fmt not in formats.FORMATS:
-        raise CorruptBufferError(f"{meta_path}: trajectory_format {fmt!r} is not 'pt' or 'pkl'")
+    if fmt not in formats.ALL_FORMATS:
+        raise CorruptBufferError(f"{meta_path}: trajectory_format {fmt!r} is not 'pt', 'pkl' or 'segment'")
     return meta
 
 
@@ -378,6 +391,40 @@ def _record_from_entry(path: str, entry: dict[str, Any], name: str) -> Record:
     )
 
 
+def _segment_records(
+    path: str, meta: dict[str, Any], selected: list[dict[str, Any]], require_files: bool
+) -> tuple[list[Record], Schema | None]:
+    """Records of a ``segment`` directory: index entries naming ``(segment, row)``."""
+    where = os.path.join(path, INDEX)
+    schema = schema_from_json(meta.get("fields"), os.path.join(path, METADATA), CorruptBufferError)
+    if selected and not schema:
+        raise CorruptBufferError(f"{os.path.join(path, METADATA)}: a segment buffer must list its fields")
+    records = []
+    for entry in selected:
+        tid = entry["trajectory_id"]
+        name, row = entry.get("file"), entry.get("row")
+        if not isinstance(name, str) or not segment.SEGMENT_RE.match(name):
+            raise CorruptBufferError(
+                f"{where}: trajectory {tid} names segment {name!r} (expected seg-NNNNNN)"
+            )
+        if not isinstance(row, int) or isinstance(row, bool) or row < 0:
+            raise CorruptBufferError(f"{where}: trajectory {tid} has row {row!r}")
+        seg_dir = os.path.join(path, name)
+        if os.path.islink(seg_dir):
+            raise UnsafeFileError(f"{seg_dir}: is a symbolic link; refusing to read it")
+        if not os.path.isdir(seg_dir):
+            if require_files:
+                raise BufferNotFoundError(
+                    f"{path}: the index lists trajectory {tid} in segment {name}, which is missing; "
+                    "restore it or repair the directory with the verify tool"
+                )
+            continue
+        record = _record_from_entry(path, entry, name)
+        record.row = row
+        records.append(record)
+    return records, (schema if records else None)
+
+
 def read_directory(
     path: str, share: tuple[int, int] = (0, 1), require_files: bool = True
 ) -> tuple[DirectoryContents, Schema | None]:
@@ -413,6 +460,9 @@ def read_directory(
     selected = entries[rank::world]
     records: list[Record] = []
     schema: Schema | None = None
+    if fmt == formats.SEGMENT:
+        records, schema = _segment_records(path, meta, selected, require_files)
+        selected = []
     for entry in selected:
         tid = entry["trajectory_id"]
         names = files.get(tid, [])

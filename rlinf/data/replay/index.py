@@ -21,12 +21,17 @@ class TrajectoryIndex:
         self._records: dict[int, Record] = {}
         self._ids = np.empty(64, dtype=np.int64)
         self._counts = np.empty(64, dtype=np.int64)
+        # where rows live in a segment: (segment key, first row); -1 when not in a segment
+        self._segs = np.empty(64, dtype=np.int64)
+        self._rows = np.empty(64, dtype=np.int64)
+        self._pos: dict[int, int] = {}  # trajectory id -> array position
         self._head = 0  # first live position in the arrays
         self._tail = 0  # one past the last
         self._total = 0
         self.version = 0  # bumped on every change (invalidates cached windows)
         self._window_key: tuple[int, int] | None = None
         self._window: tuple[np.ndarray, np.ndarray, int] | None = None
+        self._locations: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self._tail - self._head
@@ -50,14 +55,17 @@ class TrajectoryIndex:
         """Indexed ids, oldest first (a copy)."""
         return self._ids[self._head : self._tail].copy()
 
-    def append(self, record: Record) -> None:
-        """Add the newest trajectory."""
+    def append(self, record: Record, segment: int = -1) -> None:
+        """Add the newest trajectory (``segment``: key of the segment holding its rows)."""
         if record.trajectory_id in self._records:
             raise KeyError(f"trajectory {record.trajectory_id} is already indexed")
         if self._tail == len(self._ids):
             self._grow()
         self._ids[self._tail] = record.trajectory_id
         self._counts[self._tail] = record.num_transitions
+        self._segs[self._tail] = segment
+        self._rows[self._tail] = record.row if segment >= 0 and record.row is not None else -1
+        self._pos[record.trajectory_id] = self._tail
         self._tail += 1
         self._records[record.trajectory_id] = record
         self._total += record.num_transitions
@@ -70,7 +78,28 @@ class TrajectoryIndex:
         counts = np.empty(size, dtype=np.int64)
         ids[:live] = self._ids[self._head : self._tail]
         counts[:live] = self._counts[self._head : self._tail]
+        segs, rows = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
+        segs[:live] = self._segs[self._head : self._tail]
+        rows[:live] = self._rows[self._head : self._tail]
+        self._pos = {tid: p - self._head for tid, p in self._pos.items()}
         self._ids, self._counts, self._head, self._tail = ids, counts, 0, live
+        self._segs, self._rows = segs, rows
+
+    def set_location(self, trajectory_id: int, segment: int, row: int) -> None:
+        """Record that a trajectory's rows now live in segment ``segment`` from ``row`` on."""
+        p = self._pos[trajectory_id]
+        self._segs[p], self._rows[p] = segment, row
+        self._locations = None
+
+    def window_locations(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(segment key, first row)`` per window trajectory, oldest first (-1: not in one)."""
+        n = len(self)
+        w = n if size <= 0 else min(size, n)
+        key = (self.version, w)
+        if self._locations is None or self._locations[0] != key:
+            lo = self._tail - w
+            self._locations = (key, self._segs[lo : self._tail].copy(), self._rows[lo : self._tail].copy())
+        return self._locations[1], self._locations[2]
 
     def pop_oldest(self) -> Record:
         """Remove and return the oldest trajectory."""
@@ -78,6 +107,7 @@ class TrajectoryIndex:
             raise IndexError("index is empty")
         tid = int(self._ids[self._head])
         self._head += 1
+        del self._pos[tid]
         record = self._records.pop(tid)
         self._total -= record.num_transitions
         self.version += 1

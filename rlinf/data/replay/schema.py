@@ -76,6 +76,44 @@ class Schema(dict[Key, ColumnSpec]):
         }
 
 
+_DTYPES = {
+    str(t).removeprefix("torch."): t
+    for t in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+    )
+}
+
+
+def schema_from_json(obj: Any, where: str, error: type[Exception]) -> Schema:
+    """Parse :meth:`Schema.to_json` output; raise ``error`` naming ``where`` if malformed."""
+    if not isinstance(obj, dict):
+        raise error(f"{where}: fields must be a JSON object, got {type(obj).__name__}")
+    out = Schema()
+    for name, spec in obj.items():
+        dtype = _DTYPES.get(spec.get("dtype")) if isinstance(spec, dict) else None
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        parts = tuple(name.split(".")) if isinstance(name, str) else ()
+        if (
+            dtype is None
+            or not isinstance(shape, list)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+            or len(parts) not in (1, 2)
+            or not all(parts)
+        ):
+            raise error(f"{where}: field {name!r} has a bad description {spec!r}")
+        out[parts] = ColumnSpec(dtype, tuple(shape))
+    return out
+
+
 def combine(schema: Schema | None, other: Schema, where: str, error: type[Exception]) -> Schema:
     """The schema two sources share; raise ``error`` naming the first difference."""
     if schema is None:

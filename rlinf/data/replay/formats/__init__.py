@@ -5,6 +5,9 @@
 the trajectory as CPU tensors ``[T, B, ...]`` (dict fields as dicts of tensors). Reading never
 executes code from the file: ``pt`` goes through ``torch.load(weights_only=True)``, ``pkl`` through
 a restricted unpickler.
+
+``segment`` (:mod:`.segment`) is this library's format for random row reads: aligned rows of many
+trajectories in one raw file per column. It is not a per-file format, so it is not in ``FORMATS``.
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ from ..errors import InvalidArgumentError
 from . import pkl, pt
 
 FORMATS = {"pt": pt, "pkl": pkl}
+SEGMENT = "segment"
+ALL_FORMATS = ("pt", "pkl", SEGMENT)
 
 
 def check_format(name: object) -> str:
     """Return ``name`` if it is a known trajectory format, else raise a clear error."""
-    if name not in FORMATS:
-        raise InvalidArgumentError(f"trajectory_format must be 'pt' or 'pkl', got {name!r}")
+    if name not in ALL_FORMATS:
+        raise InvalidArgumentError(
+            f"trajectory_format must be 'pt', 'pkl' or 'segment', got {name!r} ('pt' and 'pkl' "
+            "are RLinf's one-file-per-trajectory formats; 'segment' is made for random row reads)"
+        )
     return str(name)
 
 

@@ -1,0 +1,259 @@
+"""The ``segment`` format: column files of aligned rows, made for random row reads.
+
+``pt``/``pkl`` keep one file per trajectory (RLinf's layout); reading ``N`` random transitions
+from them touches up to ``N`` files. A *segment* instead appends the aligned rows ``[T * B, ...]``
+of many trajectories to one raw file per column::
+
+    seg-000000/
+        segment.json      {"format_version": 1, "columns": [{"name", "dtype", "shape"}, ...]}
+        000.bin           rows of column 0, back to back (row_bytes each, native byte order)
+        001.bin           ...
+
+The index entry of a trajectory names its segment (``file``) and first row (``row``); its rows are
+``[row, row + num_steps * num_envs)`` of every column file. Reading maps each column file once
+(``mmap``) and gathers any set of rows with one ``index_select`` per column, whatever trajectories
+they belong to. A segment is *sealed* once it holds ``segment_bytes`` (1 GiB by default) and the
+next trajectory starts a new one; a trajectory never spans two segments.
+
+Durability: rows are appended and fsync'd before the index entry naming them is written, so after
+a crash the index only names complete rows; :meth:`SegmentStore.recover` truncates the bytes a
+crash left beyond the last indexed row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from ..errors import CorruptBufferError
+from ..fsio import atomic_write_json, fsync_dir
+from ..schema import ColumnSpec, Schema
+from ..trajectory import Key, key_name
+
+FORMAT_VERSION = 1
+SEGMENT_RE = re.compile(r"^seg-(\d{6,})$")
+SEGMENT_META = "segment.json"
+DEFAULT_SEGMENT_BYTES = 1 << 30
+_OPEN_SEGMENTS = 32  # mapped segments kept open for reading (each maps one file per column)
+
+
+def segment_name(number: int) -> str:
+    """``7`` -> ``"seg-000007"``."""
+    return f"seg-{number:06d}"
+
+
+def segment_number(name: str) -> int:
+    """``"seg-000007"`` -> ``7``; raise :class:`CorruptBufferError` for anything else."""
+    m = SEGMENT_RE.match(name)
+    if m is None:
+        raise CorruptBufferError(f"{name!r} is not a segment name (expected seg-NNNNNN)")
+    return int(m.group(1))
+
+
+def column_file(index: int) -> str:
+    """File name of the ``index``-th column of a segment."""
+    return f"{index:03d}.bin"
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty((), dtype=dtype).numpy().dtype if dtype != torch.bfloat16 else np.dtype(np.uint16)
+
+
+class SegmentStore:
+    """The segments of one directory: appends rows (writer side) and maps rows (reader side).
+
+    Args:
+        directory: the buffer directory holding ``seg-*`` folders.
+        schema: the buffer's columns; column ``i`` of the schema is file ``{i:03d}.bin``.
+        segment_bytes: seal a segment once it holds this many bytes of rows.
+    """
+
+    def __init__(self, directory: str, schema: Schema, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+        self.directory = directory
+        self.schema = schema
+        self.segment_bytes = segment_bytes
+        self._keys = list(schema)
+        self._active: int | None = None
+        self._active_rows = 0
+        self._files: list[IO[bytes]] = []
+        self._maps: OrderedDict[int, tuple[int, dict[Key, torch.Tensor]]] = OrderedDict()
+
+    # -- writing ------------------------------------------------------------------------------
+    def append(self, rows: Mapping[Key, torch.Tensor]) -> tuple[str, int]:
+        """Append one trajectory's rows (``[N, ...]`` per column); return ``(segment, first row)``.
+
+        The rows are fsync'd when this returns; write the index entry only afterwards.
+        """
+        n = int(rows[self._keys[0]].shape[0])
+        row_bytes = self.schema.row_bytes
+        if self._active is None or (
+            self._active_rows and (self._active_rows + n) * row_bytes > self.segment_bytes
+        ):
+            self._start_segment(self._next_number())
+        assert self._active is not None
+        start = self._active_rows
+        try:
+            for key, f in zip(self._keys, self._files, strict=True):
+                tensor = rows[key].contiguous()
+                if tensor.dtype == torch.bfloat16:
+                    tensor = tensor.view(torch.uint16)
+                f.write(memoryview(tensor.numpy()).cast("B"))
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            self._truncate_active(start)  # leave no partial row behind
+            raise
+        self._active_rows += n
+        return segment_name(self._active), start
+
+    def _next_number(self) -> int:
+        numbers = [segment_number(n) for n in os.listdir(self.directory) if SEGMENT_RE.match(n)]
+        return max(numbers, default=-1) + 1
+
+    def _start_segment(self, number: int) -> None:
+        self.close()
+        path = os.path.join(self.directory, segment_name(number))
+        os.makedirs(path, exist_ok=True)
+        atomic_write_json(os.path.join(path, SEGMENT_META), self.describe())
+        self._files = [open(os.path.join(path, column_file(i)), "ab") for i in range(len(self._keys))]  # noqa: SIM115
+        fsync_dir(path)
+        fsync_dir(self.directory)
+        self._active, self._active_rows = number, 0
+
+    def _truncate_active(self, rows: int) -> None:
+        for spec, f in zip(self.schema.values(), self._files, strict=True):
+            f.flush()
+            os.ftruncate(f.fileno(), rows * spec.row_bytes)
+            f.seek(0, os.SEEK_END)
+
+    def continue_segment(self, name: str, rows: int) -> None:
+        """Append to existing segment ``name`` after its first ``rows`` rows (after recovery)."""
+        self.close()
+        number = segment_number(name)
+        path = os.path.join(self.directory, name)
+        self._files = [open(os.path.join(path, column_file(i)), "ab") for i in range(len(self._keys))]  # noqa: SIM115
+        self._active, self._active_rows = number, rows
+        self._truncate_active(rows)
+
+    def describe(self) -> dict[str, Any]:
+        """The ``segment.json`` content: format version and the columns in file order."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "columns": [
+                {
+                    "name": key_name(k),
+                    "dtype": str(s.dtype).removeprefix("torch."),
+                    "shape": list(s.row_shape),
+                }
+                for k, s in self.schema.items()
+            ],
+        }
+
+    def close(self) -> None:
+        """Close the active segment's files (appends reopen a segment)."""
+        for f in self._files:
+            f.close()
+        self._files = []
+        self._active = None
+
+    # -- reading ------------------------------------------------------------------------------
+    def columns(self, name: str, min_rows: int) -> dict[Key, torch.Tensor]:
+        """Memory-mapped ``[rows, *row_shape]`` tensors of every column of segment ``name``.
+
+        ``min_rows``: rows the caller needs; a mapping shorter than that (the segment grew since
+        it was mapped) is remapped.
+        """
+        number = segment_number(name)
+        held = self._maps.get(number)
+        if held is not None and held[0] >= min_rows:
+            self._maps.move_to_end(number)
+            return held[1]
+        path = os.path.join(self.directory, name)
+        check_segment_meta(path, self.describe())
+        cols: dict[Key, torch.Tensor] = {}
+        rows = None
+        for i, (key, spec) in enumerate(self.schema.items()):
+            file = os.path.join(path, column_file(i))
+            if os.path.islink(file):
+                raise CorruptBufferError(f"{file}: is a symbolic link; segment files must be regular files")
+            size = os.path.getsize(file) if os.path.exists(file) else -1
+            n = size // spec.row_bytes if spec.row_bytes else min_rows
+            if size < 0 or n < min_rows:
+                raise CorruptBufferError(
+                    f"{file}: holds {max(n, 0)} rows but the index needs {min_rows}; the segment is "
+                    "truncated (repair the directory with the verify tool)"
+                )
+            rows = n if rows is None else min(rows, n)
+            cols[key] = _map_column(file, n, spec)
+        self._maps[number] = (rows or 0, cols)
+        if len(self._maps) > _OPEN_SEGMENTS:
+            self._maps.popitem(last=False)
+        return cols
+
+    def read(self, name: str, row: int, count: int) -> dict[Key, torch.Tensor]:
+        """Copies of rows ``[row, row + count)`` of every column of segment ``name``."""
+        cols = self.columns(name, row + count)
+        return {k: v[row : row + count].clone() for k, v in cols.items()}
+
+    def forget_maps(self) -> None:
+        """Drop every mapping (they are re-created on demand)."""
+        self._maps.clear()
+
+
+def truncate_segment(path: str, schema: Schema | None, rows: int) -> None:
+    """Cut every column file of segment ``path`` to ``rows`` rows (partial appends of a crash).
+
+    Files already shorter are left alone (reading them reports the damage). With no schema
+    (nothing indexed), every column file is emptied.
+    """
+    specs = list(schema.values()) if schema else []
+    for entry in os.scandir(path):
+        m = re.match(r"^(\d{3,})\.bin$", entry.name)
+        if m is None or not entry.is_file(follow_symlinks=False):
+            continue
+        i = int(m.group(1))
+        keep = rows * specs[i].row_bytes if i < len(specs) else 0
+        if entry.stat(follow_symlinks=False).st_size > keep:
+            with open(entry.path, "r+b") as f:
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def _map_column(file: str, rows: int, spec: ColumnSpec) -> torch.Tensor:
+    shape = (rows, *spec.row_shape)
+    if rows == 0 or spec.row_bytes == 0:
+        return torch.empty(shape, dtype=spec.dtype)
+    # copy-on-write private mapping: pages come from the page cache, nothing is written back
+    arr = np.memmap(file, dtype=_numpy_dtype(spec.dtype), mode="c", shape=shape)
+    tensor = torch.from_numpy(arr)
+    return tensor.view(torch.bfloat16) if spec.dtype == torch.bfloat16 else tensor
+
+
+def check_segment_meta(path: str, expected: dict[str, Any]) -> None:
+    """Raise :class:`CorruptBufferError` unless ``path/segment.json`` describes ``expected``."""
+    meta_path = os.path.join(path, SEGMENT_META)
+    try:
+        with open(meta_path, "rb") as f:
+            meta = json.loads(f.read())
+    except FileNotFoundError:
+        raise CorruptBufferError(f"{meta_path}: is missing; the segment cannot be read") from None
+    except (OSError, ValueError) as exc:
+        raise CorruptBufferError(f"{meta_path}: unreadable ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("columns") != expected["columns"]:
+        raise CorruptBufferError(
+            f"{meta_path}: its columns do not match the buffer's fields; the segment belongs to "
+            "another buffer"
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CorruptBufferError(
+            f"{meta_path}: format_version {meta.get('format_version')!r} is not supported "
+            f"(this library reads {FORMAT_VERSION})"
+        )
