@@ -69,12 +69,15 @@ def leaves(batch: dict) -> dict[str, torch.Tensor]:
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
-    """sha256 of every regular file in ``directory`` (names starting with ``trajectory``)."""
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+    """sha256 of every trajectory file in ``directory``: ``trajectory_*.pt|pkl`` files, and
+    the column files of segments (``seg-*/NNN.bin``)."""
+    files = [
+        p
         for p in sorted(directory.iterdir())
         if p.is_file() and p.name.startswith("trajectory_") and p.suffix in (".pt", ".pkl")
-    }
+    ]
+    files += sorted(directory.glob("seg-*/*.bin"))
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def all_hashes(directory: Path) -> dict[str, str]:
@@ -101,7 +104,7 @@ def saved_checkpoint(path: Path, codes: list[int], fmt: str = "pt") -> Path:
 
 
 # -- round trips --------------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt", ["pt", "pkl"])
+@pytest.mark.parametrize("fmt", ["pt", "pkl", "segment"])
 @pytest.mark.parametrize("auto_save", [False, True, "no_cache"], ids=["memory", "auto_save", "no_cache"])
 def test_save_then_load_gives_the_same_data(tmp_path, fmt, auto_save):
     kwargs = {"trajectory_format": fmt, "seed": 99}
@@ -127,7 +130,10 @@ def test_save_then_load_gives_the_same_data(tmp_path, fmt, auto_save):
         assert a[key].dtype == b[key].dtype, key
         assert torch.equal(a[key], b[key]), key
     assert seen_transitions(dst) == expected_transitions(list(range(6)))
-    assert {p.suffix for p in ckpt.glob("trajectory_*_*")} == {f".{fmt}"}
+    if fmt == "segment":
+        assert list(ckpt.glob("trajectory_*_*")) == [] and list(ckpt.glob("seg-*/000.bin"))
+    else:
+        assert {p.suffix for p in ckpt.glob("trajectory_*_*")} == {f".{fmt}"}
     src.close()
 
 
@@ -801,7 +807,7 @@ def test_saving_onto_a_file_is_refused(tmp_path):
 
 
 # -- auto-save continuation and loading -----------------------------------------------------------
-@pytest.mark.parametrize("fmt", ["pt", "pkl"])
+@pytest.mark.parametrize("fmt", ["pt", "pkl", "segment"])
 @pytest.mark.parametrize("ending", ["close", "flush"])
 def test_auto_save_directory_is_continued(tmp_path, fmt, ending):
     path = tmp_path / "auto"
@@ -809,7 +815,7 @@ def test_auto_save_directory_is_continued(tmp_path, fmt, ending):
     assert first.add_trajectories([coded_trajectory(i) for i in range(3)]) == [0, 1, 2]
     getattr(first, ending)()  # "flush" stands for a process that stopped without close()
     before = file_hashes(path)
-    assert len(before) == 3
+    assert len(before) == (3 if fmt != "segment" else len(first.schema))
 
     second = fresh(auto_save=True, auto_save_path=str(path), trajectory_format=fmt, cache_size=2)
     assert (second.size, second.total_samples, second.trajectory_counter) == (3, 3 * PER_TRAJ, 3)
@@ -819,7 +825,7 @@ def test_auto_save_directory_is_continued(tmp_path, fmt, ending):
     after = file_hashes(path)
     for name, digest in before.items():
         assert after[name] == digest
-    assert len(after) == 5
+    assert len(after) == (5 if fmt != "segment" else 2 * len(first.schema))  # a new segment
 
     # the auto-save directory is a loadable checkpoint
     reader = loaded(path)

@@ -126,15 +126,18 @@ def test_close_without_auto_save_keeps_data(tmp_path):
 
 
 # -- flush --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt", ["pt", "pkl"])
+@pytest.mark.parametrize("fmt", ["pt", "pkl", "segment"])
 def test_after_flush_every_trajectory_is_on_disk_and_indexed(tmp_path, fmt):
     buf = auto(tmp_path, cache_size=2, trajectory_format=fmt)
     buf.add_trajectories([coded_trajectory(i) for i in range(3)])
     buf.add_trajectories([coded_trajectory(i) for i in range(3, 5)])
     buf.flush()
     directory = tmp_path / "auto"
-    assert ids_on_disk(directory) == set(range(5))
-    assert {p.suffix for p in directory.iterdir() if NAME_RE.match(p.name)} == {f".{fmt}"}
+    if fmt == "segment":
+        assert len(list(directory.glob("seg-*/*.bin"))) == len(buf.schema)
+    else:
+        assert ids_on_disk(directory) == set(range(5))
+        assert {p.suffix for p in directory.iterdir() if NAME_RE.match(p.name)} == {f".{fmt}"}
     # a NEW buffer finds every file through the index (no close() was called)
     reader = load_new(directory)
     assert (reader.size, reader.total_samples) == (5, 5 * PER_TRAJ)

@@ -32,7 +32,8 @@ from conftest import TrackedBuffer as TrajectoryReplayBuffer
 from rlinf.data.replay_buffer import Trajectory
 
 STORAGE = ("memory", "ring", "cached", "disk", "disk-ring", "nocache", "checkpoint")
-FORMATS = ("pt", "pkl")
+FORMATS = ("pt", "pkl", "segment")
+FILE_FORMATS = ("pt", "pkl")  # what RLinf itself writes
 LAYOUTS = ("rlinf", "aligned", "done_only")
 SEED = 1234
 WEIGHTS_ID = "3da470c4-34f9-5bdb-9175-29591bcef469"
@@ -337,7 +338,7 @@ def test_sample_never_misaligns_any_layout_on_any_storage_path(tmp_path, layout,
     assert sampled_pairs(batch) == all_pairs(SHAPES), "some transitions were never sampled"
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", FILE_FORMATS)
 @pytest.mark.parametrize("kind", ["memory", "ring", "cached", "disk", "disk-ring", "nocache"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_sample_from_rlinf_written_directory_is_aligned(tmp_path, layout, kind, fmt):
