@@ -72,13 +72,14 @@ class SegmentStore:
     Args:
         directory: the buffer directory holding ``seg-*`` folders.
         schema: the buffer's columns; column ``i`` of the schema is file ``{i:03d}.bin``.
-        segment_bytes: seal a segment once it holds this many bytes of rows.
+        segment_bytes: seal a segment once it holds this many bytes of rows (default
+            ``DEFAULT_SEGMENT_BYTES``, 1 GiB).
     """
 
-    def __init__(self, directory: str, schema: Schema, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+    def __init__(self, directory: str, schema: Schema, segment_bytes: int | None = None) -> None:
         self.directory = directory
         self.schema = schema
-        self.segment_bytes = segment_bytes
+        self.segment_bytes = segment_bytes or DEFAULT_SEGMENT_BYTES
         self._keys = list(schema)
         self._active: int | None = None
         self._active_rows = 0

@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..checkpoint import new_staging_dir, publish
+from ..checkpoint import new_staging_dir, publish, read_rows
 from ..directory import (
     INDEX,
     INDEX_RLINF_MERGE,
@@ -34,6 +34,8 @@ from ..directory import (
     write_metadata,
 )
 from ..errors import BufferDirectoryError, CorruptBufferError, InvalidArgumentError
+from ..formats import SEGMENT
+from ..formats.segment import SegmentStore
 from ..fsio import atomic_copy, fsync_dir, link_or_copy
 from ..schema import Schema, combine
 
@@ -113,12 +115,14 @@ def _check_destination(save_path: str, sources: list[str]) -> str:
     return dest
 
 
-def _verify(staging: str, placed: list[tuple[Record, str]]) -> None:
+def _verify(staging: str, placed: list[tuple[Record, Record]]) -> None:
     contents, _ = read_directory(staging)
     if [r.trajectory_id for r in contents.records] != list(range(len(placed))):
         raise CorruptBufferError(f"{staging}: the merged index does not list 0..{len(placed) - 1}")
-    for record, name in placed:
-        src, dst = record.path or "", os.path.join(staging, name)
+    for record, new in placed:
+        if new.row is not None:
+            continue  # segment rows were copied and fsync'd; read_directory checked the entries
+        src, dst = record.path or "", new.path or ""
         if os.path.getsize(src) != os.path.getsize(dst):
             raise CorruptBufferError(f"{dst}: size differs from its source {src}")
 
@@ -138,7 +142,12 @@ def _release_sources(contents: list[DirectoryContents], moved: set[tuple[int, in
             for name in (INDEX, INDEX_RLINF_MERGE, JOURNAL, METADATA):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(c.path, name))
+        kept_segments = {r.file for r in keep if r.row is not None}
         for record in gone:
+            if record.row is not None:  # a segment goes once no kept trajectory uses it
+                if record.file not in kept_segments:
+                    shutil.rmtree(record.path or "", ignore_errors=True)
+                continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(record.path or "")
         fsync_dir(c.path)
@@ -183,22 +192,28 @@ def merge_or_split(
     chosen = plan(contents, split_count)
     dest = _check_destination(save_path, sources)
     staging = new_staging_dir(dest)
-    placed: list[tuple[Record, str]] = []
+    placed: list[tuple[Record, Record]] = []  # (source record, record in the output)
+    store = SegmentStore(staging, schema) if fmt == SEGMENT and schema is not None else None
     try:
         for new_id, (_, record) in enumerate(chosen):
-            renumbered = dataclasses.replace(record, trajectory_id=new_id)
-            name = renumbered.canonical_name(record.fmt or fmt)
-            target = os.path.join(staging, name)
-            if copy:
-                atomic_copy(record.path or "", target)
+            renumbered = dataclasses.replace(record, trajectory_id=new_id, directory=staging)
+            if store is not None:  # segments: copy the rows into the output's own segments
+                name, row = store.append(read_rows(record, schema))
+                renumbered = dataclasses.replace(renumbered, file=name, row=row)
             else:
-                link_or_copy(record.path or "", target)
-            placed.append((record, name))
+                name = renumbered.canonical_name(record.fmt or fmt)
+                renumbered = dataclasses.replace(renumbered, file=name)
+                target = os.path.join(staging, name)
+                if copy:
+                    atomic_copy(record.path or "", target)
+                else:
+                    link_or_copy(record.path or "", target)
+            placed.append((record, renumbered))
             if progress is not None:
                 progress(new_id + 1, len(chosen))
-        entries = [
-            dataclasses.replace(r, trajectory_id=i).to_entry(name) for i, (r, name) in enumerate(placed)
-        ]
+        if store is not None:
+            store.close()
+        entries = [r.to_entry() for _, r in placed]
         write_index(staging, entries)
         write_metadata(staging, fmt, entries, len(entries), contents[0].seed, schema)
         fsync_dir(staging)
