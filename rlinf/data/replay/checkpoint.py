@@ -251,6 +251,7 @@ class OwnDirectory:
         self.contents = contents
         self.schema = schema
         self.entries: dict[int, dict[str, Any]] = {r.trajectory_id: r.to_entry() for r in contents.records}
+        self._total = sum(int(e["num_samples"]) for e in self.entries.values())
         self.next_id = contents.counter
         self.journal = Journal(path)
         self._store: SegmentStore | None = None
@@ -294,7 +295,7 @@ class OwnDirectory:
     def record_written(self, record: Record, name: str, counter: int, schema: Schema | None) -> None:
         """Append the entry of a file just written; compact when the journal grows long."""
         entry = record.to_entry(name)
-        self.entries[record.trajectory_id] = entry
+        self._set_entry(entry)
         self.next_id = max(self.next_id, record.trajectory_id + 1)
         self.journal.append(entry)
         if self.journal.lines > max(_COMPACT_MIN, len(self.entries)):
@@ -318,7 +319,13 @@ class OwnDirectory:
         if schema is not None:
             self.schema = schema
         self.next_id = max(self.next_id, counter)
-        write_metadata(self.path, self.fmt, self.entries.values(), self.next_id, self.seed, self.schema)
+        totals = (len(self.entries), self._total)
+        write_metadata(self.path, self.fmt, totals, self.next_id, self.seed, self.schema)
+
+    def _set_entry(self, entry: dict[str, Any]) -> None:
+        old = self.entries.get(entry["trajectory_id"])
+        self._total += int(entry["num_samples"]) - (int(old["num_samples"]) if old else 0)
+        self.entries[entry["trajectory_id"]] = entry
 
     def absorb(self, snapshot: Snapshot) -> None:
         """Copy into this directory every snapshot trajectory it does not list yet."""
@@ -334,7 +341,7 @@ class OwnDirectory:
             store = self.segment_store(snapshot.schema) if self.fmt == formats.SEGMENT else None
             assert snapshot.schema is not None or store is None
             placed = place_records([record], snapshot.rows_of, self.path, self.fmt, snapshot.schema, store)
-            self.entries[record.trajectory_id] = placed[record.trajectory_id].to_entry()
+            self._set_entry(placed[record.trajectory_id].to_entry())
 
     def close(self) -> None:
         """Close the journal handle and the segment being appended."""

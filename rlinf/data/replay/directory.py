@@ -539,23 +539,29 @@ def load_columns(record: Record, mmap: bool = True) -> dict[Key, torch.Tensor]:
 def write_metadata(
     path: str,
     fmt: str,
-    entries: Iterable[dict[str, Any]],
+    entries: Iterable[dict[str, Any]] | tuple[int, int],
     counter: int,
     seed: int | None,
     schema: Schema | None,
 ) -> None:
     """Atomically write ``metadata.json`` (RLinf's keys plus ``format_version`` and fields).
 
-    ``size`` and ``total_samples`` count the trajectories and transitions the index lists.
+    ``size`` and ``total_samples`` count the trajectories and transitions the index lists;
+    ``entries`` is that index, or the pair ``(size, total_samples)`` when the caller keeps
+    running totals (so that writing metadata does not cost O(index size)).
     """
-    entries = list(entries)
+    if isinstance(entries, tuple):
+        size, total = entries
+    else:
+        listed = list(entries)
+        size, total = len(listed), sum(int(e["num_samples"]) for e in listed)
     atomic_write_json(
         os.path.join(path, METADATA),
         {
             "format_version": FORMAT_VERSION,
             "trajectory_format": fmt,
-            "size": len(entries),
-            "total_samples": sum(int(e["num_samples"]) for e in entries),
+            "size": size,
+            "total_samples": total,
             "trajectory_counter": counter,
             "seed": seed,
             "fields": schema.to_json() if schema else {},
