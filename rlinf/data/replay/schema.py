@@ -29,7 +29,7 @@ class ColumnSpec:
         n = 1
         for d in self.row_shape:
             n *= d
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return n * self.dtype.itemsize
 
 
 class Schema(dict[Key, ColumnSpec]):
@@ -45,7 +45,10 @@ class Schema(dict[Key, ColumnSpec]):
     @property
     def row_bytes(self) -> int:
         """Bytes of one transition across all columns."""
-        return sum(spec.row_bytes for spec in self.values())
+        cached = self.__dict__.get("_row_bytes")
+        if cached is None or cached[0] != len(self):
+            cached = self.__dict__["_row_bytes"] = (len(self), sum(spec.row_bytes for spec in self.values()))
+        return cached[1]
 
     def check(self, other: Schema, where: str = "") -> None:
         """Raise :class:`InvalidTrajectoryError` naming the first difference with ``other``."""
