@@ -470,3 +470,18 @@ def test_add_returns_before_slow_write_completes(tmp_path, monkeypatch):
     assert buf.get_stats()["pending_writes"] == 0
     buf.close()
     assert trajectories_seen(load_new(directory)) == {0, 1}
+
+
+def test_adds_wait_for_the_disk_once_pending_writes_exceed_their_bound(tmp_path):
+    buf = auto(tmp_path, cache_size=1, max_pending_bytes=1)
+    for i in range(4):
+        buf.add_trajectories([coded_trajectory(i)])
+        # nothing may wait in memory beyond the bound: the add returned after the write
+        assert buf.get_stats()["pending_writes"] == 0
+    roomy = TrajectoryReplayBuffer(
+        auto_save=True, auto_save_path=str(tmp_path / "roomy"), max_pending_bytes=1 << 30
+    )
+    roomy.add_trajectories([coded_trajectory(i) for i in range(4)])
+    roomy.flush()
+    assert roomy.get_stats()["files_written"] == 4
+    roomy.close()

@@ -92,6 +92,8 @@ class TrajectoryReplayBuffer:
         reserve_bytes: address space reserved for the in-memory ring (virtual: pages are
             committed only as rows are written). Default ``cache_max_bytes``, else the
             machine's physical memory. When the ring is full the oldest trajectories leave it.
+        max_pending_bytes: with ``auto_save``, bytes of trajectories waiting for the background
+            writer beyond which ``add_trajectories`` waits for the disk (backpressure; 1 GiB).
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class TrajectoryReplayBuffer:
         cache_max_bytes: int | None = None,
         check_finite: bool = False,
         reserve_bytes: int | None = None,
+        max_pending_bytes: int = 1 << 30,
     ) -> None:
         if seed is None:
             seed = random.SystemRandom().randrange(2**63)
@@ -123,6 +126,8 @@ class TrajectoryReplayBuffer:
         if reserve_bytes is not None:
             reserve_bytes = _check_int("reserve_bytes", reserve_bytes, 1)
         self._reserve_bytes = reserve_bytes
+        self._max_pending = _check_int("max_pending_bytes", max_pending_bytes, 1)
+        self._pending_bytes = 0
         if self.auto_save:
             if not isinstance(auto_save_path, str | os.PathLike) or not os.fspath(auto_save_path):
                 raise InvalidArgumentError(
@@ -133,6 +138,7 @@ class TrajectoryReplayBuffer:
             self.auto_save_path = None
 
         self._lock = threading.RLock()
+        self._written = threading.Condition(self._lock)  # notified as background writes finish
         self._generator = torch.Generator().manual_seed(self.seed)
         self._sampler = UniformSampler(self._generator)
         self._index = TrajectoryIndex()
@@ -263,7 +269,11 @@ class TrajectoryReplayBuffer:
             for i, traj in enumerate(aligned):
                 schema.check(Schema.of_columns(traj.columns), where=f"trajectory {i}: ")
             self._schema = schema
-            return [self._add_one(traj) for traj in aligned]
+            ids = [self._add_one(traj) for traj in aligned]
+            # backpressure: never let more than max_pending_bytes wait for the disk
+            while self._pending_bytes > self._max_pending and not self._failed and self._writer.pending:
+                self._written.wait(timeout=0.5)
+            return ids
 
     def _add_one(self, traj: AlignedTrajectory) -> int:
         tid = self._counter
@@ -300,6 +310,8 @@ class TrajectoryReplayBuffer:
                     self._submit_write(record, data)
 
     def _submit_write(self, record: Record, data: dict[Key, torch.Tensor]) -> None:
+        if record.trajectory_id not in self._unwritten:
+            self._pending_bytes += sum(t.numel() * t.element_size() for t in data.values())
         self._unwritten[record.trajectory_id] = data
         self._writer.submit(f"trajectory {record.trajectory_id}", lambda: self._write_own(record, data))
 
@@ -310,7 +322,10 @@ class TrajectoryReplayBuffer:
             with self._lock:
                 if record.trajectory_id in self._unwritten:
                     self._failed[record.trajectory_id] = record
+                self._written.notify_all()
             raise
+        with self._lock:
+            self._written.notify_all()
 
     def _write_file(self, record: Record, data: dict[Key, torch.Tensor]) -> None:
         own = self._own
@@ -334,7 +349,7 @@ class TrajectoryReplayBuffer:
         with self._lock:
             if self._index_holds(record):
                 record.directory, record.file = own.path, name
-            self._unwritten.pop(record.trajectory_id, None)
+            self._drop_unwritten(record.trajectory_id)
             self._files_written += 1
             own.record_written(record, name, self._counter, self._schema)
 
@@ -348,7 +363,7 @@ class TrajectoryReplayBuffer:
             if self._index_holds(record):
                 record.directory, record.file, record.row = own.path, name, row
                 self._index.set_location(record.trajectory_id, self._segment_key(own.path, name), row)
-            self._unwritten.pop(record.trajectory_id, None)
+            self._drop_unwritten(record.trajectory_id)
             self._files_written += 1
             own.record_written(
                 replace(record, directory=own.path, file=name, row=row), name, self._counter, schema
@@ -376,6 +391,11 @@ class TrajectoryReplayBuffer:
                 store = SegmentStore(directory, schema)
             self._stores[directory] = store
         return store
+
+    def _drop_unwritten(self, trajectory_id: int) -> None:
+        data = self._unwritten.pop(trajectory_id, None)
+        if data is not None:
+            self._pending_bytes -= sum(t.numel() * t.element_size() for t in data.values())
 
     def _index_holds(self, record: Record) -> bool:
         return record.trajectory_id in self._index and self._index[record.trajectory_id] is record
@@ -466,7 +486,9 @@ class TrajectoryReplayBuffer:
             sel = slice(None) if len(present) == 1 else np.flatnonzero(segs == s)
             directory, name = self._segments[s]
             r = rows[sel]
-            cols = self._store_for(directory, schema).columns(name, int(r.max()) + 1)
+            store = self._store_for(directory, schema)
+            cols = store.columns(name, int(r.max()) + 1)
+            store.note_read(len(r) * schema.row_bytes)
             idx = torch.from_numpy(r)
             if whole and np.array_equal(dest_rows, np.arange(len(dest_rows))):
                 for key in out:
@@ -689,6 +711,7 @@ class TrajectoryReplayBuffer:
         if self._cache is not None:
             self._cache.clear()
         self._unwritten.clear()
+        self._pending_bytes = 0
         self._failed.clear()
         self._readers.clear()
         self._schema = None

@@ -23,6 +23,7 @@ crash left beyond the last indexed row.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 from collections import OrderedDict
@@ -42,6 +43,10 @@ SEGMENT_RE = re.compile(r"^seg-(\d{6,})$")
 SEGMENT_META = "segment.json"
 DEFAULT_SEGMENT_BYTES = 1 << 30
 _OPEN_SEGMENTS = 32  # mapped segments kept open for reading (each maps one file per column)
+#: Bytes read through the mappings after which their pages are dropped from this process
+#: (``MADV_DONTNEED``; they stay in the page cache), so resident memory does not grow to the
+#: size of every segment ever sampled.
+MAPPED_RESIDENT_BYTES = 256 << 20
 
 
 def segment_name(number: int) -> str:
@@ -85,6 +90,8 @@ class SegmentStore:
         self._active_rows = 0
         self._files: list[IO[bytes]] = []
         self._maps: OrderedDict[int, tuple[int, dict[Key, torch.Tensor]]] = OrderedDict()
+        self._mmaps: dict[int, list[mmap.mmap]] = {}
+        self._read_since_drop = 0
 
     # -- writing ------------------------------------------------------------------------------
     def append(self, rows: Mapping[Key, torch.Tensor]) -> tuple[str, int]:
@@ -179,6 +186,7 @@ class SegmentStore:
         path = os.path.join(self.directory, name)
         check_segment_meta(path, self.describe())
         cols: dict[Key, torch.Tensor] = {}
+        maps: list[mmap.mmap] = []
         rows = None
         for i, (key, spec) in enumerate(self.schema.items()):
             file = os.path.join(path, column_file(i))
@@ -192,11 +200,24 @@ class SegmentStore:
                     "truncated (repair the directory with the verify tool)"
                 )
             rows = n if rows is None else min(rows, n)
-            cols[key] = _map_column(file, n, spec)
+            cols[key] = _map_column(file, n, spec, maps)
         self._maps[number] = (rows or 0, cols)
+        self._mmaps[number] = maps
         if len(self._maps) > _OPEN_SEGMENTS:
-            self._maps.popitem(last=False)
+            old, _ = self._maps.popitem(last=False)
+            self._mmaps.pop(old, None)
         return cols
+
+    def note_read(self, nbytes: int) -> None:
+        """Account ``nbytes`` read through the mappings; past ``MAPPED_RESIDENT_BYTES``, drop
+        every mapped page from this process (reads fault them back from the page cache)."""
+        self._read_since_drop += nbytes
+        if self._read_since_drop < MAPPED_RESIDENT_BYTES:
+            return
+        self._read_since_drop = 0
+        for maps in self._mmaps.values():
+            for m in maps:
+                m.madvise(mmap.MADV_DONTNEED)
 
     def read(self, name: str, row: int, count: int) -> dict[Key, torch.Tensor]:
         """Copies of rows ``[row, row + count)`` of every column of segment ``name``."""
@@ -206,6 +227,7 @@ class SegmentStore:
     def forget_maps(self) -> None:
         """Drop every mapping (they are re-created on demand)."""
         self._maps.clear()
+        self._mmaps.clear()
 
 
 def truncate_segment(path: str, schema: Schema | None, rows: int) -> None:
@@ -228,12 +250,16 @@ def truncate_segment(path: str, schema: Schema | None, rows: int) -> None:
                 os.fsync(f.fileno())
 
 
-def _map_column(file: str, rows: int, spec: ColumnSpec) -> torch.Tensor:
+def _map_column(file: str, rows: int, spec: ColumnSpec, maps: list[mmap.mmap]) -> torch.Tensor:
     shape = (rows, *spec.row_shape)
     if rows == 0 or spec.row_bytes == 0:
         return torch.empty(shape, dtype=spec.dtype)
-    # copy-on-write private mapping: pages come from the page cache, nothing is written back
-    arr = np.memmap(file, dtype=_numpy_dtype(spec.dtype), mode="c", shape=shape)
+    # copy-on-write private mapping: pages come from the page cache, nothing is written back;
+    # numpy holds a buffer export, so the map cannot be closed under the tensor
+    with open(file, "rb") as f:
+        m = mmap.mmap(f.fileno(), rows * spec.row_bytes, access=mmap.ACCESS_COPY)
+    maps.append(m)
+    arr = np.frombuffer(m, dtype=_numpy_dtype(spec.dtype)).reshape(shape)
     tensor = torch.from_numpy(arr)
     return tensor.view(torch.bfloat16) if spec.dtype == torch.bfloat16 else tensor
 
