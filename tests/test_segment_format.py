@@ -524,12 +524,6 @@ def test_a_bad_segment_index_entry_is_refused(tmp_path, changes, error, message)
     assert trajectories_seen(buf) == {0, 2}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SEGMENT_RE is matched with re.match and '$', which also matches before a trailing "
-    "newline: 'seg-000000\\n' is accepted as a segment name and reported as a missing segment "
-    "(BufferNotFoundError) instead of a malformed entry (CorruptBufferError)",
-)
 def test_a_segment_name_with_a_trailing_newline_is_a_malformed_entry(tmp_path):
     ckpt = save_segment_checkpoint(tmp_path / "ckpt", [0, 1])
     edit_index(ckpt, 1, file="seg-000000\n")
@@ -554,13 +548,6 @@ def test_a_row_past_the_end_of_its_segment_is_reported(tmp_path, kind):
         assert buf.size == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a row beyond int64 (here 2**64) passes _segment_records' check (int >= 0); a buffer "
-    "that does not read rows while loading (auto_save, no cache) then fails in "
-    "TrajectoryIndex.append with OverflowError, after _reset_contents: the error is not a "
-    "CorruptBufferError and the buffer is left empty instead of unchanged",
-)
 def test_a_row_too_large_for_the_index_is_refused_and_leaves_the_buffer_unchanged(tmp_path):
     ckpt = save_segment_checkpoint(tmp_path / "ckpt", [0, 1, 2])
     edit_index(ckpt, 1, row=2**64)
@@ -686,13 +673,6 @@ def test_saving_over_the_checkpoint_a_share_was_loaded_from_keeps_the_share(tmp_
     assert trajectories_seen(memory_reader(ckpt)) == {1, 3}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="save_checkpoint drops the segment store of the replaced directory by its realpath "
-    "(self._stores.pop(realpath(save_path))) but stores are keyed by the absolute path records "
-    "were loaded from; through a symlinked path the stale store keeps mapping the old, deleted "
-    "files and sampling returns rows of other trajectories (0 instead of 1 and 3)",
-)
 def test_saving_over_the_loaded_checkpoint_through_a_symlinked_path_keeps_the_share(tmp_path):
     (tmp_path / "real").mkdir()
     os.symlink(tmp_path / "real", tmp_path / "link")
@@ -761,12 +741,6 @@ def test_split_move_keeps_the_first_n_and_removes_only_unused_segments(tmp_path,
     assert segment_dirs(src / "rank_1") == ["seg-000000", "seg-000001"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_release_sources rewrites a partly moved source's metadata with schema=None, so its "
-    "metadata.json gets 'fields': {}; a segment directory must list its fields, so the source "
-    "no longer loads (CorruptBufferError 'a segment buffer must list its fields')",
-)
 def test_split_move_leaves_the_rest_of_a_segment_source_loadable(tmp_path):
     src = make_ranks(tmp_path / "buf", [5])
     merge_or_split(str(src / "rank_0"), str(tmp_path / "split"), split_count=2)
@@ -829,15 +803,6 @@ def test_sampling_while_another_thread_adds_reads_only_aligned_rows(tmp_path, mo
     assert trajectories_seen(buf, 20 * added[0] * PER_TRAJ) == set(range(added[0]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="save_checkpoint(auto_save_path) absorbs trajectories whose background write is still "
-    "pending by appending them through the same SegmentStore the writer thread appends with; "
-    "SegmentStore.append runs outside the buffer lock, so the two appends interleave: absorb "
-    "computes its start row before the writer's append is counted, and the compacted index it "
-    "writes names rows whose first column holds another trajectory (misaligned until close() "
-    "recompacts from the writer's entries)",
-)
 def test_checkpoint_into_the_auto_save_directory_while_another_thread_adds_keeps_rows_aligned(
     tmp_path, monkeypatch
 ):

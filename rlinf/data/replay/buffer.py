@@ -623,7 +623,8 @@ class TrajectoryReplayBuffer:
                     seg = self._record_segment(record)
                     self._index.set_location(record.trajectory_id, seg, record.row if seg >= 0 else -1)
             self._readers.clear()
-            self._stores.pop(replaced, None)
+            for directory in [d for d in self._stores if os.path.realpath(d) == replaced]:
+                del self._stores[directory]  # its segments were replaced: map them afresh
 
     def load_checkpoint(
         self,

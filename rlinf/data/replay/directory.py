@@ -43,7 +43,7 @@ METADATA = "metadata.json"
 INDEX = "trajectory_index.json"
 INDEX_RLINF_MERGE = "trajector_index.json"  # sic: also written by RLinf's merge tool
 JOURNAL = "trajectory_index.journal"
-FILE_RE = re.compile(r"^trajectory_(\d+)_([A-Za-z0-9][A-Za-z0-9.\-_]*)\.(pt|pkl)$")
+FILE_RE = re.compile(r"^trajectory_(\d+)_([A-Za-z0-9][A-Za-z0-9.\-_]*)\.(pt|pkl)\Z")
 
 
 def trajectory_file_name(trajectory_id: int, weights_id: str, update_count: int, fmt: str) -> str:
@@ -289,10 +289,13 @@ def _read_journal(path: str) -> list[dict[str, Any]]:
     return entries
 
 
+_MAX_INT = 1 << 48  # ids, counts and rows beyond this are corrupt (and would overflow int64 math)
+
+
 def _int_field(entry: dict[str, Any], key: str, where: str) -> int:
     value = entry.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise CorruptBufferError(f"{where}: index entry has {key}={value!r}, expected an int >= 0")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_INT:
+        raise CorruptBufferError(f"{where}: index entry has {key}={value!r}, expected an int in [0, 2**48)")
     return value
 
 
@@ -407,7 +410,7 @@ def _segment_records(
             raise CorruptBufferError(
                 f"{where}: trajectory {tid} names segment {name!r} (expected seg-NNNNNN)"
             )
-        if not isinstance(row, int) or isinstance(row, bool) or row < 0:
+        if not isinstance(row, int) or isinstance(row, bool) or not 0 <= row < _MAX_INT:
             raise CorruptBufferError(f"{where}: trajectory {tid} has row {row!r}")
         seg_dir = os.path.join(path, name)
         if os.path.islink(seg_dir):

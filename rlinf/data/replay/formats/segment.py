@@ -26,6 +26,7 @@ import json
 import mmap
 import os
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import IO, Any
@@ -39,7 +40,7 @@ from ..schema import ColumnSpec, Schema
 from ..trajectory import Key, key_name
 
 FORMAT_VERSION = 1
-SEGMENT_RE = re.compile(r"^seg-(\d{6,})$")
+SEGMENT_RE = re.compile(r"^seg-(\d{6,})\Z")
 SEGMENT_META = "segment.json"
 DEFAULT_SEGMENT_BYTES = 1 << 30
 _OPEN_SEGMENTS = 32  # mapped segments kept open for reading (each maps one file per column)
@@ -92,6 +93,7 @@ class SegmentStore:
         self._maps: OrderedDict[int, tuple[int, dict[Key, torch.Tensor]]] = OrderedDict()
         self._mmaps: dict[int, list[mmap.mmap]] = {}
         self._read_since_drop = 0
+        self._append_lock = threading.Lock()  # the writer thread and a checkpoint may both append
 
     # -- writing ------------------------------------------------------------------------------
     def append(self, rows: Mapping[Key, torch.Tensor]) -> tuple[str, int]:
@@ -99,6 +101,10 @@ class SegmentStore:
 
         The rows are fsync'd when this returns; write the index entry only afterwards.
         """
+        with self._append_lock:
+            return self._append(rows)
+
+    def _append(self, rows: Mapping[Key, torch.Tensor]) -> tuple[str, int]:
         n = int(rows[self._keys[0]].shape[0])
         row_bytes = self.schema.row_bytes
         if self._active is None or (
@@ -215,6 +221,7 @@ class SegmentStore:
         if self._read_since_drop < MAPPED_RESIDENT_BYTES:
             return
         self._read_since_drop = 0
+        self._append_lock = threading.Lock()  # the writer thread and a checkpoint may both append
         for maps in self._mmaps.values():
             for m in maps:
                 m.madvise(mmap.MADV_DONTNEED)

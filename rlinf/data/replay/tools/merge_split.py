@@ -127,7 +127,9 @@ def _verify(staging: str, placed: list[tuple[Record, Record]]) -> None:
             raise CorruptBufferError(f"{dst}: size differs from its source {src}")
 
 
-def _release_sources(contents: list[DirectoryContents], moved: set[tuple[int, int]]) -> None:
+def _release_sources(
+    contents: list[DirectoryContents], moved: set[tuple[int, int]], schema: Schema | None
+) -> None:
     """Remove moved trajectories from their sources: index first, then files."""
     for src, c in enumerate(contents):
         gone = [r for r in c.records if (src, r.trajectory_id) in moved]
@@ -137,7 +139,7 @@ def _release_sources(contents: list[DirectoryContents], moved: set[tuple[int, in
         if keep:
             entries = [r.to_entry() for r in keep]
             write_index(c.path, entries)
-            write_metadata(c.path, c.fmt, entries, c.counter, c.seed, None)
+            write_metadata(c.path, c.fmt, entries, c.counter, c.seed, schema)
         else:
             for name in (INDEX, INDEX_RLINF_MERGE, JOURNAL, METADATA):
                 with contextlib.suppress(FileNotFoundError):
@@ -223,7 +225,7 @@ def merge_or_split(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if not copy:
-        _release_sources(contents, {(src, r.trajectory_id) for src, r in chosen})
+        _release_sources(contents, {(src, r.trajectory_id) for src, r in chosen}, schema)
     return MergeSplitResult(
         sources=sources,
         save_path=dest,
