@@ -494,7 +494,11 @@ def test_load_with_invalid_json_raises_corrupt(tmp_path, fixture_dir, source, ki
     "name,content,message",
     [
         ("metadata.json", "[1, 2]", "expected a JSON object"),
-        ("metadata.json", '{"trajectory_format": "npz"}', "trajectory_format 'npz' is not 'pt', 'pkl' or 'segment'"),
+        (
+            "metadata.json",
+            '{"trajectory_format": "npz"}',
+            "trajectory_format 'npz' is not 'pt', 'pkl' or 'segment'",
+        ),
         ("trajectory_index.json", '{"trajectory_index": []}', "expected {'trajectory_index'"),
         (
             "trajectory_index.json",
