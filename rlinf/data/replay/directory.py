@@ -222,22 +222,34 @@ def is_buffer_directory(path: str) -> bool:
     return os.path.isfile(os.path.join(path, METADATA))
 
 
-def list_trajectory_files(path: str) -> dict[int, list[str]]:
-    """Trajectory files in ``path`` by id (names that match the naming rule only)."""
+def list_trajectory_files(path: str, regular: set[str] | None = None) -> dict[int, list[str]]:
+    """Trajectory files in ``path`` by id (names that match the naming rule only).
+
+    ``regular``, if given, receives the names that are not symbolic links.
+    """
     found: dict[int, list[str]] = {}
     with os.scandir(path) as it:
         for entry in it:
             m = FILE_RE.match(entry.name)
             if m:
                 found.setdefault(int(m.group(1)), []).append(entry.name)
+                if regular is not None and not entry.is_symlink():
+                    regular.add(entry.name)
     return found
 
 
-def safe_file(directory: str, name: str) -> str:
-    """Path of ``name`` in ``directory``; refuse names or links that lead outside it."""
+def safe_file(directory: str, name: str, regular: set[str] | None = None) -> str:
+    """Path of ``name`` in ``directory``; refuse names or links that lead outside it.
+
+    ``regular``: names just listed as non-links in ``directory`` (from
+    :func:`list_trajectory_files`), which need no further check; any other name is resolved.
+    Reading a file checks it again, so a swap after listing is still caught.
+    """
     if not FILE_RE.match(name) or os.sep in name or (os.altsep and os.altsep in name):
         raise UnsafeFileError(f"{directory}: index names file {name!r}, which is not a trajectory file")
     path = os.path.join(directory, name)
+    if regular is not None and name in regular:
+        return path
     real = os.path.realpath(path)
     if os.path.dirname(real) != os.path.realpath(directory):
         raise UnsafeFileError(f"{path}: links outside the buffer directory (to {real}); refusing to read it")
@@ -373,8 +385,8 @@ def open_file_record(
     return record, schema
 
 
-def _record_from_entry(path: str, entry: dict[str, Any], name: str) -> Record:
-    where = os.path.join(path, INDEX)
+def _record_from_entry(path: str, entry: dict[str, Any], name: str, where: str = "") -> Record:
+    where = where or os.path.join(path, INDEX)
     tid = _int_field(entry, "trajectory_id", where)
     shape = entry.get("shape")
     if not isinstance(shape, list) or len(shape) < 2:
@@ -403,6 +415,7 @@ def _segment_records(
     if selected and not schema:
         raise CorruptBufferError(f"{os.path.join(path, METADATA)}: a segment buffer must list its fields")
     records = []
+    seen: dict[str, bool] = {}  # segment name -> its directory exists (checked once each)
     for entry in selected:
         tid = entry["trajectory_id"]
         name, row = entry.get("file"), entry.get("row")
@@ -412,17 +425,20 @@ def _segment_records(
             )
         if not isinstance(row, int) or isinstance(row, bool) or not 0 <= row < _MAX_INT:
             raise CorruptBufferError(f"{where}: trajectory {tid} has row {row!r}")
-        seg_dir = os.path.join(path, name)
-        if os.path.islink(seg_dir):
-            raise UnsafeFileError(f"{seg_dir}: is a symbolic link; refusing to read it")
-        if not os.path.isdir(seg_dir):
+        present = seen.get(name)
+        if present is None:
+            seg_dir = os.path.join(path, name)
+            if os.path.islink(seg_dir):
+                raise UnsafeFileError(f"{seg_dir}: is a symbolic link; refusing to read it")
+            present = seen[name] = os.path.isdir(seg_dir)
+        if not present:
             if require_files:
                 raise BufferNotFoundError(
                     f"{path}: the index lists trajectory {tid} in segment {name}, which is missing; "
                     "restore it or repair the directory with the verify tool"
                 )
             continue
-        record = _record_from_entry(path, entry, name)
+        record = _record_from_entry(path, entry, name, where)
         record.row = row
         records.append(record)
     return records, (schema if records else None)
@@ -455,7 +471,9 @@ def read_directory(
                 f"{path}: {INDEX} is missing but trajectory files are present; rebuild the index "
                 "with the verify tool (--repair)"
             )
-    files = list_trajectory_files(path)
+    regular: set[str] = set()
+    index_path = os.path.join(path, INDEX)
+    files = list_trajectory_files(path, regular)
     ids = [e["trajectory_id"] if isinstance(e.get("trajectory_id"), int) else -1 for e in entries]
     if len(set(ids)) != len(ids) or min(ids, default=0) < 0:
         raise CorruptBufferError(f"{path}: the index lists a trajectory id twice or a bad id")
@@ -473,7 +491,7 @@ def read_directory(
         if named is not None:
             if not isinstance(named, str):
                 raise CorruptBufferError(f"{path}: trajectory {tid} names file {named!r}")
-            safe_file(path, named)
+            safe_file(path, named, regular)
             names = [named] if named in names else []
         if not names:
             if require_files:
@@ -489,8 +507,7 @@ def read_directory(
             )
         name = names[0]
         if ours and named is not None and "num_steps" in entry:
-            safe_file(path, name)
-            records.append(_record_from_entry(path, entry, name))
+            records.append(_record_from_entry(path, entry, name, index_path))  # name: checked above
         else:
             record, file_schema = open_file_record(path, name, tid, fmt, entry)
             schema = combine(schema, file_schema, f"{path}/{name}: ", CorruptBufferError)
