@@ -46,6 +46,7 @@ Batch = dict[str, Any]
 """A sampled batch: ``{"actions": [N, ...], ..., "curr_obs": {"states": [N, ...]}, ...}``."""
 
 _READER_POOL = 64
+_GROUP_COMMIT_BYTES = 64 << 20  # segment rows appended before an fsync and journal entries
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -128,6 +129,9 @@ class TrajectoryReplayBuffer:
         self._reserve_bytes = reserve_bytes
         self._max_pending = _check_int("max_pending_bytes", max_pending_bytes, 1)
         self._pending_bytes = 0
+        # segment rows appended but not yet in the journal (group commit): (record, segment, row)
+        self._uncommitted: list[tuple[Record, str, int]] = []
+        self._uncommitted_bytes = 0
         if self.auto_save:
             if not isinstance(auto_save_path, str | os.PathLike) or not os.fspath(auto_save_path):
                 raise InvalidArgumentError(
@@ -356,18 +360,53 @@ class TrajectoryReplayBuffer:
     def _append_segment(
         self, own: checkpoint.OwnDirectory, record: Record, data: dict[Key, torch.Tensor]
     ) -> None:
+        """Append a trajectory's rows to the auto-save segment; its index entry is written at
+        the next group commit (when the writer's queue runs dry, every 64 MiB, or on flush)."""
         schema = self._schema
         assert schema is not None
-        name, row = own.segment_store(schema).append(data)  # fsync'd before the entry is written
+        try:
+            name, row = own.segment_store(schema).append(data, sync=False)
+        except BaseException:
+            self._commit_segments()  # rows appended before this one are fine: commit them
+            raise
         with self._lock:
-            if self._index_holds(record):
-                record.directory, record.file, record.row = own.path, name, row
-                self._index.set_location(record.trajectory_id, self._segment_key(own.path, name), row)
-            self._drop_unwritten(record.trajectory_id)
-            self._files_written += 1
-            own.record_written(
-                replace(record, directory=own.path, file=name, row=row), name, self._counter, schema
-            )
+            self._uncommitted.append((record, name, row))
+            self._uncommitted_bytes += sum(t.numel() * t.element_size() for t in data.values())
+            commit = self._uncommitted_bytes >= _GROUP_COMMIT_BYTES or self._writer.pending <= 1
+        if commit:
+            self._commit_segments()
+
+    def _commit_segments(self) -> None:
+        """Make appended segment rows durable (one fsync per column file), then journal them."""
+        own, schema = self._own, self._schema
+        with self._lock:
+            batch, self._uncommitted, self._uncommitted_bytes = self._uncommitted, [], 0
+        if not batch or own is None or schema is None:
+            return
+        try:
+            own.segment_store(schema).sync()  # rows are durable before any entry names them
+        except BaseException:
+            with self._lock:  # their data stays in memory; flush()/close() append them again
+                for record, _, _ in batch:
+                    if record.trajectory_id in self._unwritten:
+                        self._failed[record.trajectory_id] = record
+            raise
+        with self._lock:
+            for record, name, row in batch:
+                if self._index_holds(record):
+                    record.directory, record.file, record.row = own.path, name, row
+                    self._index.set_location(record.trajectory_id, self._segment_key(own.path, name), row)
+                self._drop_unwritten(record.trajectory_id)
+                self._files_written += 1
+                own.record_written(
+                    replace(record, directory=own.path, file=name, row=row), name, self._counter, schema
+                )
+            self._written.notify_all()
+
+    def _drain_writer(self) -> None:
+        """Wait for queued writes and commit what they appended."""
+        self._writer.wait()
+        self._commit_segments()
 
     def _segment_key(self, directory: str, name: str) -> int:
         """A small integer naming segment ``name`` of ``directory`` (for vectorized lookups)."""
@@ -560,7 +599,7 @@ class TrajectoryReplayBuffer:
         trajectory stays in memory; fix the cause and call ``flush()`` again).
         """
         self._retry_failed_writes()
-        self._writer.wait()
+        self._drain_writer()
         with self._lock:
             if self._own is not None:
                 self._own.sync(self._counter, self._schema)
@@ -728,7 +767,7 @@ class TrajectoryReplayBuffer:
         if a background write failed.
         """
         self._retry_failed_writes()
-        self._writer.wait()
+        self._drain_writer()
         with self._lock:
             if self._own is not None:
                 self._own.compact(self._counter, self._schema)
@@ -742,7 +781,7 @@ class TrajectoryReplayBuffer:
         Files are never deleted: an auto-save directory keeps its files and its index, and new
         trajectories continue its numbering so nothing on disk is overwritten.
         """
-        self._writer.wait()
+        self._drain_writer()
         with self._lock:
             self._reset_contents()
             self._evicted = 0
@@ -756,7 +795,7 @@ class TrajectoryReplayBuffer:
         With ``auto_save`` the trajectories stay in the buffer and are read from disk. Without
         it the memory *is* the storage: the buffer becomes empty (counters are kept).
         """
-        self._writer.wait()
+        self._drain_writer()
         with self._lock:
             if self._cache is not None:
                 self._cache.clear()

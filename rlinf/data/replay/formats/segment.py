@@ -93,16 +93,33 @@ class SegmentStore:
         self._maps: OrderedDict[int, tuple[int, dict[Key, torch.Tensor]]] = OrderedDict()
         self._mmaps: dict[int, list[mmap.mmap]] = {}
         self._read_since_drop = 0
+        self._dirty = False  # rows appended but not yet fsync'd
         self._append_lock = threading.Lock()  # the writer thread and a checkpoint may both append
 
     # -- writing ------------------------------------------------------------------------------
-    def append(self, rows: Mapping[Key, torch.Tensor]) -> tuple[str, int]:
+    def append(self, rows: Mapping[Key, torch.Tensor], sync: bool = True) -> tuple[str, int]:
         """Append one trajectory's rows (``[N, ...]`` per column); return ``(segment, first row)``.
 
-        The rows are fsync'd when this returns; write the index entry only afterwards.
+        With ``sync`` the rows are fsync'd when this returns; without it, call :meth:`sync`
+        before writing the index entries that name them (group commit: one fsync per column
+        file for a batch of trajectories).
         """
         with self._append_lock:
-            return self._append(rows)
+            located = self._append(rows)
+            if sync:
+                self._sync()
+            return located
+
+    def sync(self) -> None:
+        """fsync every row appended so far."""
+        with self._append_lock:
+            self._sync()
+
+    def _sync(self) -> None:
+        if self._dirty:
+            for f in self._files:
+                os.fsync(f.fileno())
+            self._dirty = False
 
     def _append(self, rows: Mapping[Key, torch.Tensor]) -> tuple[str, int]:
         n = int(rows[self._keys[0]].shape[0])
@@ -120,7 +137,7 @@ class SegmentStore:
                     tensor = tensor.view(torch.uint16)
                 f.write(memoryview(tensor.numpy()).cast("B"))
                 f.flush()
-                os.fsync(f.fileno())
+            self._dirty = True
         except BaseException:
             self._truncate_active(start)  # leave no partial row behind
             raise
@@ -132,6 +149,7 @@ class SegmentStore:
         return max(numbers, default=-1) + 1
 
     def _start_segment(self, number: int) -> None:
+        self._sync()  # a sealed segment is durable before the next one starts
         self.close()
         path = os.path.join(self.directory, segment_name(number))
         os.makedirs(path, exist_ok=True)
@@ -171,7 +189,8 @@ class SegmentStore:
         }
 
     def close(self) -> None:
-        """Close the active segment's files (appends reopen a segment)."""
+        """fsync and close the active segment's files (appends reopen a segment)."""
+        self._sync()
         for f in self._files:
             f.close()
         self._files = []
@@ -221,6 +240,7 @@ class SegmentStore:
         if self._read_since_drop < MAPPED_RESIDENT_BYTES:
             return
         self._read_since_drop = 0
+        self._dirty = False  # rows appended but not yet fsync'd
         self._append_lock = threading.Lock()  # the writer thread and a checkpoint may both append
         for maps in self._mmaps.values():
             for m in maps:
