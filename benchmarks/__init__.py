@@ -1,0 +1,1 @@
+"""Benchmark suite for ``TrajectoryReplayBuffer``: run ``python benchmarks/run.py`` (see README.md)."""

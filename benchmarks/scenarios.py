@@ -1,0 +1,361 @@
+"""Scenario sizes, the cases each scenario runs, and the seeded synthetic trajectories.
+
+Every contender receives the same trajectories: trajectory ``i`` of a spec is generated from
+``numpy.random.default_rng([seed, i])`` whatever the contender, so contents are identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+Key = tuple[str, ...]
+WEIGHTS_ID = "6f1c5e9a-3b1d-4c2e-9a57-1d2b3c4d5e6f"
+CAMERAS = ("main_images", "wrist_images")
+FLAGS = ("dones", "terminations", "truncations")
+
+
+@dataclass(frozen=True)
+class TrajSpec:
+    """Shape of one trajectory: ``T`` steps of ``B`` envs, RLinf's fields in the aligned layout."""
+
+    name: str
+    steps: int
+    envs: int
+    action_dim: int
+    states_dim: int = 0
+    image_hw: int = 0
+
+    @property
+    def transitions(self) -> int:
+        """Transitions per trajectory (``T * B``)."""
+        return self.steps * self.envs
+
+    def columns(self) -> dict[Key, tuple[tuple[int, ...], torch.dtype]]:
+        """Every column with its per-transition shape and dtype."""
+        cols: dict[Key, tuple[tuple[int, ...], torch.dtype]] = {
+            ("actions",): ((self.action_dim,), torch.float32),
+            ("rewards",): ((1,), torch.float32),
+        }
+        for flag in FLAGS:
+            cols[(flag,)] = ((1,), torch.bool)
+        for obs in ("curr_obs", "next_obs"):
+            if self.states_dim:
+                cols[(obs, "states")] = ((self.states_dim,), torch.float32)
+            if self.image_hw:
+                for cam in CAMERAS:
+                    cols[(obs, cam)] = ((self.image_hw, self.image_hw, 3), torch.uint8)
+        return cols
+
+    @property
+    def bytes_per_transition(self) -> int:
+        """Bytes of one transition summed over all columns."""
+        total = 0
+        for shape, dtype in self.columns().values():
+            total += int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+        return total
+
+    @property
+    def trajectory_bytes(self) -> int:
+        """Bytes of one trajectory's tensors."""
+        return self.bytes_per_transition * self.transitions
+
+    def describe(self) -> str:
+        """One-line summary such as ``B=32, T=50, 0.58 MB``."""
+        obs = []
+        if self.states_dim:
+            obs.append(f"states {self.states_dim}")
+        if self.image_hw:
+            obs.append(f"2 cameras {self.image_hw}x{self.image_hw}x3 uint8")
+        return (
+            f"B={self.envs}, T={self.steps}, {' + '.join(obs)}, actions {self.action_dim}, "
+            f"{self.trajectory_bytes / 1e6:.3g} MB per trajectory"
+        )
+
+
+def make_trajectory(spec: TrajSpec, index: int, seed: int = 0) -> Any:
+    """Trajectory ``index`` of ``spec``: random but reproducible, identical for every contender.
+
+    ``next_obs[t]`` equals ``curr_obs[t + 1]`` (as in a real rollout) but is its own tensor.
+    """
+    from rlinf.data.replay_buffer import Trajectory
+
+    rng = np.random.default_rng([seed, index])
+    T, B = spec.steps, spec.envs
+
+    def obs_pair(frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(frames[:-1].copy()), torch.from_numpy(frames[1:].copy())
+
+    curr: dict[str, torch.Tensor] = {}
+    nxt: dict[str, torch.Tensor] = {}
+    if spec.states_dim:
+        curr["states"], nxt["states"] = obs_pair(
+            rng.standard_normal((T + 1, B, spec.states_dim), dtype=np.float32)
+        )
+    if spec.image_hw:
+        hw = spec.image_hw
+        for cam in CAMERAS:
+            curr[cam], nxt[cam] = obs_pair(rng.integers(0, 256, (T + 1, B, hw, hw, 3), dtype=np.uint8))
+    dones = rng.random((T, B, 1)) < 0.02
+    terminations = dones & (rng.random((T, B, 1)) < 0.5)
+    return Trajectory(
+        max_episode_length=T,
+        model_weights_id=WEIGHTS_ID,
+        model_update_count=0,
+        actions=torch.from_numpy(rng.uniform(-1, 1, (T, B, spec.action_dim)).astype(np.float32)),
+        rewards=torch.from_numpy(rng.standard_normal((T, B, 1), dtype=np.float32)),
+        dones=torch.from_numpy(dones),
+        terminations=torch.from_numpy(terminations),
+        truncations=torch.from_numpy(dones & ~terminations),
+        curr_obs=curr,
+        next_obs=nxt,
+    )
+
+
+def trajectory_columns(traj: Any, spec: TrajSpec) -> dict[Key, torch.Tensor]:
+    """The trajectory's columns as ``[T * B, ...]`` views (the order of ``spec.columns()``)."""
+    out: dict[Key, torch.Tensor] = {}
+    for key in spec.columns():
+        value = getattr(traj, key[0])
+        if len(key) == 2:
+            value = value[key[1]]
+        out[key] = value.reshape(-1, *value.shape[2:])
+    return out
+
+
+def nest(flat: Mapping[Key, torch.Tensor]) -> dict:
+    """``{("curr_obs", "states"): t}`` -> ``{"curr_obs": {"states": t}}``."""
+    out: dict = {}
+    for key, value in flat.items():
+        if len(key) == 1:
+            out[key[0]] = value
+        else:
+            out.setdefault(key[0], {})[key[1]] = value
+    return out
+
+
+# -- the scenarios ---------------------------------------------------------------------------
+
+MEMORY_CONTENDERS = ("limit", "ours", "rlinf_reference", "torchrl_lazy", "torchrl_memmap")
+DISK_CONTENDERS = (
+    "limit",
+    "pread_rows",
+    "ours[pt]",
+    "ours[segment]",
+    "rlinf_reference[pt]",
+    "torchrl_memmap",
+)
+LATENCY_CONTENDERS = (
+    "limit",
+    "ours[memory]",
+    "ours[pt]",
+    "ours[segment]",
+    "rlinf_reference[memory]",
+    "rlinf_reference[pt]",
+    "torchrl_lazy",
+    "torchrl_memmap",
+)
+WRITE_CONTENDERS = ("limit", "ours[pt]", "ours[segment]", "rlinf_reference[pt]", "torchrl_memmap")
+INDEX_CONTENDERS = ("limit", "ours[pt]", "ours[segment]", "rlinf_reference[pt]")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One unit of work: one child process per (case, contender) runs it and reports rows.
+
+    ``kind`` selects the procedure in :mod:`benchmarks.procedures`: ``sample`` (in memory),
+    ``disk`` (warm and cold page cache), ``latency`` (add), ``write`` (disk throughput),
+    ``tiny`` (add+flush with ``count`` trajectories indexed), ``scale`` (load, open, sample
+    with ``count`` trajectories in the directory).
+    """
+
+    scenario: str
+    name: str
+    kind: str
+    spec: TrajSpec
+    contenders: tuple[str, ...]
+    window: int = 0
+    cache_size: int = 0
+    batches: tuple[int, ...] = ()
+    count: int = 0
+
+    def tables(self) -> list[str]:
+        """Titles of the tables this case contributes rows to (shared across cases)."""
+        s = self.scenario
+        if self.kind == "sample":
+            return [f"{s}: sample({n})" for n in self.batches]
+        if self.kind == "disk":
+            return [f"{s} {temp}: sample({n})" for n in self.batches for temp in ("warm", "cold")]
+        if self.kind == "latency":
+            mb = self.spec.trajectory_bytes / 1e6
+            return [f"add latency: one {self.spec.name} trajectory ({mb:.3g} MB)"]
+        if self.kind == "write":
+            mb = self.count * self.spec.trajectory_bytes / 1e6
+            return [
+                f"write throughput: {self.count} {self.spec.name} trajectories ({mb:.4g} MB), add until flush"
+            ]
+        if self.kind == "tiny":
+            return ["add+flush of one tiny trajectory (T=2, B=1) vs trajectories indexed"]
+        if self.kind == "scale":
+            n = self.batches[0]
+            return [
+                f"scale: load_checkpoint into a fresh buffer (window {self.window}, cache {self.cache_size})",
+                f"scale: open (continue) an auto-save directory (cache {self.cache_size})",
+                f"scale: sample({n}) from the opened directory, window {self.window}",
+            ]
+        raise ValueError(f"unknown case kind {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named group of cases with a one-line description printed above its tables."""
+
+    name: str
+    description: str
+    cases: tuple[Case, ...]
+
+
+def level_name(count: int) -> str:
+    """``100000`` -> ``100k``."""
+    if count >= 1000 and count % 1000 == 0:
+        return f"{count // 1000}k"
+    return str(count)
+
+
+def build_scenarios(quick: bool = False) -> dict[str, Scenario]:
+    """All scenarios at full size, or ~100x smaller with ``quick``."""
+    if quick:
+        state = TrajSpec("state", steps=10, envs=4, action_dim=4, states_dim=42)
+        images = TrajSpec("images", steps=20, envs=1, action_dim=7, states_dim=7, image_hw=32)
+        vla = TrajSpec("vla", steps=4, envs=2, action_dim=7, image_hw=64)
+        windows = {"state": 20, "images": 6, "vla": 4}
+        batches = {"state": (64, 128), "images": (16,), "vla": (16,)}
+        write_counts = {"state": 4, "images": 2}
+        tiny_levels, scale_levels, scale_window, scale_batch = (20, 100, 400), (20, 400), 10, 16
+    else:
+        state = TrajSpec("state", steps=50, envs=32, action_dim=4, states_dim=42)
+        images = TrajSpec("images", steps=200, envs=1, action_dim=7, states_dim=7, image_hw=128)
+        vla = TrajSpec("vla", steps=24, envs=8, action_dim=7, image_hw=256)
+        windows = {"state": 1000, "images": 60, "vla": 20}
+        batches = {"state": (1024, 6400), "images": (256,), "vla": (512,)}
+        write_counts = {"state": 200, "images": 20}
+        tiny_levels, scale_levels, scale_window, scale_batch = (
+            (1000, 10000, 100000),
+            (1000, 100000),
+            1000,
+            1024,
+        )
+    tiny = TrajSpec("tiny", steps=2, envs=1, action_dim=4, states_dim=42)
+    specs = {"state": state, "images": images, "vla": vla}
+
+    def window_text(name: str) -> str:
+        w = windows[name]
+        return f"window {w} trajectories ({w * specs[name].transitions:,} transitions)"
+
+    out: dict[str, Scenario] = {}
+    for name in ("state", "images", "vla"):
+        out[name] = Scenario(
+            name,
+            f"{specs[name].describe()}; {window_text(name)}, all in memory",
+            (
+                Case(
+                    name,
+                    "sample",
+                    "sample",
+                    specs[name],
+                    MEMORY_CONTENDERS,
+                    window=windows[name],
+                    batches=batches[name],
+                ),
+            ),
+        )
+    for name in ("state", "images"):
+        w = windows[name]
+        out[f"disk_{name}"] = Scenario(
+            f"disk_{name}",
+            f"{specs[name].describe()}; {window_text(name)} on disk (auto_save), "
+            f"cache {max(1, w // 10)}; cold = files dropped from the page cache before every call",
+            (
+                Case(
+                    f"disk_{name}",
+                    "sample",
+                    "disk",
+                    specs[name],
+                    DISK_CONTENDERS,
+                    window=w,
+                    cache_size=max(1, w // 10),
+                    batches=batches[name][:1],
+                ),
+            ),
+        )
+    add_cases: list[Case] = []
+    for name in ("state", "images"):
+        w = windows[name]
+        add_cases.append(
+            Case(
+                "add",
+                f"latency_{name}",
+                "latency",
+                specs[name],
+                LATENCY_CONTENDERS,
+                window=w,
+                cache_size=max(1, w // 10),
+            )
+        )
+    for name in ("state", "images"):
+        w = windows[name]
+        add_cases.append(
+            Case(
+                "add",
+                f"write_{name}",
+                "write",
+                specs[name],
+                WRITE_CONTENDERS,
+                window=write_counts[name],
+                cache_size=max(1, write_counts[name] // 10),
+                count=write_counts[name],
+            )
+        )
+    for level in tiny_levels:
+        add_cases.append(
+            Case(
+                "add",
+                f"tiny_{level_name(level)}",
+                "tiny",
+                tiny,
+                INDEX_CONTENDERS,
+                window=scale_window,
+                cache_size=scale_window,
+                count=level,
+            )
+        )
+    out["add"] = Scenario(
+        "add",
+        f"caller latency of add_trajectories([traj]) (state: {state.describe()}; images: "
+        f"{images.describe()}); disk write throughput; add+flush cost vs index size",
+        tuple(add_cases),
+    )
+    out["scale"] = Scenario(
+        "scale",
+        f"directories of {', '.join(level_name(n) for n in scale_levels)} tiny trajectories "
+        f"({tiny.describe()}); window {scale_window}, cache {scale_window}",
+        tuple(
+            Case(
+                "scale",
+                f"n{level_name(level)}",
+                "scale",
+                tiny,
+                INDEX_CONTENDERS,
+                window=scale_window,
+                cache_size=scale_window,
+                batches=(scale_batch,),
+                count=level,
+            )
+            for level in scale_levels
+        ),
+    )
+    return out
