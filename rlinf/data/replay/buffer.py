@@ -94,7 +94,7 @@ class TrajectoryReplayBuffer:
             committed only as rows are written). Default ``cache_max_bytes``, else the
             machine's physical memory. When the ring is full the oldest trajectories leave it.
         max_pending_bytes: with ``auto_save``, bytes of trajectories waiting for the background
-            writer beyond which ``add_trajectories`` waits for the disk (backpressure; 1 GiB).
+            writer beyond which ``add_trajectories`` waits for the disk (backpressure; 256 MiB).
     """
 
     def __init__(
@@ -110,7 +110,7 @@ class TrajectoryReplayBuffer:
         cache_max_bytes: int | None = None,
         check_finite: bool = False,
         reserve_bytes: int | None = None,
-        max_pending_bytes: int = 1 << 30,
+        max_pending_bytes: int = 256 << 20,
     ) -> None:
         if seed is None:
             seed = random.SystemRandom().randrange(2**63)
@@ -527,15 +527,16 @@ class TrajectoryReplayBuffer:
             r = rows[sel]
             store = self._store_for(directory, schema)
             cols = store.columns(name, int(r.max()) + 1)
-            store.note_read(len(r) * schema.row_bytes)
             idx = torch.from_numpy(r)
             if whole and np.array_equal(dest_rows, np.arange(len(dest_rows))):
                 for key in out:
                     out[key] = torch.index_select(cols[key], 0, idx)
+                store.note_read()
                 return
             dest = dest_rows[sel]
             for key in out:
                 scatter_rows(out[key], dest, torch.index_select(cols[key], 0, idx))
+            store.note_read()
 
     def _gather_misses(
         self,

@@ -44,9 +44,9 @@ SEGMENT_RE = re.compile(r"^seg-(\d{6,})\Z")
 SEGMENT_META = "segment.json"
 DEFAULT_SEGMENT_BYTES = 1 << 30
 _OPEN_SEGMENTS = 32  # mapped segments kept open for reading (each maps one file per column)
-#: Bytes read through the mappings after which their pages are dropped from this process
-#: (``MADV_DONTNEED``; they stay in the page cache), so resident memory does not grow to the
-#: size of every segment ever sampled.
+#: File-backed bytes this process may map beyond its start-up level before the segment pages
+#: are dropped from it (``MADV_DONTNEED``; they stay in the page cache), so resident memory
+#: does not grow to the size of every segment ever sampled.
 MAPPED_RESIDENT_BYTES = 256 << 20
 
 
@@ -92,7 +92,7 @@ class SegmentStore:
         self._files: list[IO[bytes]] = []
         self._maps: OrderedDict[int, tuple[int, dict[Key, torch.Tensor]]] = OrderedDict()
         self._mmaps: dict[int, list[mmap.mmap]] = {}
-        self._read_since_drop = 0
+        self._resident_base: int | None = None  # file-backed resident bytes before our maps
         self._dirty = False  # rows appended but not yet fsync'd
         self._append_lock = threading.Lock()  # the writer thread and a checkpoint may both append
 
@@ -233,15 +233,16 @@ class SegmentStore:
             self._mmaps.pop(old, None)
         return cols
 
-    def note_read(self, nbytes: int) -> None:
-        """Account ``nbytes`` read through the mappings; past ``MAPPED_RESIDENT_BYTES``, drop
-        every mapped page from this process (reads fault them back from the page cache)."""
-        self._read_since_drop += nbytes
-        if self._read_since_drop < MAPPED_RESIDENT_BYTES:
+    def note_read(self) -> None:
+        """Call after reading through the mappings: once this process maps more than
+        ``MAPPED_RESIDENT_BYTES`` of file pages beyond what it mapped before the first segment
+        (the kernel maps whole large folios, often 2 MiB, per touched row), drop every mapped
+        page from this process; reads fault them back from the page cache."""
+        shared = _file_resident_bytes()
+        if self._resident_base is None:
+            self._resident_base = shared
+        if shared - self._resident_base < MAPPED_RESIDENT_BYTES:
             return
-        self._read_since_drop = 0
-        self._dirty = False  # rows appended but not yet fsync'd
-        self._append_lock = threading.Lock()  # the writer thread and a checkpoint may both append
         for maps in self._mmaps.values():
             for m in maps:
                 m.madvise(mmap.MADV_DONTNEED)
@@ -255,6 +256,15 @@ class SegmentStore:
         """Drop every mapping (they are re-created on demand)."""
         self._maps.clear()
         self._mmaps.clear()
+
+
+def _file_resident_bytes() -> int:
+    """Resident file-backed bytes of this process (``/proc/self/statm``; 0 if unavailable)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[2]) * mmap.PAGESIZE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def truncate_segment(path: str, schema: Schema | None, rows: int) -> None:
@@ -285,6 +295,7 @@ def _map_column(file: str, rows: int, spec: ColumnSpec, maps: list[mmap.mmap]) -
     # numpy holds a buffer export, so the map cannot be closed under the tensor
     with open(file, "rb") as f:
         m = mmap.mmap(f.fileno(), rows * spec.row_bytes, access=mmap.ACCESS_COPY)
+    m.madvise(mmap.MADV_RANDOM)  # rows are read at random: no readahead around each fault
     maps.append(m)
     arr = np.frombuffer(m, dtype=_numpy_dtype(spec.dtype)).reshape(shape)
     tensor = torch.from_numpy(arr)
