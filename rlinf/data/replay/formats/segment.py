@@ -47,7 +47,7 @@ _OPEN_SEGMENTS = 32  # mapped segments kept open for reading (each maps one file
 #: File-backed bytes this process may map beyond its start-up level before the segment pages
 #: are dropped from it (``MADV_DONTNEED``; they stay in the page cache), so resident memory
 #: does not grow to the size of every segment ever sampled.
-MAPPED_RESIDENT_BYTES = 256 << 20
+MAPPED_RESIDENT_BYTES = 1 << 30
 
 
 def segment_name(number: int) -> str:
