@@ -485,3 +485,31 @@ def test_adds_wait_for_the_disk_once_pending_writes_exceed_their_bound(tmp_path)
     roomy.flush()
     assert roomy.get_stats()["files_written"] == 4
     roomy.close()
+
+
+# -- segment writes that fail ---------------------------------------------------------------------
+@pytest.mark.parametrize("stage", ["append", "fsync"])
+def test_a_failed_segment_write_is_retried_by_flush_and_loses_nothing(tmp_path, monkeypatch, stage):
+    from rlinf.data.replay.formats import segment as seg_mod
+
+    failures = {"left": 1}
+    original = seg_mod.SegmentStore._append if stage == "append" else seg_mod.SegmentStore._sync
+
+    def failing(self, *args):
+        if failures["left"] and (stage == "fsync" and self._dirty or stage == "append"):
+            failures["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args)
+
+    monkeypatch.setattr(seg_mod.SegmentStore, "_append" if stage == "append" else "_sync", failing)
+    buf = auto(tmp_path, trajectory_format="segment", cache_size=1)
+    buf.add_trajectories([coded_trajectory(i) for i in range(4)])
+    with pytest.raises(WriterError, match="No space left on device"):
+        buf.flush()
+    assert trajectories_seen(buf) == {0, 1, 2, 3}  # nothing left the buffer
+    buf.flush()  # the failed trajectory is written again
+    assert buf.get_stats()["pending_writes"] == 0
+    reader = load_new(tmp_path / "auto")
+    assert (reader.size, trajectories_seen(reader)) == (4, {0, 1, 2, 3})
+    assert_aligned(reader.sample(500))
+    buf.close()
