@@ -491,7 +491,8 @@ def read_directory(
         if named is not None:
             if not isinstance(named, str):
                 raise CorruptBufferError(f"{path}: trajectory {tid} names file {named!r}")
-            safe_file(path, named, regular)
+            if named not in regular:  # a listed regular file needs no further check
+                safe_file(path, named)
             names = [named] if named in names else []
         if not names:
             if require_files:
