@@ -406,6 +406,26 @@ def _record_from_entry(path: str, entry: dict[str, Any], name: str, where: str =
     )
 
 
+def _schema_of_segment(path: str, name: Any) -> Schema:
+    if not isinstance(name, str) or not segment.SEGMENT_RE.match(name):
+        raise CorruptBufferError(f"{os.path.join(path, INDEX)}: names segment {name!r} (expected seg-NNNNNN)")
+    meta_path = os.path.join(path, name, segment.SEGMENT_META)
+    if os.path.islink(os.path.join(path, name)) or os.path.islink(meta_path):
+        raise UnsafeFileError(f"{meta_path}: is a symbolic link; refusing to read it")
+    columns = _read_json(meta_path, segment.SEGMENT_META) if os.path.exists(meta_path) else None
+    if not isinstance(columns, dict) or not isinstance(columns.get("columns"), list):
+        raise CorruptBufferError(
+            f"{path}: neither {METADATA} nor {meta_path} lists the buffer's fields; the directory "
+            "cannot be read"
+        )
+    fields = {
+        c.get("name"): {"dtype": c.get("dtype"), "shape": c.get("shape")}
+        for c in columns["columns"]
+        if isinstance(c, dict)
+    }
+    return schema_from_json(fields, meta_path, CorruptBufferError)
+
+
 def _segment_records(
     path: str, meta: dict[str, Any], selected: list[dict[str, Any]], require_files: bool
 ) -> tuple[list[Record], Schema | None]:
@@ -413,7 +433,9 @@ def _segment_records(
     where = os.path.join(path, INDEX)
     schema = schema_from_json(meta.get("fields"), os.path.join(path, METADATA), CorruptBufferError)
     if selected and not schema:
-        raise CorruptBufferError(f"{os.path.join(path, METADATA)}: a segment buffer must list its fields")
+        # metadata.json is refreshed at flush/close: a crash before the first one leaves it
+        # without fields, but every segment describes its own columns
+        schema = _schema_of_segment(path, selected[0].get("file"))
     records = []
     seen: dict[str, bool] = {}  # segment name -> its directory exists (checked once each)
     for entry in selected:
