@@ -26,6 +26,8 @@ class BackgroundWriter:
         self._running = 0  # jobs taken but not finished
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._submitted = 0  # jobs ever queued; jobs run in order, so
+        self._finished = 0  # "job k is done" is "finished > k"
 
     @property
     def pending(self) -> int:
@@ -41,6 +43,7 @@ class BackgroundWriter:
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
             self._jobs.append((description, job))
+            self._submitted += 1
             self._cond.notify_all()
 
     def _loop(self) -> None:
@@ -49,6 +52,9 @@ class BackgroundWriter:
                 while not self._jobs and not self._stopping:
                     self._cond.wait()
                 if not self._jobs:
+                    # leave under the lock: a job queued from now on starts a new thread
+                    if self._thread is threading.current_thread():
+                        self._thread = None
                     return
                 description, job = self._jobs.popleft()
                 self._running += 1
@@ -60,6 +66,7 @@ class BackgroundWriter:
             finally:
                 with self._cond:
                     self._running -= 1
+                    self._finished += 1
                     self._cond.notify_all()
 
     def check(self) -> None:
@@ -77,9 +84,12 @@ class BackgroundWriter:
         ) from exc
 
     def wait(self) -> None:
-        """Block until every queued job has run (errors are kept for :meth:`check`)."""
+        """Block until every job queued before this call has run (errors are kept for
+        :meth:`check`). Jobs queued meanwhile are not waited for, so a producer that keeps
+        adding cannot hold a waiter forever."""
         with self._cond:
-            while self._jobs or self._running:
+            target = self._submitted
+            while self._finished < target:
                 self._cond.wait()
 
     def flush(self) -> None:
@@ -95,6 +105,4 @@ class BackgroundWriter:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-        with self._cond:
-            self._thread = None
         self.check()

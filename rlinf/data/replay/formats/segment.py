@@ -150,7 +150,7 @@ class SegmentStore:
 
     def _start_segment(self, number: int) -> None:
         self._sync()  # a sealed segment is durable before the next one starts
-        self.close()
+        self._close_files()
         path = os.path.join(self.directory, segment_name(number))
         os.makedirs(path, exist_ok=True)
         atomic_write_json(os.path.join(path, SEGMENT_META), self.describe())
@@ -164,15 +164,6 @@ class SegmentStore:
             f.flush()
             os.ftruncate(f.fileno(), rows * spec.row_bytes)
             f.seek(0, os.SEEK_END)
-
-    def continue_segment(self, name: str, rows: int) -> None:
-        """Append to existing segment ``name`` after its first ``rows`` rows (after recovery)."""
-        self.close()
-        number = segment_number(name)
-        path = os.path.join(self.directory, name)
-        self._files = [open(os.path.join(path, column_file(i)), "ab") for i in range(len(self._keys))]  # noqa: SIM115
-        self._active, self._active_rows = number, rows
-        self._truncate_active(rows)
 
     def describe(self) -> dict[str, Any]:
         """The ``segment.json`` content: format version and the columns in file order."""
@@ -189,7 +180,13 @@ class SegmentStore:
         }
 
     def close(self) -> None:
-        """fsync and close the active segment's files (appends reopen a segment)."""
+        """fsync and close the active segment's files (a later append starts a new segment).
+
+        Safe while another thread appends: both hold the store's append lock."""
+        with self._append_lock:
+            self._close_files()
+
+    def _close_files(self) -> None:
         self._sync()
         for f in self._files:
             f.close()
