@@ -6,13 +6,14 @@ import json
 import os
 import pickle
 import shutil
+import zlib
 
 import pytest
 import torch
 from conftest import coded_trajectory
 
 from rlinf.data.replay.formats import pkl, pt
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer, UnsafeFileError
+from rlinf.data.replay_buffer import CorruptTrajectoryError, TrajectoryReplayBuffer, UnsafeFileError
 
 MARKER = "rlinf_exploit_ran"
 
@@ -39,8 +40,17 @@ def traj_file(path, tid=0):
     return next(p for p in path.iterdir() if p.name.startswith(f"trajectory_{tid}_"))
 
 
+def forge_checksum(path, tid):
+    """What an attacker who writes the directory does: give the planted file a matching crc32,
+    so the file's contents, not its checksum, must be what stops it."""
+    index = json.loads((path / "trajectory_index.json").read_text())
+    index["trajectory_index"][str(tid)]["crc32"] = zlib.crc32(traj_file(path, tid).read_bytes())
+    (path / "trajectory_index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("forged", [True, False], ids=["forged-crc", "stale-crc"])
 @pytest.mark.parametrize("fmt", ["pt", "pkl"])
-def test_a_trajectory_file_that_would_run_code_is_refused(tmp_path, fmt):
+def test_a_trajectory_file_that_would_run_code_is_refused(tmp_path, fmt, forged):
     path = checkpoint(tmp_path, fmt)
     marker = tmp_path / MARKER
     victim = traj_file(path, 0)
@@ -49,9 +59,15 @@ def test_a_trajectory_file_that_would_run_code_is_refused(tmp_path, fmt):
         torch.save(payload, victim)
     else:
         victim.write_bytes(pickle.dumps(payload))
+    if forged:
+        forge_checksum(path, 0)
     buf = TrajectoryReplayBuffer(sample_window_size=0)
-    with pytest.raises(UnsafeFileError, match="refused to load"):
-        buf.load_checkpoint(str(path))
+    if forged:  # the restricted reader refuses the code
+        with pytest.raises(UnsafeFileError, match="refused to load"):
+            buf.load_checkpoint(str(path))
+    else:  # the checksum refuses the file before it is parsed
+        with pytest.raises(CorruptTrajectoryError, match="trajectory 0 fails its checksum"):
+            buf.load_checkpoint(str(path))
     assert not marker.exists()
     assert buf.size == 0
 
@@ -76,6 +92,7 @@ def test_metadata_switching_to_pickle_still_uses_the_restricted_reader(tmp_path)
     meta["trajectory_format"] = "pkl"
     (path / "metadata.json").write_text(json.dumps(meta))
     traj_file(path, 1).write_bytes(pickle.dumps({"rewards": Exploit(str(marker))}))
+    forge_checksum(path, 1)
     with pytest.raises(UnsafeFileError):
         TrajectoryReplayBuffer(sample_window_size=0).load_checkpoint(str(path))
     assert not marker.exists()

@@ -1,10 +1,19 @@
 """The machinery behind :mod:`rlinf.data.replay_buffer` (one module per role)."""
 
 from .buffer import Batch, TrajectoryReplayBuffer
+from .datasets import (
+    DatasetClosedError,
+    PrefetchError,
+    PreloadReplayBufferDataset,
+    ReplayBufferDataset,
+    replay_buffer_collate_fn,
+)
 from .errors import (
     BufferDirectoryError,
     BufferNotFoundError,
     CorruptBufferError,
+    CorruptDataWarning,
+    CorruptTrajectoryError,
     EmptyBufferError,
     InvalidArgumentError,
     InvalidTrajectoryError,
@@ -19,12 +28,19 @@ __all__ = [
     "BufferDirectoryError",
     "BufferNotFoundError",
     "CorruptBufferError",
+    "CorruptDataWarning",
+    "CorruptTrajectoryError",
+    "DatasetClosedError",
     "EmptyBufferError",
     "InvalidArgumentError",
     "InvalidTrajectoryError",
+    "PrefetchError",
+    "PreloadReplayBufferDataset",
+    "ReplayBufferDataset",
     "ReplayBufferError",
     "Trajectory",
     "TrajectoryReplayBuffer",
     "UnsafeFileError",
     "WriterError",
+    "replay_buffer_collate_fn",
 ]

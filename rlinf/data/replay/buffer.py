@@ -9,12 +9,14 @@ loads whole directories.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import threading
+import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -24,9 +26,17 @@ import torch
 from . import checkpoint, formats
 from .cache import TrajectoryCache, scatter_rows
 from .directory import Record, load_columns
-from .errors import CorruptBufferError, EmptyBufferError, InvalidArgumentError
+from .errors import (
+    CorruptBufferError,
+    CorruptDataWarning,
+    CorruptTrajectoryError,
+    EmptyBufferError,
+    InvalidArgumentError,
+    WriterError,
+)
 from .formats.segment import SegmentStore
 from .index import TrajectoryIndex
+from .integrity import rows_checksum
 from .sampler import UniformSampler
 from .schema import Schema
 from .trajectory import (
@@ -95,6 +105,10 @@ class TrajectoryReplayBuffer:
             machine's physical memory. When the ring is full the oldest trajectories leave it.
         max_pending_bytes: with ``auto_save``, bytes of trajectories waiting for the background
             writer beyond which ``add_trajectories`` waits for the disk (backpressure; 256 MiB).
+        on_corrupt: what to do with a trajectory whose file fails its checksum or cannot be
+            read (checked the first time it is read from disk): ``"raise"`` (default) raises
+            :class:`CorruptTrajectoryError` naming it; ``"skip"`` drops it from the buffer with
+            a :class:`CorruptDataWarning` and carries on (files are never touched).
     """
 
     def __init__(
@@ -111,6 +125,7 @@ class TrajectoryReplayBuffer:
         check_finite: bool = False,
         reserve_bytes: int | None = None,
         max_pending_bytes: int = 256 << 20,
+        on_corrupt: str = "raise",
     ) -> None:
         if seed is None:
             seed = random.SystemRandom().randrange(2**63)
@@ -128,9 +143,14 @@ class TrajectoryReplayBuffer:
             reserve_bytes = _check_int("reserve_bytes", reserve_bytes, 1)
         self._reserve_bytes = reserve_bytes
         self._max_pending = _check_int("max_pending_bytes", max_pending_bytes, 1)
+        if on_corrupt not in ("raise", "skip"):
+            raise InvalidArgumentError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
+        self.on_corrupt = on_corrupt
+        self._corrupt_skipped = 0
         self._pending_bytes = 0
-        # segment rows appended but not yet in the journal (group commit): (record, segment, row)
-        self._uncommitted: list[tuple[Record, str, int]] = []
+        # segment rows appended but not yet in the journal (group commit):
+        # (record, segment, row, checksum)
+        self._uncommitted: list[tuple[Record, str, int, int]] = []
         self._uncommitted_bytes = 0
         if self.auto_save:
             if not isinstance(auto_save_path, str | os.PathLike) or not os.fspath(auto_save_path):
@@ -229,6 +249,7 @@ class TrajectoryReplayBuffer:
                 "cached_trajectories": len(self._cache) if self._cache is not None else 0,
                 "cached_bytes": self._cache.nbytes if self._cache is not None else 0,
                 "evicted_trajectories": self._evicted,
+                "corrupt_skipped": self._corrupt_skipped,
                 "pending_writes": len(self._unwritten),
                 "files_written": self._files_written,
                 "auto_save": self.auto_save,
@@ -340,7 +361,7 @@ class TrajectoryReplayBuffer:
         name = record.canonical_name(self.trajectory_format)
         shape = (record.num_steps, record.num_envs)
         columns = {k: v.reshape(*shape, *v.shape[1:]) for k, v in data.items()}
-        formats.write(
+        crc = formats.write(
             os.path.join(own.path, name),
             self.trajectory_format,
             file_dict_from_columns(
@@ -352,10 +373,11 @@ class TrajectoryReplayBuffer:
         )
         with self._lock:
             if self._index_holds(record):
-                record.directory, record.file = own.path, name
+                record.directory, record.file, record.checksum = own.path, name, crc
             self._drop_unwritten(record.trajectory_id)
             self._files_written += 1
-            own.record_written(record, name, self._counter, self._schema)
+            written = replace(record, directory=own.path, file=name, row=None, checksum=crc)
+            own.record_written(written, name, self._counter, self._schema)
 
     def _append_segment(
         self, own: checkpoint.OwnDirectory, record: Record, data: dict[Key, torch.Tensor]
@@ -364,13 +386,14 @@ class TrajectoryReplayBuffer:
         the next group commit (when the writer's queue runs dry, every 64 MiB, or on flush)."""
         schema = self._schema
         assert schema is not None
+        crc = rows_checksum(data, schema)
         try:
             name, row = own.segment_store(schema).append(data, sync=False)
         except BaseException:
             self._commit_segments()  # rows appended before this one are fine: commit them
             raise
         with self._lock:
-            self._uncommitted.append((record, name, row))
+            self._uncommitted.append((record, name, row, crc))
             self._uncommitted_bytes += sum(t.numel() * t.element_size() for t in data.values())
             commit = self._uncommitted_bytes >= _GROUP_COMMIT_BYTES or self._writer.pending <= 1
         if commit:
@@ -387,20 +410,20 @@ class TrajectoryReplayBuffer:
             own.segment_store(schema).sync()  # rows are durable before any entry names them
         except BaseException:
             with self._lock:  # their data stays in memory; flush()/close() append them again
-                for record, _, _ in batch:
+                for record, *_ in batch:
                     if record.trajectory_id in self._unwritten:
                         self._failed[record.trajectory_id] = record
             raise
         with self._lock:
-            for record, name, row in batch:
+            for record, name, row, crc in batch:
                 if self._index_holds(record):
                     record.directory, record.file, record.row = own.path, name, row
+                    record.checksum = crc
                     self._index.set_location(record.trajectory_id, self._segment_key(own.path, name), row)
                 self._drop_unwritten(record.trajectory_id)
                 self._files_written += 1
-                own.record_written(
-                    replace(record, directory=own.path, file=name, row=row), name, self._counter, schema
-                )
+                written = replace(record, directory=own.path, file=name, row=row, checksum=crc)
+                own.record_written(written, name, self._counter, schema)
             self._written.notify_all()
 
     def _drain_writer(self) -> None:
@@ -458,14 +481,42 @@ class TrajectoryReplayBuffer:
         num = _check_int("num_chunks", num_chunks, 1)
         with self._lock:
             self._writer.check()
-            ids, ends, _ = self._index.window(self._window_size)
-            total = int(ends[-1]) if len(ends) else 0
-            if total <= 0:
-                raise EmptyBufferError(
-                    "cannot sample: the sampling window holds no transition; add trajectories or "
-                    "load a checkpoint first (is_ready() tells when sampling is possible)"
-                )
-            return nest(self._gather(ids, ends, self._sampler.draw_flat(total, num)))
+            while True:
+                ids, ends, _ = self._index.window(self._window_size)
+                total = int(ends[-1]) if len(ends) else 0
+                if total <= 0:
+                    raise EmptyBufferError(
+                        "cannot sample: the sampling window holds no transition; add trajectories "
+                        "or load a checkpoint first (is_ready() tells when sampling is possible)"
+                    )
+                try:
+                    return nest(self._gather(ids, ends, self._sampler.draw_flat(total, num)))
+                except CorruptTrajectoryError as exc:
+                    if self.on_corrupt != "skip" or exc.trajectory_id not in self._index:
+                        raise
+                    self._drop_corrupt(exc)  # and draw again from what is left
+
+    def _drop_corrupt(self, exc: CorruptTrajectoryError) -> None:
+        """Leave a damaged trajectory out of the buffer (``on_corrupt="skip"``); its file stays."""
+        tid = exc.trajectory_id
+        assert tid is not None
+        record = self._index.remove(tid)
+        if record.path is not None:
+            self._readers.pop(record.path, None)
+        self._corrupt_skipped += 1
+        logger.warning("skipped damaged trajectory %d: %s", tid, exc)
+        warnings.warn(f"skipped damaged trajectory {tid}: {exc}", CorruptDataWarning, stacklevel=4)
+
+    def _check_trajectory(self, trajectory_id: int) -> None:
+        """Check a trajectory's data against its checksum before its first read from disk."""
+        record = self._index[trajectory_id]
+        if trajectory_id not in self._unwritten and record.path is not None:
+            store = None
+            if record.fmt == formats.SEGMENT:
+                assert self._schema is not None
+                store = self._store_for(record.directory or "", self._schema)
+            checkpoint.verify_record(record, store)
+        self._index.mark_checked(trajectory_id)
 
     def _gather(self, ids: np.ndarray, ends: np.ndarray, flat: torch.Tensor) -> dict[Key, torch.Tensor]:
         """Rows of window transitions ``flat`` (int64 ``[N]``, numbered across the window).
@@ -497,6 +548,10 @@ class TrajectoryReplayBuffer:
         if len(where):
             f = flat.numpy()[where]
             positions = np.searchsorted(ends, f, side="right")
+            unchecked = ~self._index.window_checked(self._window_size)[positions]
+            if unchecked.any():  # first read of these trajectories: check their checksums
+                for p in np.unique(positions[unchecked]).tolist():
+                    self._check_trajectory(int(ids[p]))
             rows = f - (ends - np.diff(ends, prepend=0))[positions]
             segs, firsts = self._index.window_locations(self._window_size)
             seg_of = segs[positions]
@@ -577,7 +632,8 @@ class TrajectoryReplayBuffer:
             raise CorruptBufferError(f"trajectory {record.trajectory_id} has neither data nor file")
         raw = self._readers.get(path)
         if raw is None:
-            raw = load_columns(record, mmap=True)
+            with checkpoint.reading(record):
+                raw = load_columns(record, mmap=True)
             schema = self._schema
             assert schema is not None
             missing = [key_name(k) for k in schema if k not in raw]
@@ -601,10 +657,23 @@ class TrajectoryReplayBuffer:
         """
         self._retry_failed_writes()
         self._drain_writer()
-        with self._lock:
+        self._writer.check()  # a failed trajectory write is the error to report first
+        with self._lock, self._index_io():
             if self._own is not None:
                 self._own.sync(self._counter, self._schema)
-        self._writer.check()
+
+    @contextlib.contextmanager
+    def _index_io(self) -> Iterator[None]:
+        """Report a failure to write the auto-save index or metadata as :class:`WriterError`."""
+        try:
+            yield
+        except OSError as exc:
+            path = self._own.path if self._own is not None else ""
+            raise WriterError(
+                f"{path}: cannot write the index or metadata ({type(exc).__name__}: {exc}). The "
+                "trajectories stay in memory; fix the cause (disk space, permissions) and call "
+                "flush() again"
+            ) from exc
 
     def save_checkpoint(self, save_path: str) -> None:
         """Write a complete, self-contained checkpoint of everything the buffer holds.
@@ -697,7 +766,8 @@ class TrajectoryReplayBuffer:
             )
         share = (local_rank, world_size) if is_distributed else (0, 1)
         self.flush()  # pending writes may land in load_path (e.g. our own auto-save path)
-        contents, schema = checkpoint.read(load_path, share)
+        skip = self.on_corrupt == "skip"
+        contents, schema = checkpoint.read(load_path, share, skip_corrupt=skip)
         keep, warm = self._prepare(contents.records, schema)  # may raise: buffer unchanged
         with self._lock:
             self._reset_contents()
@@ -722,8 +792,19 @@ class TrajectoryReplayBuffer:
             return keep, []
         # the cache holds a suffix of the index: warm it with the newest records it can hold
         limit = self._cache.max_trajectories
-        warm = keep if limit is None else keep[max(0, len(keep) - limit) :]
-        return keep, [(record, self._read_aligned(record, schema)) for record in warm]
+        while True:
+            warm = keep if limit is None else keep[max(0, len(keep) - limit) :]
+            try:
+                return keep, [(record, self._read_aligned(record, schema)) for record in warm]
+            except CorruptTrajectoryError as exc:
+                if self.on_corrupt != "skip" or exc.trajectory_id is None:
+                    raise
+                logger.warning("skipped damaged trajectory %d: %s", exc.trajectory_id, exc)
+                warnings.warn(
+                    f"skipped damaged trajectory {exc.trajectory_id}: {exc}", CorruptDataWarning, stacklevel=3
+                )
+                self._corrupt_skipped += 1
+                keep = [r for r in keep if r.trajectory_id != exc.trajectory_id]
 
     def _read_aligned(self, record: Record, schema: Schema | None) -> dict[Key, torch.Tensor]:
         store = None
@@ -741,8 +822,10 @@ class TrajectoryReplayBuffer:
         """Index ``keep`` (file-backed) and copy the prepared rows into the cache."""
         self._evicted += len(records) - len(keep)
         self._schema = schema if keep else None
+        warmed = {record.trajectory_id for record, _ in warm}  # read, so checked, while warming
         for record in keep:
-            self._index.append(record, self._record_segment(record))
+            checked = record.checksum is None or record.trajectory_id in warmed
+            self._index.append(record, self._record_segment(record), checked)
         for record, flat in warm:
             assert self._cache is not None and schema is not None
             self._forget_evicted(self._cache.put(record.trajectory_id, flat, schema))
@@ -769,7 +852,7 @@ class TrajectoryReplayBuffer:
         """
         self._retry_failed_writes()
         self._drain_writer()
-        with self._lock:
+        with self._lock, self._index_io():
             if self._own is not None:
                 self._own.compact(self._counter, self._schema)
                 self._own.close()

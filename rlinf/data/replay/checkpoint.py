@@ -9,10 +9,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,12 +28,22 @@ from .directory import (
     list_trajectory_files,
     load_columns,
     read_directory,
+    safe_file,
     write_index,
     write_metadata,
 )
-from .errors import BufferDirectoryError, BufferNotFoundError, CorruptBufferError, InvalidArgumentError
+from .errors import (
+    BufferDirectoryError,
+    BufferNotFoundError,
+    CorruptBufferError,
+    CorruptTrajectoryError,
+    InvalidArgumentError,
+    ReplayBufferError,
+    UnsafeFileError,
+)
 from .formats.segment import SEGMENT_RE, SegmentStore, truncate_segment
 from .fsio import fsync_dir, link_or_copy, remove_tmp_files
+from .integrity import file_checksum, mismatch, rows_checksum, verify_file, verify_rows
 from .schema import Schema, combine
 from .trajectory import Key, file_dict_from_columns, source_steps
 
@@ -44,9 +55,47 @@ def same_path(a: str, b: str) -> bool:
     return os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
 
 
-def read(load_path: str, share: tuple[int, int] = (0, 1)) -> tuple[DirectoryContents, Schema | None]:
+def read(
+    load_path: str, share: tuple[int, int] = (0, 1), skip_corrupt: bool = False
+) -> tuple[DirectoryContents, Schema | None]:
     """Parse a buffer directory; see :func:`rlinf.data.replay.directory.read_directory`."""
-    return read_directory(load_path, share)
+    return read_directory(load_path, share, skip_corrupt=skip_corrupt)
+
+
+@contextlib.contextmanager
+def reading(record: Record) -> Iterator[None]:
+    """Report a damaged file met while reading ``record`` as :class:`CorruptTrajectoryError`
+    naming the trajectory (unsafe files keep their own error: they are never skipped)."""
+    try:
+        yield
+    except (CorruptTrajectoryError, UnsafeFileError):
+        raise
+    except CorruptBufferError as exc:
+        raise CorruptTrajectoryError(str(exc), record.trajectory_id, record.path) from None
+
+
+def verify_record(record: Record, store: SegmentStore | None = None) -> None:
+    """Check a record's data against its ``crc32`` (no-op without one).
+
+    Raises:
+        CorruptTrajectoryError: mismatch, or a truncated, missing or unreadable file.
+    """
+    if record.checksum is None:
+        return
+    with reading(record):
+        if record.fmt == formats.SEGMENT:
+            assert store is not None and record.file is not None and record.row is not None
+            found = store.checksum(record.file, record.row, record.num_transitions)
+            if found != record.checksum:
+                raise mismatch(record.trajectory_id, record.path or "", record.checksum, found)
+            return
+        try:
+            verify_file(record.trajectory_id, record.path or "", record.checksum)
+        except FileNotFoundError:
+            raise BufferNotFoundError(
+                f"{record.path}: the file of trajectory {record.trajectory_id} is missing; "
+                "restore it or repair the directory with the verify tool"
+            ) from None
 
 
 @dataclass
@@ -75,14 +124,24 @@ def read_rows(
     """Aligned rows ``[T * B, ...]`` of a record's file or segment.
 
     ``pt`` files are memory-mapped (rows are views of the mapping); segment rows are copied.
-    Raises :class:`CorruptBufferError` if the file's fields differ from ``schema``.
+    The data is checked against the record's checksum first.
+
+    Raises:
+        CorruptTrajectoryError: the data fails its checksum, or the file is truncated or
+            unreadable.
+        CorruptBufferError: the file's fields differ from ``schema``.
     """
     n = record.num_transitions
     if record.fmt == formats.SEGMENT:
         assert schema is not None and record.file is not None and record.row is not None
         store = store or SegmentStore(record.directory or "", schema)
-        return store.read(record.file, record.row, n)
-    raw = load_columns(record, mmap=True)
+        with reading(record):
+            rows = store.read(record.file, record.row, n)
+            verify_rows(record.trajectory_id, record.path or "", rows, schema, record.checksum)
+        return rows
+    verify_record(record)
+    with reading(record):
+        raw = load_columns(record, mmap=True)
     columns = {
         k: v[torch.from_numpy(source_steps(k, int(v.shape[0]), record.num_steps))]
         if int(v.shape[0]) != record.num_steps
@@ -113,19 +172,23 @@ def write_record(
     target: str,
     fmt: str,
     schema: Schema | None = None,
-) -> None:
+) -> int:
     """Materialize one trajectory as file ``target`` in ``fmt`` (``pt``/``pkl``): link/copy its
-    file if it has one (converting between formats), else serialize its rows."""
+    file if it has one (converting between formats, after checking its checksum), else
+    serialize its rows. Returns the CRC-32 of the file written."""
     if record.fmt in formats.FORMATS and record.path is not None and os.path.exists(record.path):
+        safe_file(record.directory or "", record.file or "")  # it may have changed since loading
         if record.fmt == fmt:
-            link_or_copy(record.path, target)
-        else:
-            formats.write(target, fmt, formats.read(record.path, record.fmt or "pt"))
-        return
+            link_or_copy(record.path, target)  # same bytes: the checksum still finds damage
+            return record.checksum if record.checksum is not None else file_checksum(target)
+        verify_record(record)
+        with reading(record):
+            data = formats.read(record.path, record.fmt or "pt")
+        return formats.write(target, fmt, data)
     data = record_rows(record, rows_of, schema)
     shape = (record.num_steps, record.num_envs)
     columns = {k: v.reshape(*shape, *v.shape[1:]) for k, v in data.items()}
-    formats.write(
+    return formats.write(
         target,
         fmt,
         file_dict_from_columns(
@@ -154,16 +217,20 @@ def place_records(
         store = store or SegmentStore(directory, schema)
         try:
             for record in records:
-                name, row = store.append(record_rows(record, rows_of, schema))
-                placed[record.trajectory_id] = replace(record, directory=directory, file=name, row=row)
+                rows = record_rows(record, rows_of, schema)
+                crc = rows_checksum(rows, schema)
+                name, row = store.append(rows)
+                placed[record.trajectory_id] = replace(
+                    record, directory=directory, file=name, row=row, checksum=crc
+                )
         finally:
             if own_store:
                 store.close()
         return placed
     for record in records:
         name = record.canonical_name(fmt)
-        write_record(record, rows_of, os.path.join(directory, name), fmt, schema)
-        placed[record.trajectory_id] = replace(record, directory=directory, file=name, row=None)
+        crc = write_record(record, rows_of, os.path.join(directory, name), fmt, schema)
+        placed[record.trajectory_id] = replace(record, directory=directory, file=name, row=None, checksum=crc)
     return placed
 
 
@@ -180,7 +247,8 @@ def prepare_destination(save_path: str) -> str:
                 f"{dest}: exists, is not empty and is not a buffer directory; refusing to "
                 "replace it (choose a new or empty directory)"
             )
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with writing(dest):
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
     return dest
 
 
@@ -210,6 +278,22 @@ def publish(staging: str, dest: str) -> None:
         fsync_dir(parent)
 
 
+@contextlib.contextmanager
+def writing(dest: str, what: str = "the buffer directory") -> Iterator[None]:
+    """Report an OS refusal to write a directory (permissions, disk full) as
+    :class:`BufferDirectoryError` naming it; the library's own errors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, ReplayBufferError):
+            raise
+        raise BufferDirectoryError(
+            f"{dest}: cannot write {what}: {exc.strerror or exc}"
+            f"{f' ({exc.filename})' if exc.filename else ''}; fix the permissions or free space "
+            "and try again (nothing was changed)"
+        ) from exc
+
+
 def save(snapshot: Snapshot, save_path: str) -> dict[int, Record]:
     """Write ``snapshot`` as a complete buffer directory at ``save_path``.
 
@@ -217,13 +301,15 @@ def save(snapshot: Snapshot, save_path: str) -> dict[int, Record]:
         ``{trajectory_id: record re-homed in save_path}`` of the trajectories written.
     """
     dest = prepare_destination(save_path)
-    staging = new_staging_dir(dest)
+    with writing(dest):
+        staging = new_staging_dir(dest)
     try:
-        placed = place_records(snapshot.records, snapshot.rows_of, staging, snapshot.fmt, snapshot.schema)
-        entries = [placed[r.trajectory_id].to_entry() for r in snapshot.records]
-        write_index(staging, entries)
-        write_metadata(staging, snapshot.fmt, entries, snapshot.counter, snapshot.seed, snapshot.schema)
-        publish(staging, dest)
+        with writing(dest):
+            placed = place_records(snapshot.records, snapshot.rows_of, staging, snapshot.fmt, snapshot.schema)
+            entries = [placed[r.trajectory_id].to_entry() for r in snapshot.records]
+            write_index(staging, entries)
+            write_metadata(staging, snapshot.fmt, entries, snapshot.counter, snapshot.seed, snapshot.schema)
+            publish(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -267,6 +353,11 @@ class OwnDirectory:
         """Open (continuing) or create an auto-save directory."""
         if os.path.lexists(path) and not os.path.isdir(path):
             raise BufferDirectoryError(f"auto_save_path {path} exists and is not a directory")
+        with writing(path, "auto_save_path"):
+            return cls._open(path, fmt, seed)
+
+    @classmethod
+    def _open(cls, path: str, fmt: str, seed: int | None) -> OwnDirectory:
         os.makedirs(path, exist_ok=True)
         remove_tmp_files(path)
         if is_buffer_directory(path):

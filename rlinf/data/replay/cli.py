@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``--help`` text)."""
     p = argparse.ArgumentParser(
         prog="python rlinf/data/replay_buffer.py",
-        description="Load a replay buffer directory, sample once, print every key with its shape and dtype.",
+        description="Load a replay buffer directory, sample once, print every key with its shape and "
+        "dtype. Subcommand: `verify PATH [--repair]` checks (and repairs) a buffer directory.",
     )
     p.add_argument("--load-path", required=True, help="buffer directory (checkpoint or auto-save)")
     p.add_argument("--num-chunks", type=int, default=1024, help="transitions to sample (>= 1)")
@@ -77,8 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _verify(argv: list[str]) -> int:
+    from .tools.verify_cli import main as verify_main
+
+    return verify_main(argv)
+
+
+#: ``python -m rlinf.data.replay_buffer NAME ...``: subcommands besides the seed's sampling run
+SUBCOMMANDS = {"verify": _verify}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
+    """Entry point; returns the process exit status.
+
+    ``verify PATH ...`` runs the verify tool; any other arguments are the seed's sampling run.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     try:
         batch, stats, seconds = sample_directory(

@@ -15,10 +15,12 @@ Directories written by RLinf itself (either file-name shape, ``storage_format``,
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import uuid as uuidlib
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -30,11 +32,14 @@ from .errors import (
     BufferDirectoryError,
     BufferNotFoundError,
     CorruptBufferError,
+    CorruptDataWarning,
     InvalidTrajectoryError,
     UnsafeFileError,
+    unreadable,
 )
 from .formats import segment
 from .fsio import atomic_write_json, fsync_dir
+from .integrity import check_entry_crc
 from .schema import Schema, combine, schema_from_json
 from .trajectory import AlignedTrajectory, Key, align, check_weights_id, iter_columns
 
@@ -72,6 +77,8 @@ class Record:
         file: file name inside ``directory`` (``None`` while memory-only).
         shape: shape of ``rewards`` ``[T, B, ...]``.
         row: for the ``segment`` format, the first row of the trajectory in segment ``file``.
+        checksum: CRC-32 of the file (``pt``/``pkl``) or of the rows (``segment``), see
+            :mod:`.integrity`; ``None`` for data written without one (RLinf's directories).
     """
 
     trajectory_id: int
@@ -85,6 +92,7 @@ class Record:
     directory: str | None = None
     file: str | None = None
     row: int | None = None
+    checksum: int | None = None
 
     @property
     def num_transitions(self) -> int:
@@ -120,13 +128,17 @@ class Record:
         if name is None:
             raise ValueError("a memory-only record has no index entry")
         if self.row is not None:
-            return {
+            entry = {
                 **self._common_entry(),
                 "model_weights_id": self.model_weights_id,
                 "file": name,
                 "row": self.row,
             }
-        return {**self._common_entry(), "model_weights_id": rlinf_weights_id(name), "file": name}
+        else:
+            entry = {**self._common_entry(), "model_weights_id": rlinf_weights_id(name), "file": name}
+        if self.checksum is not None:
+            entry["crc32"] = self.checksum
+        return entry
 
     def _common_entry(self) -> dict[str, Any]:
         return {
@@ -184,12 +196,25 @@ class DirectoryContents:
     metadata: dict[str, Any]
 
 
+def refuse_link_out(path: str) -> None:
+    """Raise :class:`UnsafeFileError` if ``path`` is a symbolic link leading out of its directory."""
+    if os.path.islink(path):
+        real = os.path.realpath(path)
+        if os.path.dirname(real) != os.path.realpath(os.path.dirname(path)):
+            raise UnsafeFileError(
+                f"{path}: links outside the buffer directory (to {real}); refusing to read it"
+            )
+
+
 def _read_json(path: str, what: str) -> Any:
+    refuse_link_out(path)
     try:
         with open(path, "rb") as f:
             return json.load(f)
     except FileNotFoundError:
         raise
+    except PermissionError as exc:
+        raise unreadable(path, exc) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptBufferError(
             f"{path}: {what} is not valid JSON ({exc}); restore it from a copy or rebuild the "
@@ -279,25 +304,47 @@ def read_metadata(path: str) -> dict[str, Any]:
     return meta
 
 
-def _read_journal(path: str) -> list[dict[str, Any]]:
+def parse_journal(path: str) -> tuple[list[dict[str, Any]], list[int], bool]:
+    """The journal's entries, the numbers of its bad lines, and whether its last line is torn.
+
+    A torn last line (an append a crash interrupted, without its newline) is not a bad line.
+    """
     jpath = os.path.join(path, JOURNAL)
-    if not os.path.exists(jpath):
-        return []
-    with open(jpath, "rb") as f:
-        lines = f.read().split(b"\n")
-    entries = []
+    if not os.path.lexists(jpath):
+        return [], [], False
+    if os.path.islink(jpath):
+        raise UnsafeFileError(f"{jpath}: is a symbolic link; the journal must be a regular file")
+    try:
+        with open(jpath, "rb") as f:
+            lines = f.read().split(b"\n")
+    except PermissionError as exc:
+        raise unreadable(jpath, exc) from None
+    entries: list[dict[str, Any]] = []
+    bad: list[int] = []
+    torn = False
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            if i >= len(lines) - 2:  # torn final line of an interrupted append: ignore it
-                continue
-            raise CorruptBufferError(f"{jpath}: line {i + 1} is not valid JSON") from None
-        if not isinstance(entry, dict):
-            raise CorruptBufferError(f"{jpath}: line {i + 1} is not an index entry")
-        entries.append(entry)
+            entry = None
+        if isinstance(entry, dict):
+            entries.append(entry)
+        elif not any(rest.strip() for rest in lines[i + 1 :]):
+            torn = True  # the last line: an interrupted append
+        else:
+            bad.append(i + 1)
+    return entries, bad, torn
+
+
+def _read_journal(path: str) -> list[dict[str, Any]]:
+    entries, bad, _ = parse_journal(path)
+    if bad:
+        raise CorruptBufferError(
+            f"{os.path.join(path, JOURNAL)}: line {bad[0]} is not an index entry; repair the "
+            "directory with the verify tool (--repair)"
+        )
     return entries
 
 
@@ -358,6 +405,8 @@ def open_file_record(
     fpath = safe_file(path, name)
     data = formats.read(fpath, name.rsplit(".", 1)[1], mmap=True)
     where = f"{fpath}: "
+    if data.get("model_weights_id") is not None:  # it becomes part of file names: check it first
+        checked_weights_id(data["model_weights_id"], fpath)
     try:
         traj = align(data, where=where)
     except InvalidTrajectoryError as exc:
@@ -381,6 +430,7 @@ def open_file_record(
         shape=[int(d) for d in traj.columns[("rewards",)].shape],
         directory=path,
         file=name,
+        checksum=check_entry_crc(entry.get("crc32"), fpath),
     )
     return record, schema
 
@@ -403,6 +453,7 @@ def _record_from_entry(path: str, entry: dict[str, Any], name: str, where: str =
         shape=[int(d) for d in shape],
         directory=path,
         file=name,
+        checksum=check_entry_crc(entry.get("crc32"), f"{where}: trajectory {tid}"),
     )
 
 
@@ -467,7 +518,7 @@ def _segment_records(
 
 
 def read_directory(
-    path: str, share: tuple[int, int] = (0, 1), require_files: bool = True
+    path: str, share: tuple[int, int] = (0, 1), require_files: bool = True, skip_corrupt: bool = False
 ) -> tuple[DirectoryContents, Schema | None]:
     """Parse a buffer directory (ours or RLinf's) and the schema of its trajectories.
 
@@ -475,6 +526,8 @@ def read_directory(
         path: the directory.
         share: ``(rank, world_size)``: keep index positions ``rank, rank + world_size, ...``.
         require_files: raise if a selected trajectory's file is missing.
+        skip_corrupt: leave out (with a :class:`CorruptDataWarning`) trajectories whose file
+            must be opened to be indexed (RLinf's directories) and turns out unreadable.
 
     Returns:
         The parsed contents and the schema (``None`` when no trajectory was selected).
@@ -532,7 +585,15 @@ def read_directory(
         if ours and named is not None and "num_steps" in entry:
             records.append(_record_from_entry(path, entry, name, index_path))  # name: checked above
         else:
-            record, file_schema = open_file_record(path, name, tid, fmt, entry)
+            try:
+                record, file_schema = open_file_record(path, name, tid, fmt, entry)
+            except UnsafeFileError:
+                raise
+            except CorruptBufferError as exc:
+                if not skip_corrupt:
+                    raise
+                warnings.warn(f"skipped trajectory {tid}: {exc}", CorruptDataWarning, stacklevel=2)
+                continue
             schema = combine(schema, file_schema, f"{path}/{name}: ", CorruptBufferError)
             records.append(record)
     if records and schema is None:
@@ -629,6 +690,37 @@ def write_index(path: str, entries: Iterable[dict[str, Any]]) -> None:
         fsync_dir(path)
 
 
+def _trim_torn_tail(path: str) -> None:
+    """Cut a torn last line (an append interrupted by a crash) off the journal.
+
+    The reader ignores a torn final line, but the next append must not follow it: glued onto it
+    the new entry would be lost, and on a line of its own it would leave the torn line in the
+    middle, which makes the journal unreadable. (Journals are compacted every few thousand
+    entries, so reading one whole is cheap.)
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UnsafeFileError(f"{path}: cannot be opened as a regular file ({exc.strerror})") from None
+    with os.fdopen(fd, "r+b") as f:
+        data = f.read()
+        body = data.rstrip(b"\n")
+        start = body.rfind(b"\n") + 1  # start of the last non-empty line
+        try:
+            last = json.loads(body[start:]) if body else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            last = None
+        if isinstance(last, dict):
+            if data and not data.endswith(b"\n"):  # complete but unterminated: end the line
+                f.write(b"\n")
+                os.fsync(f.fileno())
+            return
+        f.truncate(start)
+        os.fsync(f.fileno())
+
+
 class Journal:
     """Append-only index journal: one JSON entry per line; ``sync()`` makes appends durable."""
 
@@ -640,7 +732,14 @@ class Journal:
     def append(self, entry: dict[str, Any]) -> None:
         """Append one entry (flushed to the OS, durable after :meth:`sync`)."""
         if self._file is None:
-            self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across appends
+            _trim_torn_tail(self.path)
+            try:  # never through a link: the journal is written inside the directory only
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise UnsafeFileError(f"{self.path}: is a symbolic link; refusing to write it") from None
+                raise
+            self._file = os.fdopen(fd, "ab")
         self._file.write(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
         self._file.flush()
         self.lines += 1

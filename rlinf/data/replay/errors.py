@@ -33,6 +33,14 @@ class BufferNotFoundError(BufferDirectoryError, FileNotFoundError):
     """The directory, or a file the index names, does not exist."""
 
 
+def unreadable(path: str, exc: OSError) -> BufferDirectoryError:
+    """The error for a buffer file the OS refuses to read or write (permissions, disk full, ...):
+    it names the file and the cause; it is not corruption, so it is never skipped."""
+    return BufferDirectoryError(
+        f"{path}: {exc.strerror or exc} (errno {exc.errno}); fix the permissions or free space and try again"
+    )
+
+
 class CorruptBufferError(BufferDirectoryError):
     """A file of a buffer directory cannot be parsed, or disagrees with the index."""
 
@@ -43,3 +51,18 @@ class UnsafeFileError(CorruptBufferError):
 
 class WriterError(ReplayBufferError, RuntimeError):
     """A background write failed. Raised on the next call, on ``flush()`` and on ``close()``."""
+
+
+class CorruptTrajectoryError(CorruptBufferError):
+    """One trajectory's file or rows are damaged: a checksum mismatch, a truncated or unreadable
+    file. ``trajectory_id`` and ``path`` name it; a buffer built with ``on_corrupt="skip"``
+    drops such trajectories with a warning instead of raising."""
+
+    def __init__(self, message: str, trajectory_id: int | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.trajectory_id = trajectory_id
+        self.path = path
+
+
+class CorruptDataWarning(UserWarning):
+    """A damaged trajectory was skipped (``on_corrupt="skip"``); the message names it."""

@@ -24,6 +24,8 @@ class TrajectoryIndex:
         # where rows live in a segment: (segment key, first row); -1 when not in a segment
         self._segs = np.empty(64, dtype=np.int64)
         self._rows = np.empty(64, dtype=np.int64)
+        # whether a trajectory's data was checked against its checksum (or needs no check)
+        self._checked = np.empty(64, dtype=np.bool_)
         self._pos: dict[int, int] = {}  # trajectory id -> array position
         self._head = 0  # first live position in the arrays
         self._tail = 0  # one past the last
@@ -32,6 +34,7 @@ class TrajectoryIndex:
         self._window_key: tuple[int, int] | None = None
         self._window: tuple[np.ndarray, np.ndarray, int] | None = None
         self._locations: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
+        self._checked_window: tuple[tuple[int, int], np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self._tail - self._head
@@ -55,8 +58,15 @@ class TrajectoryIndex:
         """Indexed ids, oldest first (a copy)."""
         return self._ids[self._head : self._tail].copy()
 
-    def append(self, record: Record, segment: int = -1) -> None:
-        """Add the newest trajectory (``segment``: key of the segment holding its rows)."""
+    def append(self, record: Record, segment: int = -1, checked: bool = True) -> None:
+        """Add the newest trajectory.
+
+        Args:
+            record: the trajectory.
+            segment: key of the segment holding its rows (-1: none).
+            checked: its data needs no checksum check before it is read (see
+                :meth:`window_checked`).
+        """
         if record.trajectory_id in self._records:
             raise KeyError(f"trajectory {record.trajectory_id} is already indexed")
         if self._tail == len(self._ids):
@@ -65,6 +75,7 @@ class TrajectoryIndex:
         self._counts[self._tail] = record.num_transitions
         self._segs[self._tail] = segment
         self._rows[self._tail] = record.row if segment >= 0 and record.row is not None else -1
+        self._checked[self._tail] = checked
         self._pos[record.trajectory_id] = self._tail
         self._tail += 1
         self._records[record.trajectory_id] = record
@@ -81,9 +92,11 @@ class TrajectoryIndex:
         segs, rows = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
         segs[:live] = self._segs[self._head : self._tail]
         rows[:live] = self._rows[self._head : self._tail]
+        checked = np.empty(size, dtype=np.bool_)
+        checked[:live] = self._checked[self._head : self._tail]
         self._pos = {tid: p - self._head for tid, p in self._pos.items()}
         self._ids, self._counts, self._head, self._tail = ids, counts, 0, live
-        self._segs, self._rows = segs, rows
+        self._segs, self._rows, self._checked = segs, rows, checked
 
     def set_location(self, trajectory_id: int, segment: int, row: int) -> None:
         """Record that a trajectory's rows now live in segment ``segment`` from ``row`` on."""
@@ -100,6 +113,33 @@ class TrajectoryIndex:
             lo = self._tail - w
             self._locations = (key, self._segs[lo : self._tail].copy(), self._rows[lo : self._tail].copy())
         return self._locations[1], self._locations[2]
+
+    def window_checked(self, size: int) -> np.ndarray:
+        """Per window trajectory, oldest first: whether its data may be read unchecked (bool)."""
+        n = len(self)
+        w = n if size <= 0 else min(size, n)
+        key = (self.version, w)
+        if self._checked_window is None or self._checked_window[0] != key:
+            self._checked_window = (key, self._checked[self._tail - w : self._tail].copy())
+        return self._checked_window[1]
+
+    def mark_checked(self, trajectory_id: int) -> None:
+        """Record that a trajectory's data passed its checksum check."""
+        self._checked[self._pos[trajectory_id]] = True
+        self._checked_window = None
+
+    def remove(self, trajectory_id: int) -> Record:
+        """Remove one trajectory wherever it is (O(n): for the rare damaged trajectory)."""
+        p = self._pos.pop(trajectory_id)
+        for arr in (self._ids, self._counts, self._segs, self._rows, self._checked):
+            arr[p : self._tail - 1] = arr[p + 1 : self._tail].copy()
+        self._tail -= 1
+        for q in range(p, self._tail):
+            self._pos[int(self._ids[q])] = q
+        record = self._records.pop(trajectory_id)
+        self._total -= record.num_transitions
+        self.version += 1
+        return record
 
     def pop_oldest(self) -> Record:
         """Remove and return the oldest trajectory."""

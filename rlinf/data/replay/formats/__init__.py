@@ -39,9 +39,9 @@ def read(path: str, fmt: str, mmap: bool = False) -> dict[str, Any]:
     return FORMATS[fmt].read(path, mmap=mmap)
 
 
-def write(path: str, fmt: str, data: dict[str, Any], sync: bool = True) -> None:
-    """Atomically write one trajectory file."""
-    FORMATS[fmt].write(path, compact(data), sync=sync)
+def write(path: str, fmt: str, data: dict[str, Any], sync: bool = True) -> int:
+    """Atomically write one trajectory file; return the CRC-32 of its bytes."""
+    return FORMATS[fmt].write(path, compact(data), sync=sync)
 
 
 def compact(obj: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch._utils
 
-from ..errors import CorruptBufferError, UnsafeFileError
+from ..errors import CorruptBufferError, UnsafeFileError, unreadable
 from ..fsio import atomic_write
 
 EXTENSION = "pkl"
@@ -25,7 +25,14 @@ EXTENSION = "pkl"
 def _load_storage(data: bytes) -> Any:
     if not isinstance(data, bytes | bytearray):
         raise UnsafeFileError("tensor storage is not bytes")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's restricted reader refused a global
+        line = next((ln.strip() for ln in str(exc).splitlines() if "global" in ln.lower()), "")
+        raise UnsafeFileError(
+            "refused to load: a tensor storage in the pickle references code "
+            f"({line[:200] or 'not plain data'})"
+        ) from None
 
 
 def _rebuild_tensor_v2(
@@ -92,6 +99,8 @@ def read(path: str, mmap: bool = False) -> dict[str, Any]:
         raise UnsafeFileError(f"{path}: {exc}") from None
     except FileNotFoundError:
         raise
+    except PermissionError as exc:
+        raise unreadable(path, exc) from None
     except (
         pickle.UnpicklingError,
         EOFError,
@@ -112,6 +121,8 @@ def read(path: str, mmap: bool = False) -> dict[str, Any]:
     return obj
 
 
-def write(path: str, data: dict[str, Any], sync: bool = True) -> None:
-    """Atomically write ``data`` with ``pickle`` (highest protocol RLinf's readers accept)."""
-    atomic_write(path, lambda f: pickle.dump(data, f, protocol=4), sync=sync, sync_dir=False)
+def write(path: str, data: dict[str, Any], sync: bool = True) -> int:
+    """Atomically write ``data`` with ``pickle`` (protocol 4, which RLinf's readers accept).
+
+    Returns the CRC-32 of the file's bytes."""
+    return atomic_write(path, lambda f: pickle.dump(data, f, protocol=4), sync=sync, sync_dir=False)

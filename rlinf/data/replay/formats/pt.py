@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CorruptBufferError, UnsafeFileError
+from ..errors import CorruptBufferError, UnsafeFileError, unreadable
 from ..fsio import atomic_write
 
 EXTENSION = "pt"
@@ -44,6 +44,8 @@ def read(path: str, mmap: bool = False) -> dict[str, Any]:
         raise CorruptBufferError(
             f"{path}: not a readable torch file ({detail[:200] or 'bad pickle stream'})"
         ) from None
+    except PermissionError as exc:
+        raise unreadable(path, exc) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
@@ -56,6 +58,6 @@ def read(path: str, mmap: bool = False) -> dict[str, Any]:
     return obj
 
 
-def write(path: str, data: dict[str, Any], sync: bool = True) -> None:
-    """Atomically write ``data`` with ``torch.save``."""
-    atomic_write(path, lambda f: torch.save(data, f), sync=sync, sync_dir=False)
+def write(path: str, data: dict[str, Any], sync: bool = True) -> int:
+    """Atomically write ``data`` (returning the file's CRC-32) with ``torch.save``."""
+    return atomic_write(path, lambda f: torch.save(data, f), sync=sync, sync_dir=False)

@@ -22,11 +22,13 @@ crash left beyond the last indexed row.
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
 import re
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import IO, Any
@@ -34,7 +36,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from ..errors import CorruptBufferError
+from ..errors import CorruptBufferError, UnsafeFileError, unreadable
 from ..fsio import atomic_write_json, fsync_dir
 from ..schema import ColumnSpec, Schema
 from ..trajectory import Key, key_name
@@ -249,6 +251,44 @@ class SegmentStore:
         cols = self.columns(name, row + count)
         return {k: v[row : row + count].clone() for k, v in cols.items()}
 
+    def checksum(self, name: str, row: int, count: int) -> int:
+        """CRC-32 of rows ``[row, row + count)`` of every column of segment ``name``, column
+        after column in schema order (the ``crc32`` of a segment index entry).
+
+        Reads the column files with ``pread`` (sequential, read-ahead friendly), not through the
+        random-access mappings. Raises :class:`CorruptBufferError` if a column file is missing,
+        a symbolic link, or shorter than the rows.
+        """
+        path = os.path.join(self.directory, name)
+        crc = 0
+        for i, spec in enumerate(self.schema.values()):
+            file = os.path.join(path, column_file(i))
+            offset, length = row * spec.row_bytes, count * spec.row_bytes
+            try:
+                fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                raise CorruptBufferError(f"{file}: missing (the segment is incomplete)") from None
+            except PermissionError as exc:
+                raise unreadable(file, exc) from None
+            except OSError as exc:
+                raise CorruptBufferError(f"{file}: cannot be read safely ({exc.strerror})") from None
+            try:
+                if os.fstat(fd).st_size < offset + length:
+                    raise CorruptBufferError(
+                        f"{file}: holds fewer than the {row + count} rows the index needs; the "
+                        "segment is truncated (repair the directory with the verify tool)"
+                    )
+                while length > 0:
+                    block = os.pread(fd, min(length, 8 << 20), offset)
+                    if not block:
+                        raise CorruptBufferError(f"{file}: ended early while reading rows")
+                    crc = zlib.crc32(block, crc)
+                    offset += len(block)
+                    length -= len(block)
+            finally:
+                os.close(fd)
+        return crc
+
     def forget_maps(self) -> None:
         """Drop every mapping (they are re-created on demand)."""
         self._maps.clear()
@@ -290,7 +330,11 @@ def _map_column(file: str, rows: int, spec: ColumnSpec, maps: list[mmap.mmap]) -
         return torch.empty(shape, dtype=spec.dtype)
     # copy-on-write private mapping: pages come from the page cache, nothing is written back;
     # numpy holds a buffer export, so the map cannot be closed under the tensor
-    with open(file, "rb") as f:
+    try:
+        f = open(file, "rb")  # noqa: SIM115 - closed below
+    except PermissionError as exc:
+        raise unreadable(file, exc) from None
+    with f:
         m = mmap.mmap(f.fileno(), rows * spec.row_bytes, access=mmap.ACCESS_COPY)
     m.madvise(mmap.MADV_RANDOM)  # rows are read at random: no readahead around each fault
     maps.append(m)
@@ -303,11 +347,17 @@ def check_segment_meta(path: str, expected: dict[str, Any]) -> None:
     """Raise :class:`CorruptBufferError` unless ``path/segment.json`` describes ``expected``."""
     meta_path = os.path.join(path, SEGMENT_META)
     try:
-        with open(meta_path, "rb") as f:
+        with os.fdopen(os.open(meta_path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
             meta = json.loads(f.read())
     except FileNotFoundError:
         raise CorruptBufferError(f"{meta_path}: is missing; the segment cannot be read") from None
-    except (OSError, ValueError) as exc:
+    except PermissionError as exc:
+        raise unreadable(meta_path, exc) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFileError(f"{meta_path}: is a symbolic link; refusing to read it") from None
+        raise CorruptBufferError(f"{meta_path}: unreadable ({exc})") from None
+    except ValueError as exc:
         raise CorruptBufferError(f"{meta_path}: unreadable ({exc})") from None
     if not isinstance(meta, dict) or meta.get("columns") != expected["columns"]:
         raise CorruptBufferError(

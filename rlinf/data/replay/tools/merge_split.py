@@ -37,6 +37,7 @@ from ..errors import BufferDirectoryError, CorruptBufferError, InvalidArgumentEr
 from ..formats import SEGMENT
 from ..formats.segment import SegmentStore
 from ..fsio import atomic_copy, fsync_dir, link_or_copy
+from ..integrity import file_checksum, mismatch
 from ..schema import Schema, combine
 
 _RANK_DIR = re.compile(r"^rank_(\d+)$")
@@ -207,9 +208,13 @@ def merge_or_split(
                 renumbered = dataclasses.replace(renumbered, file=name)
                 target = os.path.join(staging, name)
                 if copy:
-                    atomic_copy(record.path or "", target)
+                    crc = atomic_copy(record.path or "", target)
+                    if record.checksum is not None and crc != record.checksum:
+                        raise mismatch(record.trajectory_id, record.path or "", record.checksum, crc)
                 else:
                     link_or_copy(record.path or "", target)
+                    crc = record.checksum if record.checksum is not None else file_checksum(target)
+                renumbered = dataclasses.replace(renumbered, checksum=crc)
             placed.append((record, renumbered))
             if progress is not None:
                 progress(new_id + 1, len(chosen))
