@@ -628,3 +628,61 @@ def test_metadata_and_index_content_is_untouched_by_a_failed_load(tmp_path, fixt
         buf.load_checkpoint(str(fixture_dir))
     assert {p.name: p.read_bytes() for p in fixture_dir.iterdir()} == before
     assert json.loads((fixture_dir / "metadata.json").read_text())["size"] == 3
+
+
+def _segment_checkpoint(tmp_path: Path) -> Path:
+    src = TrajectoryReplayBuffer(seed=1, sample_window_size=0, trajectory_format="segment")
+    src.add_trajectories([coded_trajectory(100 + i, n=3, e=2) for i in range(3)])
+    ckpt = tmp_path / "ckpt-segment"
+    src.save_checkpoint(str(ckpt))
+    return ckpt
+
+
+def _edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_metadata_claiming_segments_for_a_pt_directory_is_refused(tmp_path, kind):
+    ckpt = _saved_checkpoint(tmp_path, "pt")
+    _edit_json(ckpt / "metadata.json", lambda m: m.update(trajectory_format="segment"))
+    buf, twin = pair(kind, tmp_path)
+    with pytest.raises(CorruptBufferError, match=r"names segment 'trajectory_0_.*' \(expected seg-NNNNNN\)"):
+        buf.load_checkpoint(str(ckpt))
+    assert_unchanged(buf, twin)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_metadata_fields_disagreeing_with_the_segments_are_refused(tmp_path, kind):
+    ckpt = _segment_checkpoint(tmp_path)
+    _edit_json(ckpt / "metadata.json", lambda m: m["fields"]["rewards"].update(dtype="float64"))
+    buf, twin = pair(kind, tmp_path)
+    with pytest.raises(CorruptBufferError, match="its columns do not match the buffer's fields"):
+        buf.load_checkpoint(str(ckpt))
+        for _ in range(20):  # a disk-backed buffer reads the segment when sampling
+            buf.sample(16)
+    if kind == "memory":
+        assert_unchanged(buf, twin)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_index_entry_disagreeing_with_its_file_is_refused(tmp_path, kind):
+    ckpt = _saved_checkpoint(tmp_path, "pt")
+
+    def more_steps(index: dict) -> None:
+        entry = index["trajectory_index"]["1"]
+        entry.pop("crc32")  # the shape check, not the checksum, must catch it
+        entry["num_steps"] += 2
+        entry["shape"][0] += 2
+        entry["num_samples"] = entry["num_steps"] * entry["num_envs"]
+
+    _edit_json(ckpt / "trajectory_index.json", more_steps)
+    buf, twin = pair(kind, tmp_path)
+    with pytest.raises(CorruptBufferError, match="do not have the 8 rows the index records"):
+        buf.load_checkpoint(str(ckpt))
+        for _ in range(30):
+            buf.sample(16)
+    if kind == "memory":
+        assert_unchanged(buf, twin)

@@ -219,10 +219,11 @@ def place_records(
             for record in records:
                 rows = record_rows(record, rows_of, schema)
                 crc = rows_checksum(rows, schema)
-                name, row = store.append(rows)
+                name, row = store.append(rows, sync=False)  # one fsync per column file below
                 placed[record.trajectory_id] = replace(
                     record, directory=directory, file=name, row=row, checksum=crc
                 )
+            store.sync()  # every row is durable before any index entry names it
         finally:
             if own_store:
                 store.close()
