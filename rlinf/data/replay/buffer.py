@@ -16,7 +16,7 @@ import random
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -37,8 +37,11 @@ from .errors import (
 from .formats.segment import SegmentStore
 from .index import TrajectoryIndex
 from .integrity import rows_checksum
+from .priority import PrioritizedSampler
+from .rate_limiter import RateLimiter
 from .sampler import UniformSampler
 from .schema import Schema
+from .sequences import draw_sequences, valid_starts
 from .trajectory import (
     AlignedTrajectory,
     Key,
@@ -109,6 +112,22 @@ class TrajectoryReplayBuffer:
             read (checked the first time it is read from disk): ``"raise"`` (default) raises
             :class:`CorruptTrajectoryError` naming it; ``"skip"`` drops it from the buffer with
             a :class:`CorruptDataWarning` and carries on (files are never touched).
+        max_trajectories, max_transitions, max_disk_bytes: capacity. Once a limit is passed the
+            oldest trajectories leave the buffer (the newest always stays). Files this buffer
+            wrote to ``auto_save_path`` are deleted with them; files of a loaded checkpoint are
+            never touched. ``max_disk_bytes`` counts the bytes of the files (or segment rows)
+            this buffer wrote. ``get_stats()`` reports ``capacity_evicted``.
+        prioritized: sample transitions in proportion to ``(priority + priority_eps) **
+            priority_alpha`` (a sum tree over the window); batches then carry ``indices``
+            (int64 ``[N]``) and importance ``weights`` (float32 ``[N]``, ``priority_beta``,
+            batch-max normalised); see :meth:`update_priorities`. New transitions get the
+            largest priority seen so far.
+        max_staleness: sample only from window trajectories whose ``model_update_count`` is at
+            least the newest one's minus ``max_staleness`` (uniform and sequence sampling).
+        rate_limiter: a :class:`~.rate_limiter.RateLimiter` counting transitions: adds wait
+            while sampling lags, samples wait while adding lags (``rate_limit_timeout``
+            seconds at most, then :class:`~.rate_limiter.RateLimitTimeout`). ``close()``
+            closes it, which wakes every waiter.
     """
 
     def __init__(
@@ -126,6 +145,16 @@ class TrajectoryReplayBuffer:
         reserve_bytes: int | None = None,
         max_pending_bytes: int = 256 << 20,
         on_corrupt: str = "raise",
+        max_trajectories: int | None = None,
+        max_transitions: int | None = None,
+        max_disk_bytes: int | None = None,
+        prioritized: bool = False,
+        priority_alpha: float = 0.6,
+        priority_beta: float = 0.4,
+        priority_eps: float = 1e-6,
+        max_staleness: int | None = None,
+        rate_limiter: RateLimiter | None = None,
+        rate_limit_timeout: float | None = None,
     ) -> None:
         if seed is None:
             seed = random.SystemRandom().randrange(2**63)
@@ -147,6 +176,40 @@ class TrajectoryReplayBuffer:
             raise InvalidArgumentError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
         self.on_corrupt = on_corrupt
         self._corrupt_skipped = 0
+        self.max_trajectories = (
+            None if max_trajectories is None else _check_int("max_trajectories", max_trajectories, 1)
+        )
+        self.max_transitions = (
+            None if max_transitions is None else _check_int("max_transitions", max_transitions, 1)
+        )
+        self.max_disk_bytes = (
+            None if max_disk_bytes is None else _check_int("max_disk_bytes", max_disk_bytes, 1)
+        )
+        self._capacity_evicted = 0
+        self._disk_sizes: dict[int, int] = {}  # bytes on disk of trajectories this buffer wrote
+        self._disk_bytes = 0
+        self._gone: set[int] = set()  # evicted while their write was pending
+        self.max_staleness = None if max_staleness is None else _check_int("max_staleness", max_staleness, 0)
+        self.prioritized = _check_bool("prioritized", prioritized)
+        if self.prioritized and self.max_staleness is not None:
+            raise InvalidArgumentError(
+                "prioritized=True and max_staleness cannot be combined; use sample_window_size to "
+                "bound what prioritized sampling draws from"
+            )
+        if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
+            raise InvalidArgumentError(
+                f"rate_limiter must be a RateLimiter, got {type(rate_limiter).__name__}"
+            )
+        self.rate_limiter = rate_limiter
+        if rate_limit_timeout is not None and (
+            isinstance(rate_limit_timeout, bool)
+            or not isinstance(rate_limit_timeout, int | float)
+            or not rate_limit_timeout >= 0
+        ):
+            raise InvalidArgumentError(
+                f"rate_limit_timeout must be None or a number >= 0, got {rate_limit_timeout!r}"
+            )
+        self.rate_limit_timeout = rate_limit_timeout
         self._pending_bytes = 0
         # segment rows appended but not yet in the journal (group commit):
         # (record, segment, row, checksum)
@@ -165,6 +228,15 @@ class TrajectoryReplayBuffer:
         self._written = threading.Condition(self._lock)  # notified as background writes finish
         self._generator = torch.Generator().manual_seed(self.seed)
         self._sampler = UniformSampler(self._generator)
+        self._prio: PrioritizedSampler | None = None
+        if self.prioritized:
+            self._prio = PrioritizedSampler(
+                priority_alpha, priority_beta, priority_eps, generator=self._generator
+            )
+        self._prio_slots: OrderedDict[int, tuple[int, int]] = OrderedDict()  # tid -> (slot, n)
+        self._prio_starts: tuple[tuple[int, int], np.ndarray] | None = None
+        self._episode_ends: dict[int, np.ndarray] = {}  # tid -> dones [T, B] (sequences)
+        self._seq_starts: dict[tuple[int, int, bool], np.ndarray] = {}
         self._index = TrajectoryIndex()
         self._cache = self._new_cache()
         self._schema: Schema | None = None
@@ -188,6 +260,16 @@ class TrajectoryReplayBuffer:
             self._counter = max(self._counter, self._own.next_id)
 
     # -- configuration ------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: Any, **overrides: Any) -> TrajectoryReplayBuffer:
+        """Build a buffer from RLinf's YAML keys (a dict or an OmegaConf node: the whole config,
+        ``algorithm`` or ``algorithm.replay_buffer``); unknown keys raise
+        :class:`InvalidArgumentError` naming them. See :func:`.config.buffer_from_config`
+        (``section="demo_buffer"``, ``rank=k``) and ``docs/guide.md``. Keyword overrides win."""
+        from .config import buffer_from_config
+
+        return buffer_from_config(cfg, **overrides)
+
     def _new_cache(self) -> TrajectoryCache | None:
         if not self.auto_save:
             limit = self._window_size or None
@@ -250,6 +332,8 @@ class TrajectoryReplayBuffer:
                 "cached_bytes": self._cache.nbytes if self._cache is not None else 0,
                 "evicted_trajectories": self._evicted,
                 "corrupt_skipped": self._corrupt_skipped,
+                "capacity_evicted": self._capacity_evicted,
+                "disk_bytes": self._disk_bytes,
                 "pending_writes": len(self._unwritten),
                 "files_written": self._files_written,
                 "auto_save": self.auto_save,
@@ -288,17 +372,67 @@ class TrajectoryReplayBuffer:
         ]
         if not aligned:
             return []
+        if self.rate_limiter is not None:
+            with self._lock:
+                self._check_schema(aligned)  # an acquired insert cannot be given back
+            # never wait under the lock: samplers must get through
+            self.rate_limiter.acquire_insert(sum(t.num_transitions for t in aligned), self.rate_limit_timeout)
         with self._lock:
             self._writer.check()
-            schema = self._schema or Schema.of_columns(aligned[0].columns)
-            for i, traj in enumerate(aligned):
-                schema.check(Schema.of_columns(traj.columns), where=f"trajectory {i}: ")
-            self._schema = schema
+            self._schema = self._check_schema(aligned)
             ids = [self._add_one(traj) for traj in aligned]
+            self._enforce_capacity()
             # backpressure: never let more than max_pending_bytes wait for the disk
             while self._pending_bytes > self._max_pending and not self._failed and self._writer.pending:
                 self._written.wait(timeout=0.5)
             return ids
+
+    def _count_disk(self, trajectory_id: int, nbytes: int) -> None:
+        self._disk_bytes += nbytes - self._disk_sizes.get(trajectory_id, 0)
+        self._disk_sizes[trajectory_id] = nbytes
+
+    def _over_capacity(self) -> bool:
+        index = self._index
+        return (
+            (self.max_trajectories is not None and len(index) > self.max_trajectories)
+            or (self.max_transitions is not None and index.total_transitions > self.max_transitions)
+            or (self.max_disk_bytes is not None and self._disk_bytes > self.max_disk_bytes)
+        )
+
+    def _enforce_capacity(self) -> None:
+        """Evict the oldest trajectories while a capacity limit is passed (the newest stays).
+
+        Files this buffer wrote to its auto-save directory go with them (see
+        :meth:`OwnDirectory.remove`); any other file is only forgotten."""
+        if self.max_trajectories is None and self.max_transitions is None and self.max_disk_bytes is None:
+            return
+        own_removed: list[int] = []
+        while len(self._index) > 1 and self._over_capacity():
+            record = self._index.pop_oldest()
+            tid = record.trajectory_id
+            if self._cache is not None and tid in self._cache:
+                evicted = self._cache.pop_oldest()  # the cache holds the newest trajectories
+                assert evicted == tid, "cache and index out of step"
+            if tid in self._unwritten:  # its write is queued or running: undo it when done
+                self._drop_unwritten(tid)
+                self._failed.pop(tid, None)
+                self._gone.add(tid)
+            self._disk_bytes -= self._disk_sizes.pop(tid, 0)
+            if self._own is not None and record.directory == self._own.path:
+                own_removed.append(tid)
+            if record.path is not None:
+                self._readers.pop(record.path, None)
+            self._capacity_evicted += 1
+            if self.rate_limiter is not None:
+                self.rate_limiter.on_remove(record.num_transitions)
+        if own_removed and self._own is not None:
+            self._own.remove(own_removed)
+
+    def _check_schema(self, aligned: list[AlignedTrajectory]) -> Schema:
+        schema = self._schema or Schema.of_columns(aligned[0].columns)
+        for i, traj in enumerate(aligned):
+            schema.check(Schema.of_columns(traj.columns), where=f"trajectory {i}: ")
+        return schema
 
     def _add_one(self, traj: AlignedTrajectory) -> int:
         tid = self._counter
@@ -372,12 +506,19 @@ class TrajectoryReplayBuffer:
             ),
         )
         with self._lock:
+            path = os.path.join(own.path, name)
+            if record.trajectory_id in self._gone:  # evicted by capacity while being written
+                self._gone.discard(record.trajectory_id)
+                os.unlink(path)
+                return
             if self._index_holds(record):
                 record.directory, record.file, record.checksum = own.path, name, crc
+                self._count_disk(record.trajectory_id, os.path.getsize(path))
             self._drop_unwritten(record.trajectory_id)
             self._files_written += 1
             written = replace(record, directory=own.path, file=name, row=None, checksum=crc)
             own.record_written(written, name, self._counter, self._schema)
+            self._enforce_capacity()
 
     def _append_segment(
         self, own: checkpoint.OwnDirectory, record: Record, data: dict[Key, torch.Tensor]
@@ -420,10 +561,15 @@ class TrajectoryReplayBuffer:
                     record.directory, record.file, record.row = own.path, name, row
                     record.checksum = crc
                     self._index.set_location(record.trajectory_id, self._segment_key(own.path, name), row)
+                    self._count_disk(record.trajectory_id, record.num_transitions * schema.row_bytes)
                 self._drop_unwritten(record.trajectory_id)
                 self._files_written += 1
                 written = replace(record, directory=own.path, file=name, row=row, checksum=crc)
                 own.record_written(written, name, self._counter, schema)
+                if record.trajectory_id in self._gone:  # evicted while its rows were appended
+                    self._gone.discard(record.trajectory_id)
+                    own.remove([record.trajectory_id])
+            self._enforce_capacity()
             self._written.notify_all()
 
     def _drain_writer(self) -> None:
@@ -474,27 +620,243 @@ class TrajectoryReplayBuffer:
             as ``[num_chunks, ...]`` tensors in their stored dtype, and ``curr_obs``,
             ``next_obs``, ``forward_inputs`` as dicts of ``[num_chunks, ...]`` tensors.
 
+            With ``prioritized=True`` also ``indices`` (int64 ``[num_chunks]``, for
+            :meth:`update_priorities`) and ``weights`` (float32 ``[num_chunks]``).
+
         Raises:
             InvalidArgumentError: ``num_chunks`` < 1.
             EmptyBufferError: the window holds no transition.
         """
         num = _check_int("num_chunks", num_chunks, 1)
+        self._acquire_sample(num)
         with self._lock:
             self._writer.check()
-            while True:
-                ids, ends, _ = self._index.window(self._window_size)
-                total = int(ends[-1]) if len(ends) else 0
-                if total <= 0:
-                    raise EmptyBufferError(
-                        "cannot sample: the sampling window holds no transition; add trajectories "
-                        "or load a checkpoint first (is_ready() tells when sampling is possible)"
-                    )
-                try:
-                    return nest(self._gather(ids, ends, self._sampler.draw_flat(total, num)))
-                except CorruptTrajectoryError as exc:
-                    if self.on_corrupt != "skip" or exc.trajectory_id not in self._index:
-                        raise
-                    self._drop_corrupt(exc)  # and draw again from what is left
+            if self._prio is not None:
+                return self._sampling(lambda ids, ends: self._draw_prioritized(ids, ends, num))
+            return self._sampling(lambda ids, ends: self._draw_uniform(ids, ends, num))
+
+    def sample_sequences(self, num_sequences: int, seq_len: int, pad: bool = False) -> Batch:
+        """Draw runs of ``seq_len`` consecutive steps of one env column of one trajectory.
+
+        Starts are uniform over the valid start positions of the window (respecting
+        ``max_staleness``). Without ``pad`` a run never crosses an episode end (``dones``;
+        it may end on one) and never leaves its trajectory; with ``pad`` any step may start
+        a run and the steps after its episode end, or past its trajectory, are padding.
+        For n-step returns, recurrent policies and action chunks.
+
+        Args:
+            num_sequences: ``N`` >= 1 (drawn with replacement).
+            seq_len: ``L`` >= 1.
+            pad: allow runs shorter than ``L``, padded with zeros.
+
+        Returns:
+            The batch of :meth:`sample` with every tensor ``[N, L, ...]`` (step ``j`` of run
+            ``i`` at ``[i, j]``), plus ``mask``: bool ``[N, L]``, false for padding.
+
+        Raises:
+            InvalidArgumentError: bad arguments.
+            EmptyBufferError: no valid start in the window (e.g. every trajectory or episode is
+                shorter than ``seq_len`` and ``pad`` is false).
+        """
+        num = _check_int("num_sequences", num_sequences, 1)
+        length = _check_int("seq_len", seq_len, 1)
+        pad = _check_bool("pad", pad)
+        self._acquire_sample(num * length)
+        with self._lock:
+            self._writer.check()
+            return self._sampling(lambda ids, ends: self._draw_sequences(ids, ends, num, length, pad))
+
+    def update_priorities(self, indices: Any, priorities: Any) -> int:
+        """Set the priorities of sampled transitions (``prioritized=True`` only).
+
+        Args:
+            indices: int64 ``[K]``: the ``indices`` of a batch from :meth:`sample`.
+            priorities: float ``[K]``, finite and >= 0 (typically ``|TD error|``); stored as
+                ``(p + priority_eps) ** priority_alpha``. If an index repeats, its last
+                priority wins. Tensors on any device are accepted.
+
+        Returns:
+            How many were applied: transitions that left the window since they were sampled
+            are skipped.
+
+        Raises:
+            InvalidArgumentError: not prioritized, lengths differ, or a bad priority (nothing
+                is changed then).
+        """
+        if self._prio is None:
+            raise InvalidArgumentError(
+                "update_priorities needs a buffer built with prioritized=True (this one samples uniformly)"
+            )
+        with self._lock:
+            return self._prio.update_priorities(indices, priorities, skip_removed=True)
+
+    def _acquire_sample(self, num: int) -> None:
+        if self.rate_limiter is not None:  # never under the lock: adders must get through
+            self.rate_limiter.acquire_sample(num, self.rate_limit_timeout)
+
+    def _sampling(self, draw: Callable[[np.ndarray, np.ndarray], Batch]) -> Batch:
+        """Run ``draw(window ids, cumulative counts)`` on a non-empty window; with
+        ``on_corrupt="skip"``, drop damaged trajectories it meets and draw again."""
+        while True:
+            ids, ends, _ = self._index.window(self._window_size)
+            total = int(ends[-1]) if len(ends) else 0
+            if total <= 0:
+                raise EmptyBufferError(
+                    "cannot sample: the sampling window holds no transition; add trajectories "
+                    "or load a checkpoint first (is_ready() tells when sampling is possible)"
+                )
+            try:
+                return draw(ids, ends)
+            except CorruptTrajectoryError as exc:
+                if self.on_corrupt != "skip" or exc.trajectory_id not in self._index:
+                    raise
+                self._drop_corrupt(exc)  # and draw again from what is left
+
+    def _fresh(self) -> np.ndarray | None:
+        """Per window trajectory: within ``max_staleness`` updates of the newest (or None)."""
+        if self.max_staleness is None:
+            return None
+        updates = self._index.window_updates(self._window_size)
+        return updates >= updates.max() - self.max_staleness
+
+    def _draw_uniform(self, ids: np.ndarray, ends: np.ndarray, num: int) -> Batch:
+        fresh = self._fresh()
+        if fresh is None or fresh.all():
+            return nest(self._gather(ids, ends, self._sampler.draw_flat(int(ends[-1]), num)))
+        counts = np.diff(ends, prepend=0)
+        allowed = counts * fresh
+        cum = np.cumsum(allowed)
+        u = self._sampler.draw_flat(int(cum[-1]), num).numpy()
+        positions = np.searchsorted(cum, u, side="right")
+        flat = (ends - counts)[positions] + (u - (cum - allowed)[positions])
+        return nest(self._gather(ids, ends, torch.from_numpy(flat)))
+
+    def _draw_prioritized(self, ids: np.ndarray, ends: np.ndarray, num: int) -> Batch:
+        prio = self._prio
+        assert prio is not None
+        starts = self._sync_priorities(ids)
+        slots, weights = prio.sample(num)
+        positions = np.searchsorted(starts, slots, side="right") - 1
+        flat = (ends - np.diff(ends, prepend=0))[positions] + (slots - starts[positions])
+        batch = nest(self._gather(ids, ends, torch.from_numpy(flat)))
+        batch["indices"] = torch.from_numpy(slots)
+        batch["weights"] = torch.from_numpy(weights)
+        return batch
+
+    def _sync_priorities(self, ids: np.ndarray) -> np.ndarray:
+        """Give the window's trajectories (and only them) slots in the priority sampler, in
+        window order; return the first slot of each window trajectory (int64 ``[W]``)."""
+        prio, slots = self._prio, self._prio_slots
+        assert prio is not None
+        key = (self._index.version, len(ids))
+        if self._prio_starts is not None and self._prio_starts[0] == key:
+            return self._prio_starts[1]
+        first = int(ids[0])
+        if slots and next(iter(slots)) > first:  # the window grew backwards: lay it out again
+            prio.clear()
+            slots.clear()
+        while slots and next(iter(slots)) < first:  # left the window
+            _, (start, n) = slots.popitem(last=False)
+            prio.remove(start, n)
+        newest = next(reversed(slots)) if slots else -1
+        counts = np.diff(self._index.window(self._window_size)[1], prepend=0)
+        for p in np.flatnonzero(ids > newest).tolist():
+            n = int(counts[p])
+            slots[int(ids[p])] = (prio.add(n), n)
+        if len(slots) != len(ids):  # a trajectory left from the middle: lay it out again
+            prio.clear()
+            slots.clear()
+            for tid, n in zip(ids.tolist(), counts.tolist(), strict=True):
+                slots[tid] = (prio.add(n), n)
+        starts = np.fromiter((s for s, _ in slots.values()), dtype=np.int64, count=len(slots))
+        self._prio_starts = (key, starts)
+        return starts
+
+    def _draw_sequences(self, ids: np.ndarray, ends: np.ndarray, num: int, length: int, pad: bool) -> Batch:
+        fresh = self._fresh()
+        starts = [
+            self._sequence_starts(tid, length, pad) if fresh is None or fresh[p] else None
+            for p, tid in enumerate(ids.tolist())
+        ]
+        counts = np.fromiter((0 if s is None else len(s) for s in starts), dtype=np.int64, count=len(starts))
+        if counts.sum() == 0:
+            raise EmptyBufferError(
+                f"cannot sample sequences of {length} steps: no trajectory of the window has a run "
+                "that long without an episode end; shorten seq_len or pass pad=True"
+            )
+        plan = draw_sequences(
+            counts,
+            lambda p: starts[p],  # type: ignore[return-value]
+            lambda p: self._dones_of(int(ids[p])),
+            lambda p: self._index[int(ids[p])].num_envs,
+            num,
+            length,
+            self._generator,
+        )
+        begins = ends - np.diff(ends, prepend=0)
+        flat = (begins[plan.positions][:, None] + plan.rows).reshape(-1)
+        rows = self._gather(ids, ends, torch.from_numpy(flat))
+        mask = torch.from_numpy(plan.mask)
+        padded = ~mask.reshape(-1)
+        out: dict[Key, torch.Tensor] = {}
+        for key, tensor in rows.items():
+            if padded.any():
+                tensor[padded] = 0
+            out[key] = tensor.reshape(num, length, *tensor.shape[1:])
+        batch = nest(out)
+        batch["mask"] = mask
+        return batch
+
+    def _sequence_starts(self, tid: int, length: int, pad: bool) -> np.ndarray:
+        key = (tid, length, pad)
+        starts = self._seq_starts.get(key)
+        if starts is None:
+            if len(self._seq_starts) > 4 * max(64, len(self._index)):
+                self._seq_starts.clear()  # drop entries of trajectories that left
+            starts = self._seq_starts[key] = valid_starts(self._dones_of(tid), length, pad)
+        return starts
+
+    def _dones_of(self, tid: int) -> np.ndarray:
+        """Episode ends of a trajectory, bool ``[T, B]`` (``dones``, else terminations or
+        truncations; none: no episode ends inside it)."""
+        ends = self._episode_ends.get(tid)
+        if ends is not None:
+            return ends
+        record = self._index[tid]
+        shape = (record.num_steps, record.num_envs)
+        schema = self._schema
+        assert schema is not None
+        keys = [k for k in (("dones",),) if k in schema] or [
+            k for k in (("terminations",), ("truncations",)) if k in schema
+        ]
+        flags = np.zeros(shape, dtype=bool)
+        for key in keys:
+            column = self._trajectory_column(record, key)
+            flags |= column.reshape(record.num_transitions, -1).ne(0).any(dim=1).numpy().reshape(shape)
+        if len(self._episode_ends) > 4 * max(64, len(self._index)):
+            self._episode_ends.clear()
+        self._episode_ends[tid] = flags
+        return flags
+
+    def _trajectory_column(self, record: Record, key: Key) -> torch.Tensor:
+        """One column of a trajectory's aligned rows ``[T * B, ...]``, from memory or disk."""
+        tid = record.trajectory_id
+        data = self._unwritten.get(tid)
+        if data is not None:
+            return data[key]
+        if self._cache is not None and tid in self._cache:
+            return self._cache.view(tid)[key]
+        if not self._index.is_checked(tid):
+            self._check_trajectory(tid)
+        n = record.num_transitions
+        if record.fmt == formats.SEGMENT:
+            assert self._schema is not None and record.file is not None and record.row is not None
+            store = self._store_for(record.directory or "", self._schema)
+            with checkpoint.reading(record):
+                return store.columns(record.file, record.row + n)[key][record.row : record.row + n]
+        tensor = self._read_raw(record)[key]
+        src = source_steps(key, int(tensor.shape[0]), record.num_steps)
+        return tensor[torch.from_numpy(src)].reshape(n, *tensor.shape[2:])
 
     def _drop_corrupt(self, exc: CorruptTrajectoryError) -> None:
         """Leave a damaged trajectory out of the buffer (``on_corrupt="skip"``); its file stays."""
@@ -829,6 +1191,16 @@ class TrajectoryReplayBuffer:
         for record, flat in warm:
             assert self._cache is not None and schema is not None
             self._forget_evicted(self._cache.put(record.trajectory_id, flat, schema))
+        if self.max_disk_bytes is not None and self._own is not None and schema is not None:
+            for record in keep:  # files of our own directory count against max_disk_bytes
+                if record.directory == self._own.path and record.path is not None:
+                    own_bytes = (
+                        record.num_transitions * schema.row_bytes
+                        if record.row is not None
+                        else os.path.getsize(record.path)
+                    )
+                    self._count_disk(record.trajectory_id, own_bytes)
+        self._enforce_capacity()
 
     def _reset_contents(self) -> None:
         self._index.clear()
@@ -842,6 +1214,18 @@ class TrajectoryReplayBuffer:
         self._segments.clear()
         self._segment_keys.clear()
         self._stores.clear()
+        self._forget_sampling_state()
+        self._disk_sizes.clear()
+        self._disk_bytes = 0
+
+    def _forget_sampling_state(self) -> None:
+        """Drop what samplers derived from the trajectories (ids may be given again)."""
+        if self._prio is not None:
+            self._prio.clear()
+        self._prio_slots.clear()
+        self._prio_starts = None
+        self._episode_ends.clear()
+        self._seq_starts.clear()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -858,6 +1242,8 @@ class TrajectoryReplayBuffer:
                 self._own.close()
             self._readers.clear()
         self._writer.close()
+        if self.rate_limiter is not None:
+            self.rate_limiter.close()  # wakes adders and samplers waiting on it
 
     def clear(self) -> None:
         """Empty the buffer: index, cache and counters.
@@ -887,6 +1273,7 @@ class TrajectoryReplayBuffer:
                 self._evicted += len(self._index)
                 self._index.clear()
                 self._schema = None
+                self._forget_sampling_state()
             self._readers.clear()
         self._writer.close()
 

@@ -21,6 +21,7 @@ import torch
 
 from . import formats
 from .directory import (
+    JOURNAL,
     DirectoryContents,
     Journal,
     Record,
@@ -28,6 +29,7 @@ from .directory import (
     list_trajectory_files,
     load_columns,
     read_directory,
+    removed_ids,
     safe_file,
     write_index,
     write_metadata,
@@ -342,6 +344,12 @@ class OwnDirectory:
         self.next_id = contents.counter
         self.journal = Journal(path)
         self._store: SegmentStore | None = None
+        self._doomed: list[str] = []  # files or segments to delete once their removal is durable
+        self._segment_refs: dict[str, int] = {}  # segment -> entries naming it
+        self._unreferenced: set[str] = set()  # segments no entry names (deleted once sealed)
+        for entry in self.entries.values():
+            if entry.get("row") is not None:
+                self._segment_refs[entry["file"]] = self._segment_refs.get(entry["file"], 0) + 1
 
     def segment_store(self, schema: Schema) -> SegmentStore:
         """The store appending this directory's segments (``segment`` format only)."""
@@ -361,6 +369,12 @@ class OwnDirectory:
     def _open(cls, path: str, fmt: str, seed: int | None) -> OwnDirectory:
         os.makedirs(path, exist_ok=True)
         remove_tmp_files(path)
+        if os.path.lexists(os.path.join(path, JOURNAL)):
+            files = list_trajectory_files(path)
+            for tid in removed_ids(path):  # evicted, but the crash came before their deletion
+                for name in files.get(tid, []):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(path, name))
         if is_buffer_directory(path):
             contents, schema = read_directory(path)
             if contents.fmt != fmt:
@@ -397,12 +411,59 @@ class OwnDirectory:
         """Make every appended entry and written file durable; refresh metadata."""
         self.journal.sync()
         fsync_dir(self.path)
+        self._delete_doomed()
         self._write_metadata(counter, schema)
+
+    def remove(self, trajectory_ids: list[int]) -> None:
+        """Remove trajectories this directory lists (evicted by a capacity limit).
+
+        A removal line goes to the journal first; the files go once it is durable (at the next
+        :meth:`sync` or :meth:`compact`, or every 32 removals), so a crash never leaves an
+        entry naming a deleted file. A segment goes once no entry names it and it is sealed.
+        """
+        for tid in trajectory_ids:
+            entry = self.entries.pop(tid, None)
+            if entry is None:
+                continue
+            self._total -= int(entry["num_samples"])
+            self.journal.append({"trajectory_id": tid, "removed": True})
+            name = entry["file"]
+            if entry.get("row") is None:
+                self._doomed.append(name)
+                continue
+            self._segment_refs[name] -= 1
+            if self._segment_refs[name] == 0:
+                del self._segment_refs[name]
+                self._unreferenced.add(name)
+        active = self._store.active_name if self._store is not None else None
+        for name in [n for n in self._unreferenced if n != active]:
+            self._unreferenced.discard(name)
+            self._doomed.append(name)
+        if len(self._doomed) >= 32:
+            self.journal.sync()
+            self._delete_doomed()
+
+    def _delete_doomed(self) -> None:
+        """Delete files whose removal the (already fsync'd) journal records."""
+        if not self._doomed:
+            return
+        for name in self._doomed:
+            target = os.path.join(self.path, name)
+            if SEGMENT_RE.match(name):
+                if self._store is not None:
+                    self._store.forget(name)
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+        self._doomed = []
+        fsync_dir(self.path)
 
     def compact(self, counter: int, schema: Schema | None) -> None:
         """Rewrite ``trajectory_index.json`` with every entry and drop the journal."""
         self.journal.sync()
         fsync_dir(self.path)
+        self._delete_doomed()
         write_index(self.path, sorted(self.entries.values(), key=lambda e: e["trajectory_id"]))
         self.journal.reset()
         self._write_metadata(counter, schema)
@@ -418,6 +479,9 @@ class OwnDirectory:
         old = self.entries.get(entry["trajectory_id"])
         self._total += int(entry["num_samples"]) - (int(old["num_samples"]) if old else 0)
         self.entries[entry["trajectory_id"]] = entry
+        if old is None and entry.get("row") is not None:
+            self._segment_refs[entry["file"]] = self._segment_refs.get(entry["file"], 0) + 1
+            self._unreferenced.discard(entry["file"])
 
     def absorb(self, snapshot: Snapshot) -> None:
         """Copy into this directory every snapshot trajectory it does not list yet."""

@@ -387,15 +387,41 @@ def read_index(path: str) -> tuple[list[dict[str, Any]], bool, int]:
     journal = _read_journal(path)
     if journal:
         ours = ours or not entries
-    seen = {e["trajectory_id"] for e in entries}
+    added, removed = apply_journal(entries, journal)
+    return entries, ours, added + len(removed)
+
+
+def apply_journal(entries: list[dict[str, Any]], journal: list[dict[str, Any]]) -> tuple[int, list[int]]:
+    """Apply journal lines to ``entries`` in place: an entry whose id is not listed yet is
+    appended; a removal (``{"trajectory_id": id, "removed": true}``, written when a capacity
+    limit evicts a trajectory) drops the id. Returns (entries appended, ids removed)."""
+    if not journal:
+        return 0, []
+    listed = {e.get("trajectory_id"): e for e in entries}
+    if len(listed) != len(entries):
+        raise CorruptBufferError("the index lists a trajectory id twice; repair it with the verify tool")
     added = 0
+    removed: list[int] = []
     for entry in journal:
         tid = entry.get("trajectory_id")
-        if tid not in seen:
-            entries.append(entry)
-            seen.add(tid)
+        if entry.get("removed") is True:
+            if listed.pop(tid, None) is not None:
+                removed.append(tid)
+        elif tid not in listed:
+            listed[tid] = entry
             added += 1
-    return entries, ours, added
+    entries[:] = list(listed.values())
+    return added, removed
+
+
+def removed_ids(path: str) -> list[int]:
+    """Ids the journal records as removed (their files may still await deletion)."""
+    entries, _, _ = parse_journal(path)
+    return [
+        e["trajectory_id"]
+        for e in entries
+        if e.get("removed") is True and isinstance(e.get("trajectory_id"), int)
+    ]
 
 
 def open_file_record(

@@ -26,6 +26,7 @@ class TrajectoryIndex:
         self._rows = np.empty(64, dtype=np.int64)
         # whether a trajectory's data was checked against its checksum (or needs no check)
         self._checked = np.empty(64, dtype=np.bool_)
+        self._updates = np.empty(64, dtype=np.int64)  # model_update_count per trajectory
         self._pos: dict[int, int] = {}  # trajectory id -> array position
         self._head = 0  # first live position in the arrays
         self._tail = 0  # one past the last
@@ -35,6 +36,7 @@ class TrajectoryIndex:
         self._window: tuple[np.ndarray, np.ndarray, int] | None = None
         self._locations: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
         self._checked_window: tuple[tuple[int, int], np.ndarray] | None = None
+        self._updates_window: tuple[tuple[int, int], np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self._tail - self._head
@@ -76,6 +78,7 @@ class TrajectoryIndex:
         self._segs[self._tail] = segment
         self._rows[self._tail] = record.row if segment >= 0 and record.row is not None else -1
         self._checked[self._tail] = checked
+        self._updates[self._tail] = record.model_update_count
         self._pos[record.trajectory_id] = self._tail
         self._tail += 1
         self._records[record.trajectory_id] = record
@@ -94,9 +97,11 @@ class TrajectoryIndex:
         rows[:live] = self._rows[self._head : self._tail]
         checked = np.empty(size, dtype=np.bool_)
         checked[:live] = self._checked[self._head : self._tail]
+        updates = np.empty(size, dtype=np.int64)
+        updates[:live] = self._updates[self._head : self._tail]
         self._pos = {tid: p - self._head for tid, p in self._pos.items()}
         self._ids, self._counts, self._head, self._tail = ids, counts, 0, live
-        self._segs, self._rows, self._checked = segs, rows, checked
+        self._segs, self._rows, self._checked, self._updates = segs, rows, checked, updates
 
     def set_location(self, trajectory_id: int, segment: int, row: int) -> None:
         """Record that a trajectory's rows now live in segment ``segment`` from ``row`` on."""
@@ -123,6 +128,19 @@ class TrajectoryIndex:
             self._checked_window = (key, self._checked[self._tail - w : self._tail].copy())
         return self._checked_window[1]
 
+    def window_updates(self, size: int) -> np.ndarray:
+        """Per window trajectory, oldest first: its ``model_update_count`` (int64)."""
+        n = len(self)
+        w = n if size <= 0 else min(size, n)
+        key = (self.version, w)
+        if self._updates_window is None or self._updates_window[0] != key:
+            self._updates_window = (key, self._updates[self._tail - w : self._tail].copy())
+        return self._updates_window[1]
+
+    def is_checked(self, trajectory_id: int) -> bool:
+        """Whether a trajectory's data may be read without a checksum check."""
+        return bool(self._checked[self._pos[trajectory_id]])
+
     def mark_checked(self, trajectory_id: int) -> None:
         """Record that a trajectory's data passed its checksum check."""
         self._checked[self._pos[trajectory_id]] = True
@@ -131,7 +149,7 @@ class TrajectoryIndex:
     def remove(self, trajectory_id: int) -> Record:
         """Remove one trajectory wherever it is (O(n): for the rare damaged trajectory)."""
         p = self._pos.pop(trajectory_id)
-        for arr in (self._ids, self._counts, self._segs, self._rows, self._checked):
+        for arr in (self._ids, self._counts, self._segs, self._rows, self._checked, self._updates):
             arr[p : self._tail - 1] = arr[p + 1 : self._tail].copy()
         self._tail -= 1
         for q in range(p, self._tail):

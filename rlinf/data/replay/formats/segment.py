@@ -289,6 +289,17 @@ class SegmentStore:
                 os.close(fd)
         return crc
 
+    @property
+    def active_name(self) -> str | None:
+        """The segment rows are being appended to (``None`` before the first append)."""
+        return None if self._active is None else segment_name(self._active)
+
+    def forget(self, name: str) -> None:
+        """Drop the mappings of one segment (before it is deleted)."""
+        number = segment_number(name)
+        self._maps.pop(number, None)
+        self._mmaps.pop(number, None)
+
     def forget_maps(self) -> None:
         """Drop every mapping (they are re-created on demand)."""
         self._maps.clear()

@@ -43,6 +43,7 @@ from ..directory import (
     Record,
     _int_field,
     _record_from_entry,
+    apply_journal,
     check_directory,
     list_trajectory_files,
     open_file_record,
@@ -128,6 +129,7 @@ class _Checker:
         self.bad_files: list[tuple[Problem, str]] = []  # (problem, file name) to quarantine
         self.bad_rows: list[tuple[Problem, Record]] = []  # segment rows to drop
         self.journal_torn = False
+        self.removed: set[int] = set()  # ids the journal records as evicted
         self.index_readable = True
 
     def problem(self, kind: str, message: str, tid: int | None = None, path: str | None = None) -> Problem:
@@ -213,7 +215,12 @@ class _Checker:
             if list_trajectory_files(self.path):
                 self.problem("index", f"{os.path.join(self.path, INDEX)}: missing")
                 self.index_readable = False
-        entries.extend(self.read_journal())
+        try:
+            _, removed = apply_journal(entries, self.read_journal())
+        except CorruptBufferError as exc:
+            self.problem("index", str(exc))
+            removed = []
+        self.removed = set(removed)
         seen: dict[int, dict[str, Any]] = {}
         for entry in entries:  # journal entries may replay compacted ones: the first one counts
             tid = entry.get("trajectory_id")
@@ -367,6 +374,10 @@ class _Checker:
                 if name in listed:
                     continue
                 fpath = os.path.join(self.path, name)
+                if tid in self.removed:  # evicted by a capacity limit; its deletion was cut short
+                    msg = f"{fpath}: file of trajectory {tid}, which was evicted"
+                    self.bad_files.append((self.problem("leftover", msg, tid, fpath), name))
+                    continue
                 p = self.problem("orphan", f"{fpath}: trajectory file the index does not list", tid, fpath)
                 if tid in good_ids or os.path.islink(fpath):
                     self.bad_files.append((p, name))  # a second file for a listed id, or a link

@@ -1,0 +1,338 @@
+"""Build a :class:`TrajectoryReplayBuffer` from a configuration: a plain mapping or an OmegaConf node.
+
+RLinf's YAML describes a buffer under ``algorithm.replay_buffer`` (and a demonstration buffer
+under ``algorithm.demo_buffer``)::
+
+    algorithm:
+      replay_buffer:
+        enable_cache: True
+        cache_size: 5000
+        sample_window_size: 20000
+        min_buffer_size: 1
+        auto_save: False
+        auto_save_path: ${runner.output_dir}/buffer   # optional
+        trajectory_format: pt                          # optional
+
+:func:`buffer_from_config` accepts the whole configuration, the ``algorithm`` node or the buffer
+node itself, checks every key, and builds the buffer. Keys fall in four groups:
+
+* constructor arguments: ``seed``, ``enable_cache``, ``cache_size``, ``sample_window_size``,
+  ``auto_save``, ``auto_save_path``, ``trajectory_format`` (what RLinf's workers pass) and every
+  keyword-only extra of this library's constructor (``cache_max_bytes``, ``check_finite``,
+  ``reserve_bytes``, ``max_pending_bytes``, ``on_corrupt``, ...; read from its signature).
+  Their values are checked by the constructor.
+* keys RLinf reads elsewhere, returned as :class:`BufferConfigExtras`: ``min_buffer_size``
+  (trajectories before training starts), ``enable_preload`` and ``prefetch_size`` (which
+  dataset feeds the learner), ``load_path`` (a checkpoint RLinf loads into the demo buffer).
+* RLinf's earlier names, translated: ``save_trajectories`` -> ``auto_save``, ``storage_dir`` ->
+  ``auto_save_path``, ``storage_format`` -> ``trajectory_format``.
+* anything else: an :class:`InvalidArgumentError` that names every unknown key, suggests the
+  closest accepted key, and lists the accepted ones.
+
+omegaconf is optional: it is never imported here. A ``DictConfig`` can only exist if the caller
+imported omegaconf, so it is recognised through ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from .buffer import TrajectoryReplayBuffer
+
+__all__ = [
+    "EXTRA_KEYS",
+    "LEGACY_KEYS",
+    "RLINF_CONSTRUCTOR_KEYS",
+    "BufferConfigExtras",
+    "accepted_keys",
+    "attach_extras",
+    "buffer_from_config",
+    "buffer_kwargs_from_config",
+]
+
+#: constructor arguments RLinf's workers pass from ``algorithm.replay_buffer`` (``seed`` comes
+#: from ``actor.seed`` in RLinf, but is accepted in the buffer node too)
+RLINF_CONSTRUCTOR_KEYS = (
+    "seed",
+    "enable_cache",
+    "cache_size",
+    "sample_window_size",
+    "auto_save",
+    "auto_save_path",
+    "trajectory_format",
+)
+#: keys RLinf reads from the buffer node that are not constructor arguments
+EXTRA_KEYS = ("min_buffer_size", "enable_preload", "prefetch_size", "load_path")
+#: RLinf's earlier key names and the constructor argument each one means
+LEGACY_KEYS = {
+    "save_trajectories": "auto_save",
+    "storage_dir": "auto_save_path",
+    "storage_format": "trajectory_format",
+}
+
+_SECTIONS = ("replay_buffer", "demo_buffer")
+
+
+@dataclass(frozen=True)
+class BufferConfigExtras:
+    """The keys of a buffer configuration that are not constructor arguments.
+
+    ``None`` means the key was not in the configuration (or was null); the caller then applies
+    its own default (RLinf's SAC worker uses ``min_buffer_size`` 100, ``enable_preload`` False
+    and ``prefetch_size`` 10).
+
+    Attributes:
+        min_buffer_size: trajectories the buffer must hold before training starts (RLinf
+            calls ``buffer.is_ready(min_buffer_size)`` and passes it to the dataset as
+            ``min_replay_buffer_size`` / ``min_demo_buffer_size``).
+        enable_preload: feed the learner with ``PreloadReplayBufferDataset`` (True) or
+            ``ReplayBufferDataset`` (False).
+        prefetch_size: batches the preloading dataset keeps ready.
+        load_path: a checkpoint to load after construction (RLinf does this for the demo
+            buffer: ``load_checkpoint(load_path, is_distributed=True, local_rank=rank,
+            world_size=world_size)``). The buffer is not loaded by :func:`buffer_from_config`.
+        source: where the buffer settings were found, e.g. ``"algorithm.replay_buffer"``.
+    """
+
+    min_buffer_size: int | None = None
+    enable_preload: bool | None = None
+    prefetch_size: int | None = None
+    load_path: str | None = None
+    source: str = "config"
+
+
+def accepted_keys() -> tuple[str, ...]:
+    """Every key a buffer configuration may hold, sorted."""
+    return tuple(sorted({*_constructor_keys(), *EXTRA_KEYS, *LEGACY_KEYS}))
+
+
+def buffer_kwargs_from_config(
+    cfg: Any, *, section: str = "replay_buffer", rank: int | None = None
+) -> tuple[dict[str, Any], BufferConfigExtras]:
+    """Constructor keyword arguments and extras from a buffer configuration.
+
+    Args:
+        cfg: a mapping or OmegaConf ``DictConfig``: the whole configuration (has
+            ``algorithm``), the ``algorithm`` node (has ``replay_buffer``) or the buffer node
+            itself. Interpolations are resolved; a missing mandatory value (``???``) is an error.
+        section: the buffer node looked up under ``algorithm``: ``"replay_buffer"`` or
+            ``"demo_buffer"``. Ignored when ``cfg`` is the buffer node itself.
+        rank: as RLinf does for each actor rank, write to ``<auto_save_path>/rank_<rank>``.
+            ``None`` (default) uses ``auto_save_path`` as it is.
+
+    Only keys present in the configuration are returned (the constructor's defaults apply to
+    the rest), plus what the whole configuration implies the way RLinf reads it: ``seed`` from
+    ``actor.seed`` when the buffer node has none, and, with ``auto_save`` on and no
+    ``auto_save_path``, ``<runner.logger.log_path>/<section>``. A null ``auto_save_path`` counts
+    as absent.
+
+    Raises:
+        InvalidArgumentError: ``cfg`` is not a mapping, the section is missing, a key is
+            unknown (all are named, with suggestions), an interpolation cannot be resolved, or
+            an extra has a bad value. Constructor values are checked by the constructor.
+    """
+    return _kwargs_and_extras(cfg, section, rank, {})
+
+
+def buffer_from_config(
+    cfg: Any, *, section: str = "replay_buffer", rank: int | None = None, **overrides: Any
+) -> TrajectoryReplayBuffer:
+    """Build a :class:`TrajectoryReplayBuffer` from a configuration (see
+    :func:`buffer_kwargs_from_config` for ``cfg``, ``section`` and ``rank``).
+
+    ``overrides`` take precedence over the configuration; they accept the same keys (an
+    unknown one is an error). The extras are attached to the buffer: ``buffer.config_extras``
+    (a :class:`BufferConfigExtras`) and ``buffer.min_buffer_size`` (``None`` if not configured).
+    """
+    kwargs, extras = _kwargs_and_extras(cfg, section, rank, overrides)
+    from .buffer import TrajectoryReplayBuffer
+
+    buffer = TrajectoryReplayBuffer(**kwargs)
+    attach_extras(buffer, extras)
+    return buffer
+
+
+def attach_extras(buffer: TrajectoryReplayBuffer, extras: BufferConfigExtras) -> None:
+    """Store ``extras`` on ``buffer`` as ``config_extras`` and ``min_buffer_size``."""
+    buffer.config_extras = extras
+    buffer.min_buffer_size = extras.min_buffer_size
+
+
+# -- implementation ---------------------------------------------------------------------------
+
+
+def _constructor_keys() -> tuple[str, ...]:
+    """The constructor's keyword arguments (read from its signature, so new ones are accepted)."""
+    from .buffer import TrajectoryReplayBuffer
+
+    params = inspect.signature(TrajectoryReplayBuffer.__init__).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in params if p.name != "self" and p.kind in kinds)
+
+
+def _omegaconf() -> Any:
+    """The omegaconf module if the caller imported it, else ``None`` (never imports it)."""
+    return sys.modules.get("omegaconf")
+
+
+def _is_dictconfig(obj: Any) -> bool:
+    om = _omegaconf()
+    return om is not None and isinstance(obj, om.DictConfig)
+
+
+def _to_dict(node: Any, where: str) -> dict[Any, Any]:
+    """A plain, resolved, shallow ``dict`` of a mapping or ``DictConfig`` node."""
+    if _is_dictconfig(node):
+        om = _omegaconf()
+        try:
+            out = om.OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+        except om.errors.OmegaConfBaseException as exc:
+            raise InvalidArgumentError(f"cannot resolve {where}: {_one_line(exc)}") from exc
+        return dict(out)
+    if isinstance(node, Mapping):
+        return dict(node)
+    raise InvalidArgumentError(
+        f"{where} must be a mapping (a dict or an OmegaConf DictConfig), got {type(node).__name__}"
+    )
+
+
+def _get(node: Any, key: str, where: str) -> Any:
+    """``node[key]`` if present, else ``None``; resolves an OmegaConf interpolation."""
+    if not isinstance(node, Mapping) or key not in node:
+        return None
+    try:
+        return node[key]
+    except Exception as exc:  # an OmegaConf interpolation that does not resolve
+        om = _omegaconf()
+        if om is not None and isinstance(exc, om.errors.OmegaConfBaseException):
+            raise InvalidArgumentError(f"cannot resolve {where}.{key}: {_one_line(exc)}") from exc
+        raise
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _select(cfg: Any, section: str) -> tuple[Any, str, Any]:
+    """(buffer node, where it was found, whole config or ``None``)."""
+    if not isinstance(cfg, Mapping):
+        raise InvalidArgumentError(
+            "cfg must be a mapping (a dict or an OmegaConf DictConfig): the whole config, its "
+            f"'algorithm' node or the buffer node; got {type(cfg).__name__}"
+        )
+    if section not in _SECTIONS:
+        raise InvalidArgumentError(f"section must be one of {', '.join(_SECTIONS)}; got {section!r}")
+    if "algorithm" in cfg:
+        algorithm = _get(cfg, "algorithm", "cfg")
+        node = _get(algorithm, section, "algorithm")
+        if node is None:
+            raise InvalidArgumentError(
+                f"the config has no algorithm.{section} section (or it is null); pass the buffer "
+                "node itself to use another one"
+            )
+        return node, f"algorithm.{section}", cfg
+    if any(name in cfg for name in _SECTIONS):  # the algorithm node
+        node = _get(cfg, section, "algorithm")
+        if node is None:
+            raise InvalidArgumentError(f"the algorithm node has no {section} section (or it is null)")
+        return node, f"algorithm.{section}", None
+    return cfg, "the buffer config", None
+
+
+def _check_keys(keys: list[Any], accepted: tuple[str, ...], where: str) -> None:
+    unknown = [k for k in keys if not isinstance(k, str) or k not in accepted]
+    if not unknown:
+        return
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, accepted, n=1) if isinstance(key, str) else []
+        parts.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    noun = "key" if len(unknown) == 1 else "keys"
+    raise InvalidArgumentError(
+        f"unknown {noun} in {where}: {', '.join(parts)}. Accepted keys: {', '.join(accepted)}"
+    )
+
+
+def _canonical(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Translate RLinf's earlier key names; a name given twice with different values is an error."""
+    out = {k: v for k, v in values.items() if k not in LEGACY_KEYS}
+    for old, new in LEGACY_KEYS.items():
+        if old not in values:
+            continue
+        if new in values and values[new] != values[old]:
+            raise InvalidArgumentError(
+                f"{where} sets both {new}={values[new]!r} and its earlier name "
+                f"{old}={values[old]!r}; keep only {new}"
+            )
+        out[new] = values[old]
+    return out
+
+
+def _int_or_none(name: str, value: Any, minimum: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _extras(values: dict[str, Any], source: str) -> BufferConfigExtras:
+    preload = values.get("enable_preload")
+    if preload is not None and not isinstance(preload, bool | np.bool_):
+        raise InvalidArgumentError(f"enable_preload must be True or False, got {preload!r}")
+    load_path = values.get("load_path")
+    if load_path is not None:
+        if not isinstance(load_path, str | os.PathLike) or not os.fspath(load_path):
+            raise InvalidArgumentError(f"load_path must be a non-empty path, got {load_path!r}")
+        load_path = os.fspath(load_path)
+    return BufferConfigExtras(
+        min_buffer_size=_int_or_none("min_buffer_size", values.get("min_buffer_size"), 0),
+        enable_preload=None if preload is None else bool(preload),
+        prefetch_size=_int_or_none("prefetch_size", values.get("prefetch_size"), 1),
+        load_path=load_path,
+        source=source,
+    )
+
+
+def _kwargs_and_extras(
+    cfg: Any, section: str, rank: int | None, overrides: dict[str, Any]
+) -> tuple[dict[str, Any], BufferConfigExtras]:
+    if rank is not None:
+        rank = _int_or_none("rank", rank, 0)
+    node, where, whole = _select(cfg, section)
+    values = _to_dict(node, where)
+    accepted = accepted_keys()
+    _check_keys(list(values), accepted, where)
+    _check_keys(list(overrides), accepted, "the overrides")
+    values = _canonical(values, where)
+    values.update(_canonical(overrides, "the overrides"))
+    if values.get("auto_save_path") is None:
+        values.pop("auto_save_path", None)
+
+    if whole is not None:  # what RLinf's workers take from the rest of the config
+        if "seed" not in values:
+            seed = _get(_get(whole, "actor", "cfg"), "seed", "actor")
+            if seed is not None:
+                values["seed"] = seed
+        auto_save = values.get("auto_save")
+        if isinstance(auto_save, bool | np.bool_) and auto_save and "auto_save_path" not in values:
+            logger = _get(_get(whole, "runner", "cfg"), "logger", "runner")
+            log_path = _get(logger, "log_path", "runner.logger")
+            if isinstance(log_path, str | os.PathLike) and os.fspath(log_path):
+                values["auto_save_path"] = os.path.join(os.fspath(log_path), section)
+    if rank is not None and isinstance(values.get("auto_save_path"), str | os.PathLike):
+        values["auto_save_path"] = os.path.join(os.fspath(values["auto_save_path"]), f"rank_{rank}")
+
+    extras = _extras({k: values.pop(k) for k in EXTRA_KEYS if k in values}, where)
+    return values, extras
