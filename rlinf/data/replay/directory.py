@@ -21,7 +21,7 @@ import os
 import re
 import uuid as uuidlib
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -544,7 +544,11 @@ def _segment_records(
 
 
 def read_directory(
-    path: str, share: tuple[int, int] = (0, 1), require_files: bool = True, skip_corrupt: bool = False
+    path: str,
+    share: tuple[int, int] = (0, 1),
+    require_files: bool = True,
+    skip_corrupt: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[DirectoryContents, Schema | None]:
     """Parse a buffer directory (ours or RLinf's) and the schema of its trajectories.
 
@@ -554,6 +558,7 @@ def read_directory(
         require_files: raise if a selected trajectory's file is missing.
         skip_corrupt: leave out (with a :class:`CorruptDataWarning`) trajectories whose file
             must be opened to be indexed (RLinf's directories) and turns out unreadable.
+        progress: ``progress(done, total)`` as index entries are resolved.
 
     Returns:
         The parsed contents and the schema (``None`` when no trajectory was selected).
@@ -584,8 +589,12 @@ def read_directory(
     schema: Schema | None = None
     if fmt == formats.SEGMENT:
         records, schema = _segment_records(path, meta, selected, require_files)
+        if progress is not None:
+            progress(len(selected), len(selected))
         selected = []
-    for entry in selected:
+    for done, entry in enumerate(selected, 1):
+        if progress is not None and (done % 256 == 0 or done == len(selected)):
+            progress(done, len(selected))
         tid = entry["trajectory_id"]
         names = files.get(tid, [])
         named = entry.get("file")

@@ -531,3 +531,19 @@ def verify_directory(path: str, repair: bool = False, progress: Progress | None 
     if repair and report.problems:
         checker.repair(leftovers)
     return report
+
+
+def format_report(report: VerifyReport) -> str:
+    """The human-readable report ``verify`` prints."""
+    fmt = report.fmt or "unknown format"
+    head = f"{report.path} ({fmt}): {report.trajectories} sound trajectories"
+    head += f" ({report.transitions} transitions)"
+    if report.ok:
+        return f"OK  {head}"
+    lines = [f"PROBLEMS ({len(report.problems)})  {head}"]
+    for p in report.problems:
+        action = f"  -> {p.action}" if p.action else ""
+        lines.append(f"  [{p.kind}] {p.message}{action}")
+    if report.quarantine:
+        lines.append(f"quarantine: {report.quarantine}")
+    return "\n".join(lines)
