@@ -36,6 +36,7 @@ from rlinf.data.replay.tools.merge_split import merge_or_split
 from rlinf.data.replay_buffer import (
     BufferNotFoundError,
     CorruptBufferError,
+    Trajectory,
     UnsafeFileError,
 )
 from rlinf.data.replay_buffer import TrajectoryReplayBuffer as UntrackedBuffer
@@ -841,3 +842,26 @@ def test_checkpoint_into_the_auto_save_directory_while_another_thread_adds_keeps
     assert_aligned(buf.sample(2000), n=N)  # the live buffer uses the writer's rows
     reader = memory_reader(path)  # what a process restarted now would load
     assert_aligned(reader.sample(2000), n=N)
+
+
+def test_a_field_with_a_zero_size_dimension_round_trips_through_segments(tmp_path):
+    steps, envs = 4, 2
+    traj = Trajectory(
+        max_episode_length=steps,
+        actions=torch.zeros(steps, envs, 2),
+        rewards=torch.zeros(steps, envs, 1),
+        dones=torch.zeros(steps, envs, 1, dtype=torch.bool),
+        curr_obs={"states": torch.ones(steps, envs, 3), "empty": torch.zeros(steps, envs, 0)},
+        next_obs={"states": torch.ones(steps, envs, 3)},
+    )
+    buf = TrajectoryReplayBuffer(sample_window_size=0, trajectory_format="segment")
+    buf.add_trajectories([traj, traj])
+    buf.save_checkpoint(str(tmp_path / "ckpt"))
+    reader = TrajectoryReplayBuffer(
+        sample_window_size=0, enable_cache=False, auto_save=True, auto_save_path=str(tmp_path / "own")
+    )
+    reader.load_checkpoint(str(tmp_path / "ckpt"))
+    batch = reader.sample(8)
+    assert batch["curr_obs"]["empty"].shape == (8, 0)
+    assert (batch["curr_obs"]["states"] == 1).all()
+    reader.close()

@@ -135,6 +135,8 @@ class SegmentStore:
         try:
             for key, f in zip(self._keys, self._files, strict=True):
                 tensor = rows[key].contiguous()
+                if tensor.numel() == 0:  # a field with a zero-size dimension holds no bytes
+                    continue
                 if tensor.dtype == torch.bfloat16:
                     tensor = tensor.view(torch.uint16)
                 f.write(memoryview(tensor.numpy()).cast("B"))

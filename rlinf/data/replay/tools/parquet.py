@@ -461,7 +461,7 @@ def export_parquet(
     store = SegmentStore(contents.path, schema) if contents.fmt == formats.SEGMENT and schema else None
     row_groups = 0
     try:
-        with open(tmp, "xb") as f:
+        with writing(out, "the Parquet file"), open(tmp, "xb") as f:
             with pq.ParquetWriter(
                 f,
                 schema_arrow,
@@ -493,7 +493,7 @@ def export_parquet(
                 flush()
             f.flush()
             os.fsync(f.fileno())
-        with writing(out, "the Parquet file"):
+            f.close()
             os.replace(tmp, out)
             fsync_dir(directory)
     except BaseException:
@@ -686,8 +686,7 @@ def _first_bad_cell(idx: np.ndarray, cells: int) -> tuple[int, str] | None:
     Memory is proportional to the rows, not to ``cells`` (which the file declares)."""
     if len(idx) == cells and np.array_equal(idx, np.arange(cells)):
         return None
-    ordered = np.sort(idx)
-    unique, counts = np.unique(ordered, return_counts=True)
+    unique, counts = np.unique(idx, return_counts=True)
     candidates = []
     gaps = np.flatnonzero(unique != np.arange(len(unique)))
     if len(gaps):
