@@ -292,6 +292,18 @@ class TrajectoryReplayBuffer:
                 self._cache.max_trajectories = self._window_size or None
                 self._forget_evicted(self._cache.enforce_bounds())
 
+    @property
+    def priority_beta(self) -> float | None:
+        """Importance-sampling exponent of prioritized sampling in [0, 1] (``None`` if not
+        prioritized); settable, e.g. annealed towards 1 during training."""
+        return self._prio.beta if self._prio is not None else None
+
+    @priority_beta.setter
+    def priority_beta(self, value: float) -> None:
+        if self._prio is None:
+            raise InvalidArgumentError("priority_beta needs a buffer built with prioritized=True")
+        self._prio.beta = value
+
     # -- counters -----------------------------------------------------------------------------
     @property
     def size(self) -> int:
