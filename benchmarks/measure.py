@@ -69,6 +69,39 @@ def time_calls(
     return out
 
 
+def time_parts(
+    parts: list[Callable[[], object]],
+    *,
+    warmup: int,
+    repeats: int,
+    max_seconds: float,
+    before: Callable[[], object] | None = None,
+    min_repeats: int = 3,
+) -> tuple[Timing, list[list[float]]]:
+    """Like :func:`time_calls` for a call made of consecutive ``parts`` (e.g. sample, then
+    update): returns the timing of the whole and the timed durations of each part."""
+    out, split = Timing(), [[] for _ in parts]
+    spent = 0.0
+    for k in range(warmup + max(1, repeats)):
+        if before is not None:
+            before()
+        marks = [time.perf_counter()]
+        for fn in parts:
+            fn()
+            marks.append(time.perf_counter())
+        total = marks[-1] - marks[0]
+        if k < warmup:
+            out.warmup.append(total)
+            continue
+        out.times.append(total)
+        for i in range(len(parts)):
+            split[i].append(marks[i + 1] - marks[i])
+        spent += total
+        if len(out.times) >= min(min_repeats, repeats) and spent > max_seconds:
+            break
+    return out, split
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MB (10^6 bytes)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6

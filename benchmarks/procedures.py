@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .contenders import NotInstalled, Store, StoreConfig, Unsupported, module_for, split_label, variant_of
@@ -28,6 +29,7 @@ from .measure import (
     Timing,
     link_copy,
     time_calls,
+    time_parts,
     total_bytes,
     touch_files,
 )
@@ -60,8 +62,10 @@ def make_row(
     level: int | None = None,
     status: str = "ok",
     extra: dict[str, Any] | None = None,
+    ratio: bool = True,
 ) -> dict[str, Any]:
-    """A result row (see the module docstring)."""
+    """A result row (see the module docstring); ``ratio=False``: a reference that moves no data,
+    shown without rates and ratio."""
     return {
         "table": table,
         "contender": label if level is None else f"{label} @{level_name(level)}",
@@ -77,6 +81,7 @@ def make_row(
         "nbytes": nbytes,
         "cached_bytes": cached,
         "extra": extra or {},
+        "no_ratio": not ratio,
     }
 
 
@@ -90,23 +95,55 @@ def leaves(batch: Any, prefix: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     return out
 
 
-def check_batch(store: Store, n: int, spec: TrajSpec) -> str:
-    """Sample once (untimed) and compare keys, shapes and dtypes with the spec; '' if all match."""
+def check_batch(store: Store, n: int, spec: TrajSpec, allowed_extra: tuple[str, ...] = ()) -> str:
+    """Sample once (untimed) and compare keys, shapes and dtypes with the spec; '' if all match.
+    Keys in ``allowed_extra`` (e.g. a prioritized batch's ``indices`` and ``weights``) may be
+    present too."""
     if not store.checkable:
         return ""
     store.prepare(n)
-    got = leaves(store.sample(n))
+    return _check_leaves(leaves(store.sample(n)), [(n,)], spec, allowed_extra + store.extra_keys)
+
+
+def _check_leaves(
+    got: dict[str, torch.Tensor],
+    leading: list[tuple[int, ...]],
+    spec: TrajSpec,
+    allowed_extra: tuple[str, ...],
+) -> str:
+    """Compare a flattened batch with the spec: every column, with one of the ``leading`` shapes."""
     problems = []
     for key, (shape, dtype) in spec.columns().items():
         name = ".".join(key)
         t = got.pop(name, None)
         if t is None:
             problems.append(f"{name} missing")
-        elif tuple(t.shape) != (n, *shape) or t.dtype != dtype:
+        elif all(tuple(t.shape) != (*lead, *shape) for lead in leading) or t.dtype != dtype:
             problems.append(f"{name} {tuple(t.shape)} {t.dtype}")
-    if got:
-        problems.append(f"extra keys {sorted(got)}")
+    extra = sorted(k for k in got if k not in allowed_extra)
+    if extra:
+        problems.append(f"extra keys {extra}")
     return "batch check: " + "; ".join(problems) if problems else ""
+
+
+SEQUENCE_EXTRAS = ("mask",)
+"""Keys a sequence batch may hold beside the columns (and the store's ``extra_keys``)."""
+
+
+def check_sequences(store: Store, num: int, length: int, spec: TrajSpec) -> tuple[str, float]:
+    """Draw ``num`` runs of ``length`` once (untimed in the table; its time is returned, as the
+    first call pays one-off set-up) and check the batch: ``[num, length, ...]`` or the flat
+    ``[num * length, ...]`` of a sampler that does not reshape."""
+    store.prepare_sequences(num, length)
+    t0 = time.perf_counter()
+    batch = store.sample_sequences(num, length)
+    seconds = time.perf_counter() - t0
+    if not store.checkable:
+        return "", seconds
+    note = _check_leaves(
+        leaves(batch), [(num, length), (num * length,)], spec, SEQUENCE_EXTRAS + store.extra_keys
+    )
+    return note, seconds
 
 
 def _join(*notes: str) -> str:
@@ -183,13 +220,15 @@ def _sample(case: Case, label: str, opts: Options, work: str, rows: list[dict[st
     mod, variant = module_for(label), variant_of(label)
     path = os.path.join(work, "store")
     os.makedirs(path)
-    cfg = StoreConfig(case.spec, case.window, case.window, case.cache_size, path, opts.seed)
+    cfg = StoreConfig(
+        case.spec, case.window, case.window, case.cache_size, path, opts.seed, dict(case.params)
+    )
     store = mod.create(variant, "sample", cfg)
     try:
         fill(store, case.spec, case.window, opts.seed)
         store.flush()
         for n, table in zip(case.batches, case.tables(), strict=True):
-            note = check_batch(store, n, case.spec)
+            note = _join(check_batch(store, n, case.spec), store.note)
             timing = _timed(opts, lambda n=n: store.sample(n), before=lambda n=n: store.prepare(n))
             rows.append(
                 make_row(
@@ -473,6 +512,147 @@ def _scale(case: Case, label: str, opts: Options, work: str, rows: list[dict[str
     _with_directory(case, label, opts, use)
 
 
+def _sampler_store(case: Case, label: str, opts: Options, mode: str) -> Store:
+    """An in-memory store for a sampler scenario, holding ``case.window`` trajectories."""
+    cfg = StoreConfig(
+        case.spec, case.window, case.window, case.cache_size, None, opts.seed, dict(case.params)
+    )
+    return module_for(label).create(variant_of(label), mode, cfg)
+
+
+def _sequences(case: Case, label: str, opts: Options, work: str, rows: list[dict[str, Any]]) -> None:
+    store = _sampler_store(case, label, opts, "sequences")
+    num = case.batches[0]
+    try:
+        fill(store, case.spec, case.window, opts.seed)
+        for length, table in zip(case.seq_lens, case.tables(), strict=True):
+            note, first = check_sequences(store, num, length, case.spec)
+            timing = _timed(
+                opts,
+                lambda length=length: store.sample_sequences(num, length),
+                before=lambda length=length: store.prepare_sequences(num, length),
+            )
+            rows.append(
+                make_row(
+                    table,
+                    label,
+                    timing=timing,
+                    items=num * length,
+                    nbytes=num * length * case.spec.bytes_per_transition,
+                    cached=store.cached_bytes(),
+                    note=note,
+                    extra={"first call ms": first * 1e3},
+                )
+            )
+    finally:
+        store.close()
+
+
+def _prioritized(case: Case, label: str, opts: Options, work: str, rows: list[dict[str, Any]]) -> None:
+    store = _sampler_store(case, label, opts, "prioritized")
+    n = case.batches[0]
+    gen = torch.Generator().manual_seed(opts.seed + 1)  # the same priorities for every contender
+    state: dict[str, Any] = {}
+
+    def before() -> None:
+        store.prepare(n)
+        state["priorities"] = torch.rand(n, generator=gen) * 2.0  # |TD error|-like values
+
+    def sample() -> None:
+        state["batch"] = store.sample(n)
+
+    def update() -> None:
+        store.update(state["batch"], state["priorities"])
+
+    try:
+        fill(store, case.spec, case.window, opts.seed)
+        note = _join(check_batch(store, n, case.spec, allowed_extra=("indices", "weights")), store.note)
+        timing, (t_sample, t_update) = time_parts(
+            [sample, update],
+            warmup=opts.warmup,
+            repeats=opts.repeats,
+            max_seconds=opts.max_seconds,
+            before=before,
+        )
+        extra: dict[str, Any] = {"sample ms": float(np.median(t_sample)) * 1e3}
+        if store.updates_priorities:
+            extra["update ms"] = float(np.median(t_update)) * 1e3
+        rows.append(
+            make_row(
+                case.tables()[0],
+                label,
+                timing=timing,
+                items=n,
+                nbytes=n * case.spec.bytes_per_transition,
+                cached=store.cached_bytes(),
+                note=note,
+                extra=extra,
+            )
+        )
+    finally:
+        store.close()
+
+
+def _rate_limited(case: Case, label: str, opts: Options, work: str, rows: list[dict[str, Any]]) -> None:
+    """One thread: add one trajectory, then ``samples_per_add`` samples, repeated; every add and
+    every sample call is timed on its own. The trajectories added come from a pool of four
+    made untimed (the window's oldest leave as they come in)."""
+    store = _sampler_store(case, label, opts, "rate_limited")
+    n, per_add = case.batches[0], dict(case.params)["samples_per_add"]
+    t_sample, t_add = case.tables()
+    adds, samples = Timing(), Timing()
+    try:
+        fill(store, case.spec, case.window, opts.seed)
+        note = check_batch(store, n, case.spec)
+        pool = [make_trajectory(case.spec, case.window + i, opts.seed) for i in range(4)]
+        spent = 0.0
+        for k in range(opts.warmup + 10 * opts.repeats):
+            timed = k >= opts.warmup
+            t0 = time.perf_counter()
+            store.add(pool[k % len(pool)])
+            dt = time.perf_counter() - t0
+            (adds.times if timed else adds.warmup).append(dt)
+            spent += dt if timed else 0.0
+            for _ in range(per_add):
+                store.prepare(n)
+                t0 = time.perf_counter()
+                store.sample(n)
+                dt = time.perf_counter() - t0
+                (samples.times if timed else samples.warmup).append(dt)
+                spent += dt if timed else 0.0
+            if len(adds.times) >= 3 and spent > opts.max_seconds:
+                break
+        data = store.moves_data
+        if not data:
+            note = _join(note, "the RateLimiter alone (acquire_sample / acquire_insert), no data moved")
+        rows.append(
+            make_row(
+                t_sample,
+                label,
+                timing=samples,
+                items=n if data else None,
+                nbytes=n * case.spec.bytes_per_transition if data else None,
+                cached=store.cached_bytes(),
+                note=note,
+                ratio=data,
+            )
+        )
+        rows.append(
+            make_row(
+                t_add,
+                label,
+                timing=adds,
+                items=case.spec.transitions if data else None,
+                nbytes=case.spec.trajectory_bytes if data else None,
+                cached=store.cached_bytes(),
+                note="" if data else note,
+                ratio=data,
+            )
+        )
+    finally:
+        store.close()
+
+
 PROCEDURES: dict[str, Callable[[Case, str, Options, str, list[dict[str, Any]]], None]] = {
     "sample": _sample,
     "disk": _disk,
@@ -480,6 +660,9 @@ PROCEDURES: dict[str, Callable[[Case, str, Options, str, list[dict[str, Any]]], 
     "write": _write,
     "tiny": _tiny,
     "scale": _scale,
+    "sequences": _sequences,
+    "prioritized": _prioritized,
+    "rate_limited": _rate_limited,
 }
 
 

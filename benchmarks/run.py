@@ -30,7 +30,21 @@ from benchmarks.procedures import PREPARE, Options, expected_rows, make_row, run
 from benchmarks.scenarios import Case, Scenario, build_scenarios, level_name  # noqa: E402
 
 RESULT_PREFIX = "BENCH-RESULT "
-SCENARIO_ORDER = ("state", "images", "vla", "disk_state", "disk_images", "add", "scale")
+SCENARIO_ORDER = (
+    "state",
+    "images",
+    "vla",
+    "disk_state",
+    "disk_images",
+    "add",
+    "scale",
+    "sequences",
+    "prioritized",
+    "freshness",
+    "rate_limited",
+)
+UNIFORM = "ours[uniform]"
+"""The sampler scenarios' reference row: a plain ``sample`` of as many rows (``vs uniform``)."""
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -182,6 +196,7 @@ def header(facts: dict[str, Any], opts: Options) -> str:
             f"  timing: median of up to {opts.repeats} calls after {opts.warmup} warm-up calls "
             f"(fewer once a measurement took {opts.max_seconds:g} s); peak RSS {facts['peak_rss']}",
             "  ratio = limit time / contender time (1.0 = as fast as the limit); MB = 10^6 bytes",
+            "  vs uniform (sampler scenarios) = contender time / ours[uniform] time (same rows)",
         ]
     )
 
@@ -257,18 +272,23 @@ def run_inline(args: argparse.Namespace, case: Case, label: str) -> list[dict[st
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Set ``ratio`` (limit time / contender time, same table and level) and, for tables with
-    several index sizes, the growth of each contender's time relative to its smallest size."""
+    """Set ``ratio`` (limit time / contender time, same table and level); for tables with
+    several index sizes, the growth of each contender's time relative to its smallest size; and
+    for tables with an ``ours[uniform]`` row, ``vs uniform``: contender time / that row's time."""
     limits = {
         (r["table"], r["level"]): r["median_s"]
         for r in rows
         if r["base"] == "limit" and r["median_s"] is not None
     }
+    uniform = {r["table"]: r["median_s"] for r in rows if r["base"] == UNIFORM and r["median_s"]}
+    for r in rows:
+        if r["table"] in uniform and r["median_s"] is not None:
+            r["extra"]["vs uniform"] = r["median_s"] / uniform[r["table"]]
     smallest: dict[tuple[str, str], tuple[int, float]] = {}
     for r in rows:
         limit = limits.get((r["table"], r["level"]))
         ok = r["median_s"] is not None and r["median_s"] > 0
-        r["ratio"] = limit / r["median_s"] if ok and limit is not None else None
+        r["ratio"] = limit / r["median_s"] if ok and limit is not None and not r.get("no_ratio") else None
         if ok and r["level"] is not None:
             key = (r["table"], r["base"])
             if key not in smallest or r["level"] < smallest[key][0]:

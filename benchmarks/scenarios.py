@@ -29,6 +29,8 @@ class TrajSpec:
     action_dim: int
     states_dim: int = 0
     image_hw: int = 0
+    #: trajectory ``i`` gets ``model_update_count = i // update_every`` (0: always 0)
+    update_every: int = 0
 
     @property
     def transitions(self) -> int:
@@ -105,7 +107,7 @@ def make_trajectory(spec: TrajSpec, index: int, seed: int = 0) -> Any:
     return Trajectory(
         max_episode_length=T,
         model_weights_id=WEIGHTS_ID,
-        model_update_count=0,
+        model_update_count=index // spec.update_every if spec.update_every else 0,
         actions=torch.from_numpy(rng.uniform(-1, 1, (T, B, spec.action_dim)).astype(np.float32)),
         rewards=torch.from_numpy(rng.standard_normal((T, B, 1), dtype=np.float32)),
         dones=torch.from_numpy(dones),
@@ -161,6 +163,27 @@ LATENCY_CONTENDERS = (
 )
 WRITE_CONTENDERS = ("limit", "ours[pt]", "ours[segment]", "rlinf_reference[pt]", "torchrl_memmap")
 INDEX_CONTENDERS = ("limit", "ours[pt]", "ours[segment]", "rlinf_reference[pt]")
+# the sampler scenarios: every table also has ``ours[uniform]``, the plain sample() of as many
+# rows, which the "vs uniform" column divides by
+SEQUENCE_CONTENDERS = (
+    "limit",
+    "ours[uniform]",
+    "ours[sequences]",
+    "ours[sequences_pad]",
+    "torchrl_slice",
+    "torchrl_slice_pad",
+    "torchrl_slice_nocache",
+)
+PRIORITY_CONTENDERS = ("limit", "ours[uniform]", "ours[prioritized]", "torchrl_lazy", "torchrl_prioritized")
+FRESHNESS_CONTENDERS = (
+    "limit",
+    "ours[uniform]",
+    "ours[stale_none]",
+    "ours[stale_half]",
+    "torchrl_lazy",
+    "torchrl_stale_half",
+)
+RATE_CONTENDERS = ("limit", "ours[uniform]", "ours[rate_limited]", "ours[limiter_only]")
 
 
 @dataclass(frozen=True)
@@ -170,7 +193,10 @@ class Case:
     ``kind`` selects the procedure in :mod:`benchmarks.procedures`: ``sample`` (in memory),
     ``disk`` (warm and cold page cache), ``latency`` (add), ``write`` (disk throughput),
     ``tiny`` (add+flush with ``count`` trajectories indexed), ``scale`` (load, open, sample
-    with ``count`` trajectories in the directory).
+    with ``count`` trajectories in the directory), ``sequences`` (``batches[0]`` runs of each
+    length in ``seq_lens``), ``prioritized`` (sample and update priorities), ``rate_limited``
+    (an add/sample loop). ``params`` are sampler settings passed to the contenders
+    (:attr:`benchmarks.contenders.StoreConfig.params`).
     """
 
     scenario: str
@@ -182,6 +208,8 @@ class Case:
     cache_size: int = 0
     batches: tuple[int, ...] = ()
     count: int = 0
+    seq_lens: tuple[int, ...] = ()
+    params: tuple[tuple[str, Any], ...] = ()
 
     def tables(self) -> list[str]:
         """Titles of the tables this case contributes rows to (shared across cases)."""
@@ -206,6 +234,18 @@ class Case:
                 f"scale: load_checkpoint into a fresh buffer (window {self.window}, cache {self.cache_size})",
                 f"scale: open (continue) an auto-save directory (cache {self.cache_size})",
                 f"scale: sample({n}) from the opened directory, window {self.window}",
+            ]
+        if self.kind == "sequences":
+            n = self.batches[0]
+            return [f"{s}: sample_sequences({n}, {length}), {n * length:,} rows" for length in self.seq_lens]
+        if self.kind == "prioritized":
+            n = self.batches[0]
+            return [f"{s}: sample({n}) + update_priorities({n})"]
+        if self.kind == "rate_limited":
+            n, k = self.batches[0], dict(self.params)["samples_per_add"]
+            return [
+                f"{s}: sample({n}) in an add/sample loop ({k} samples per add)",
+                f"{s}: add_trajectories([traj]) in the same loop",
             ]
         raise ValueError(f"unknown case kind {self.kind!r}")
 
@@ -339,6 +379,7 @@ def build_scenarios(quick: bool = False) -> dict[str, Scenario]:
         f"{images.describe()}); disk write throughput; add+flush cost vs index size",
         tuple(add_cases),
     )
+    out.update(sampler_scenarios(quick))
     out["scale"] = Scenario(
         "scale",
         f"directories of {', '.join(level_name(n) for n in scale_levels)} tiny trajectories "
@@ -356,6 +397,107 @@ def build_scenarios(quick: bool = False) -> dict[str, Scenario]:
                 count=level,
             )
             for level in scale_levels
+        ),
+    )
+    return out
+
+
+def sampler_scenarios(quick: bool = False) -> dict[str, Scenario]:
+    """The samplers beside the uniform one (sequences, prioritized, freshness, rate limiter),
+    each against ``ours[uniform]`` (a plain ``sample`` of as many rows) and, where TorchRL has
+    the same sampler, against TorchRL; all in memory."""
+    if quick:
+        spec = TrajSpec("sampler", steps=20, envs=2, action_dim=7, states_dim=42)
+        window, n, num_seq, seq_lens = 10, 64, 16, (4, 8)
+    else:
+        spec = TrajSpec("sampler", steps=50, envs=16, action_dim=7, states_dim=42)
+        window, n, num_seq, seq_lens = 1000, 1024, 256, (8, 32)
+    total = window * spec.transitions
+    where = f"{spec.describe()}; window {window} trajectories ({total:,} transitions), in memory"
+    alpha, beta, eps = 0.6, 0.4, 1e-6
+    out: dict[str, Scenario] = {}
+    out["sequences"] = Scenario(
+        "sequences",
+        f"{where}; {num_seq} runs of L consecutive steps of one env that never cross an episode end "
+        f"(ours[sequences_pad], torchrl_slice_pad: padded after it, with a mask), against "
+        f"sample({num_seq} * L) (ours[uniform]) and TorchRL's SliceSampler",
+        (
+            Case(
+                "sequences",
+                "sequences",
+                "sequences",
+                spec,
+                SEQUENCE_CONTENDERS,
+                window=window,
+                batches=(num_seq,),
+                seq_lens=seq_lens,
+            ),
+        ),
+    )
+    out["prioritized"] = Scenario(
+        "prioritized",
+        f"{where}; proportional prioritized sampling (alpha {alpha}, beta {beta}, eps {eps:g}): "
+        f"sample({n}), then update the {n} sampled priorities (values drawn untimed)",
+        (
+            Case(
+                "prioritized",
+                "prioritized",
+                "prioritized",
+                spec,
+                PRIORITY_CONTENDERS,
+                window=window,
+                batches=(n,),
+                params=(("alpha", alpha), ("beta", beta), ("eps", eps)),
+            ),
+        ),
+    )
+    every = max(1, window // 100)  # 100 model updates over the window
+    versions = window // every
+    fresh_spec = TrajSpec(
+        "sampler", spec.steps, spec.envs, spec.action_dim, spec.states_dim, update_every=every
+    )
+    out["freshness"] = Scenario(
+        "freshness",
+        f"{where}; model_update_count = i // {every} ({versions} versions); stale_half: "
+        f"max_staleness={versions // 2 - 1} (the older half of the window is stale), stale_none: "
+        f"max_staleness={versions} (nothing stale, the check runs)",
+        (
+            Case(
+                "freshness",
+                "freshness",
+                "sample",
+                fresh_spec,
+                FRESHNESS_CONTENDERS,
+                window=window,
+                batches=(n,),
+                params=(("stale_half", versions // 2 - 1), ("stale_none", versions)),
+            ),
+        ),
+    )
+    per_add = 4
+    spi = per_add * n / spec.transitions
+    band = spi * spec.transitions + n  # the widest step either side makes
+    out["rate_limited"] = Scenario(
+        "rate_limited",
+        f"{where}; one thread alternates add_trajectories([traj]) and {per_add} x sample({n}); "
+        f"RateLimiter(samples_per_insert={spi:g}, min_size_to_sample={window * spec.transitions:,}, "
+        f"error_buffer={band:g}): the loop stays inside the band, so nothing ever waits",
+        (
+            Case(
+                "rate_limited",
+                "rate_limited",
+                "rate_limited",
+                spec,
+                RATE_CONTENDERS,
+                window=window,
+                batches=(n,),
+                params=(
+                    ("samples_per_add", per_add),
+                    ("samples_per_insert", spi),
+                    ("min_size_to_sample", window * spec.transitions),
+                    ("error_buffer", band),
+                ),
+            ),
         ),
     )
     return out

@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,6 +144,20 @@ def assert_aligned(batch: dict, n: int | None = None) -> None:
         assert (batch["truncations"][:, 0] == expected_done).all()
     if "env_ids" in batch["curr_obs"]:
         assert (batch["curr_obs"]["env_ids"] == batch["next_obs"]["env_ids"]).all()
+
+
+def chi_square(observed, expected) -> float:
+    """Pearson's chi-square statistic of observed counts against expected counts."""
+    observed = np.asarray(observed, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    return float(((observed - expected) ** 2 / expected).sum())
+
+
+def chi2_bound(df: int) -> float:
+    """The 99.9% quantile of the chi-square distribution with ``df`` degrees of freedom."""
+    from scipy.stats import chi2
+
+    return float(chi2.ppf(0.999, df))
 
 
 @pytest.fixture

@@ -71,3 +71,29 @@ def test_disk_scenario_reports_warm_and_cold_rows(tmp_path, capsys):
     _check_tables("disk_state", text, data, ALLOWED | {"cold: unavailable"})
     assert "| contender |" in text  # markdown tables were printed too
     assert {r["contender"] for r in data["rows"] if r["status"] == "ok"} >= {"limit", "ours[pt]"}
+
+
+SAMPLER_SCENARIOS = ("sequences", "prioritized", "freshness", "rate_limited")
+
+
+def test_sampler_scenarios_report_every_contender(tmp_path, capsys):
+    args = [a for name in SAMPLER_SCENARIOS for a in ("--scenario", name)]
+    code, text, data = _run(tmp_path, capsys, *args, "--inline")
+    assert code == 0
+    for name in SAMPLER_SCENARIOS:
+        _check_tables(name, text, data)
+    rows = data["rows"]
+    for r in rows:
+        if r["status"] == "ok":
+            assert not r["note"].startswith("batch check"), r  # keys, shapes and dtypes as specified
+            assert "vs uniform" in r["extra"], r  # every sampler table has the ours[uniform] row
+        if r["contender"].startswith(("ours", "limit")):
+            assert r["status"] == "ok", r
+    by = {(r["table"].split(":")[0], r["contender"]): r for r in rows}
+    assert by[("sequences", "ours[uniform]")]["extra"]["vs uniform"] == 1.0
+    runs = [r["items"] for r in rows if r["contender"] == "ours[sequences]"]
+    assert runs == [16 * 4, 16 * 8]  # the quick sizes: 16 runs of 4, then of 8 steps
+    assert "update ms" in by[("prioritized", "ours[prioritized]")]["extra"]
+    assert "update ms" not in by[("prioritized", "ours[uniform]")]["extra"]
+    limiter = [r for r in rows if r["contender"] == "ours[limiter_only]"]
+    assert len(limiter) == 2 and all(r["ratio"] is None and r["items"] is None for r in limiter)

@@ -29,6 +29,7 @@ from rlinf.data.replay.trajectory import (
     source_steps,
 )
 from rlinf.data.replay_buffer import Trajectory as PublicTrajectory
+from rlinf.data.replay_buffer import TrajectoryReplayBuffer
 
 LAYOUTS = ("rlinf", "aligned", "done_only")
 
@@ -393,3 +394,32 @@ def test_bad_max_episode_length_is_rejected(bad):
     traj.max_episode_length = bad
     with pytest.raises(InvalidTrajectoryError, match="max_episode_length must be an int"):
         align(traj)
+
+
+def test_a_trajectory_of_another_dataclass_is_accepted():
+    """RLinf's rollout code builds its own Trajectory dataclass: its fields are read as is."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class ForeignTrajectory:
+        max_episode_length: int = 3
+        model_update_count: int = 2
+        actions: torch.Tensor | None = None
+        rewards: torch.Tensor | None = None
+        dones: torch.Tensor | None = None
+        curr_obs: dict = dataclasses.field(default_factory=dict)
+        next_obs: dict = dataclasses.field(default_factory=dict)
+
+    steps, envs = 3, 2
+    foreign = ForeignTrajectory(
+        actions=torch.arange(steps * envs * 2.0).reshape(steps, envs, 2),
+        rewards=torch.ones(steps, envs, 1),
+        dones=torch.zeros(steps, envs, 1, dtype=torch.bool),
+        curr_obs={"states": torch.zeros(steps, envs, 4)},
+        next_obs={"states": torch.ones(steps, envs, 4)},
+    )
+    buf = TrajectoryReplayBuffer(sample_window_size=0)
+    assert buf.add_trajectories([foreign]) == [0]
+    batch = buf.sample(64)
+    assert batch["actions"].shape == (64, 2) and (batch["next_obs"]["states"] == 1).all()
+    assert buf.get_stats()["total_samples"] == steps * envs

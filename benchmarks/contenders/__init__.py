@@ -3,7 +3,8 @@
 A contender label is ``module`` or ``module[variant]`` (``ours[pt]``, ``rlinf_reference[memory]``).
 Each module provides::
 
-    create(variant, mode, cfg) -> Store   # mode: sample | disk | latency | write | tiny
+    create(variant, mode, cfg) -> Store   # mode: sample | disk | latency | write | tiny |
+                                          #       sequences | prioritized | rate_limited
     fresh(variant, cfg) -> Store          # an empty store whose load(path) is timed
     open_existing(variant, path, cfg) -> Store  # continue an auto-save directory
 
@@ -13,9 +14,11 @@ and raises :class:`NotInstalled` or :class:`Unsupported` when it cannot take par
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
+
+import torch
 
 from ..scenarios import TrajSpec
 
@@ -27,6 +30,11 @@ _BY_PREFIX = {
     "rlinf_reference": "rlinf_reference",
     "torchrl_lazy": "torchrl_buffers",
     "torchrl_memmap": "torchrl_buffers",
+    "torchrl_slice": "torchrl_buffers",
+    "torchrl_slice_pad": "torchrl_buffers",
+    "torchrl_slice_nocache": "torchrl_buffers",
+    "torchrl_prioritized": "torchrl_buffers",
+    "torchrl_stale_half": "torchrl_buffers",
 }
 
 
@@ -41,7 +49,9 @@ class Unsupported(Exception):
 @dataclass
 class StoreConfig:
     """What a store is built for: the trajectory spec, how many trajectories it must hold, the
-    sampling window, the cache size and the directory it writes to or reads from."""
+    sampling window, the cache size and the directory it writes to or reads from; ``params``
+    holds sampler settings of the sampler scenarios (``alpha``, ``beta``, ``eps``,
+    ``stale_half``, ``samples_per_insert``, ...)."""
 
     spec: TrajSpec
     capacity: int
@@ -49,6 +59,7 @@ class StoreConfig:
     cache_size: int
     path: str | None = None
     seed: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 class Store:
@@ -58,6 +69,14 @@ class Store:
     checkable = True
     #: a caveat about what ``flush`` guarantees, shown as a note in the add and write tables
     flush_note = ""
+    #: whether ``update`` sets priorities (its time is then shown in the prioritized table)
+    updates_priorities = False
+    #: whether calls move data (false for a pure-bookkeeping reference: no rate, no ratio)
+    moves_data = True
+    #: a caveat about how the contender was set up, added to its rows' notes
+    note = ""
+    #: keys its batches hold beside the spec's columns (bookkeeping columns it stores)
+    extra_keys: tuple[str, ...] = ()
 
     def add(self, traj: Any) -> None:
         """Add one trajectory."""
@@ -72,6 +91,17 @@ class Store:
     def sample(self, n: int) -> Any:
         """Draw ``n`` transitions."""
         raise Unsupported("sample is not supported")
+
+    def prepare_sequences(self, num: int, length: int) -> None:
+        """Untimed set-up before a timed ``sample_sequences(num, length)``."""
+
+    def sample_sequences(self, num: int, length: int) -> Any:
+        """Draw ``num`` runs of ``length`` consecutive steps (``num * length`` rows)."""
+        raise Unsupported("sequence sampling is not supported")
+
+    def update(self, batch: Any, priorities: torch.Tensor) -> None:
+        """Give the rows of ``batch`` (the last ``sample``) these priorities; timed after
+        ``sample`` in the prioritized scenario. A uniform sampler has nothing to update."""
 
     def load(self, path: str) -> None:
         """Load a buffer directory into this (empty) store."""

@@ -2,6 +2,9 @@
 
 * sample (memory): one contiguous tensor per field holding every window transition;
   ``torch.index_select(t, 0, idx)`` per field (allocating the result), ``idx`` drawn untimed.
+  Sequences: the same with ``idx`` the ``N * L`` rows of ``N`` runs (random trajectory, env
+  and start, drawn untimed), the result viewed as ``[N, L, ...]``. Adds past the capacity
+  overwrite the oldest trajectory (a ring), for the add/sample loop.
 * sample (disk): one sequential read of as many bytes as the batch holds, from a file of that
   size (in the page cache when warm, dropped when cold), into freshly allocated tensors of the
   batch's fields (one ``preadv`` per field).
@@ -53,16 +56,34 @@ class ContiguousStore(Store):
         self.data = {
             k: torch.empty((rows, *shape), dtype=dtype) for k, (shape, dtype) in cfg.spec.columns().items()
         }
+        self.capacity_rows = rows
         self.rows = 0
+        self.written = 0
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.idx = torch.zeros(0, dtype=torch.int64)
 
     def add(self, traj: Any) -> None:
         cols = trajectory_columns(traj, self.spec)
         n = self.spec.transitions
+        start = self.written % self.capacity_rows  # capacity is whole trajectories: no split
         for k, v in cols.items():
-            self.data[k][self.rows : self.rows + n].copy_(v)
-        self.rows += n
+            self.data[k][start : start + n].copy_(v)
+        self.written += n
+        self.rows = min(self.written, self.capacity_rows)
+
+    def prepare_sequences(self, num: int, length: int) -> None:
+        T, B = self.spec.steps, self.spec.envs
+        traj = torch.randint(self.rows // (T * B), (num,), generator=self.gen)
+        env = torch.randint(B, (num,), generator=self.gen)
+        t0 = torch.randint(T - length + 1, (num,), generator=self.gen)
+        first = traj * (T * B) + t0 * B + env
+        self.idx = (first[:, None] + B * torch.arange(length)[None, :]).reshape(-1)
+
+    def sample_sequences(self, num: int, length: int) -> dict[Key, torch.Tensor]:
+        idx = self.idx
+        return {
+            k: torch.index_select(t, 0, idx).view(num, length, *t.shape[1:]) for k, t in self.data.items()
+        }
 
     def prepare(self, n: int) -> None:
         self.idx = torch.randint(self.rows, (n,), generator=self.gen)
@@ -293,7 +314,7 @@ class DirectoryStore(Store):
 
 def create(variant: str, mode: str, cfg: StoreConfig) -> Store:
     """The limit store for ``mode``."""
-    if mode == "sample":
+    if mode in ("sample", "sequences", "prioritized", "rate_limited"):
         return ContiguousStore(cfg)
     if mode == "disk":
         return RowFileStore(cfg) if variant == "pread_rows" else RawReadStore(cfg)

@@ -21,6 +21,7 @@ from .errors import (
     UnsafeFileError,
     WriterError,
 )
+from .rate_limiter import RateLimiter, RateLimiterClosedError, RateLimitTimeout
 from .trajectory import Trajectory
 
 __all__ = [
@@ -36,6 +37,9 @@ __all__ = [
     "InvalidTrajectoryError",
     "PrefetchError",
     "PreloadReplayBufferDataset",
+    "RateLimitTimeout",
+    "RateLimiter",
+    "RateLimiterClosedError",
     "ReplayBufferDataset",
     "ReplayBufferError",
     "Trajectory",

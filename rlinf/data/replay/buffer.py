@@ -41,7 +41,7 @@ from .priority import PrioritizedSampler
 from .rate_limiter import RateLimiter
 from .sampler import UniformSampler
 from .schema import Schema
-from .sequences import draw_sequences, valid_starts
+from .sequences import SequenceTable, draw_sequences, valid_starts
 from .trajectory import (
     AlignedTrajectory,
     Key,
@@ -210,6 +210,7 @@ class TrajectoryReplayBuffer:
                 f"rate_limit_timeout must be None or a number >= 0, got {rate_limit_timeout!r}"
             )
         self.rate_limit_timeout = rate_limit_timeout
+        self._limiter_closed = False
         self._pending_bytes = 0
         # segment rows appended but not yet in the journal (group commit):
         # (record, segment, row, checksum)
@@ -237,6 +238,7 @@ class TrajectoryReplayBuffer:
         self._prio_starts: tuple[tuple[int, int], np.ndarray] | None = None
         self._episode_ends: dict[int, np.ndarray] = {}  # tid -> dones [T, B] (sequences)
         self._seq_starts: dict[tuple[int, int, bool], np.ndarray] = {}
+        self._derived: dict[str, tuple[tuple[Any, ...], Any]] = {}  # see _window_cached
         self._index = TrajectoryIndex()
         self._cache = self._new_cache()
         self._schema: Schema | None = None
@@ -384,14 +386,19 @@ class TrajectoryReplayBuffer:
         ]
         if not aligned:
             return []
+        checked: tuple[Schema | None, Schema] | None = None  # (schema checked against, result)
         if self.rate_limiter is not None:
-            with self._lock:
-                self._check_schema(aligned)  # an acquired insert cannot be given back
+            self._reopen_limiter()
+            with self._lock:  # an acquired insert cannot be given back: validate first
+                checked = (self._schema, self._check_schema(aligned))
             # never wait under the lock: samplers must get through
             self.rate_limiter.acquire_insert(sum(t.num_transitions for t in aligned), self.rate_limit_timeout)
         with self._lock:
             self._writer.check()
-            self._schema = self._check_schema(aligned)
+            if checked is not None and checked[0] is self._schema:
+                self._schema = checked[1]  # unchanged while waiting: no second check
+            else:
+                self._schema = self._check_schema(aligned)
             ids = [self._add_one(traj) for traj in aligned]
             self._enforce_capacity()
             # backpressure: never let more than max_pending_bytes wait for the disk
@@ -471,6 +478,8 @@ class TrajectoryReplayBuffer:
             oldest = self._index.pop_oldest()
             assert oldest.trajectory_id == tid, "cache and index out of step"
             self._evicted += 1
+            if self.rate_limiter is not None:
+                self.rate_limiter.on_remove(oldest.num_transitions)
 
     def _retry_failed_writes(self) -> None:
         with self._lock:
@@ -640,8 +649,7 @@ class TrajectoryReplayBuffer:
             EmptyBufferError: the window holds no transition.
         """
         num = _check_int("num_chunks", num_chunks, 1)
-        self._acquire_sample(num)
-        with self._lock:
+        with self._limited_sample(num), self._lock:
             self._writer.check()
             if self._prio is not None:
                 return self._sampling(lambda ids, ends: self._draw_prioritized(ids, ends, num))
@@ -673,8 +681,7 @@ class TrajectoryReplayBuffer:
         num = _check_int("num_sequences", num_sequences, 1)
         length = _check_int("seq_len", seq_len, 1)
         pad = _check_bool("pad", pad)
-        self._acquire_sample(num * length)
-        with self._lock:
+        with self._limited_sample(num * length), self._lock:
             self._writer.check()
             return self._sampling(lambda ids, ends: self._draw_sequences(ids, ends, num, length, pad))
 
@@ -704,7 +711,25 @@ class TrajectoryReplayBuffer:
 
     def _acquire_sample(self, num: int) -> None:
         if self.rate_limiter is not None:  # never under the lock: adders must get through
+            self._reopen_limiter()
             self.rate_limiter.acquire_sample(num, self.rate_limit_timeout)
+
+    def _reopen_limiter(self) -> None:
+        """A buffer stays usable after ``close()``: so does the rate limiter it closed."""
+        if self._limiter_closed and self.rate_limiter is not None:
+            self._limiter_closed = False
+            self.rate_limiter.reopen()
+
+    @contextlib.contextmanager
+    def _limited_sample(self, num: int) -> Iterator[None]:
+        """Wait for the rate limiter, and give the samples back if sampling then fails."""
+        self._acquire_sample(num)
+        try:
+            yield
+        except BaseException:
+            if self.rate_limiter is not None:
+                self.rate_limiter.cancel_sample(num)
+            raise
 
     def _sampling(self, draw: Callable[[np.ndarray, np.ndarray], Batch]) -> Batch:
         """Run ``draw(window ids, cumulative counts)`` on a non-empty window; with
@@ -785,45 +810,77 @@ class TrajectoryReplayBuffer:
         return starts
 
     def _draw_sequences(self, ids: np.ndarray, ends: np.ndarray, num: int, length: int, pad: bool) -> Batch:
-        fresh = self._fresh()
-        starts = [
-            self._sequence_starts(tid, length, pad) if fresh is None or fresh[p] else None
-            for p, tid in enumerate(ids.tolist())
-        ]
-        counts = np.fromiter((0 if s is None else len(s) for s in starts), dtype=np.int64, count=len(starts))
-        if counts.sum() == 0:
+        table = self._sequence_table(ids, length, pad)
+        if not len(table.starts):
             raise EmptyBufferError(
                 f"cannot sample sequences of {length} steps: no trajectory of the window has a run "
                 "that long without an episode end; shorten seq_len or pass pad=True"
             )
-        plan = draw_sequences(
-            counts,
-            lambda p: starts[p],  # type: ignore[return-value]
-            lambda p: self._dones_of(int(ids[p])),
-            lambda p: self._index[int(ids[p])].num_envs,
+        counts = np.diff(ends, prepend=0)
+        begins = ends - counts
+        envs = self._window_envs(ids)
+        rows, mask_np = draw_sequences(
+            table,
+            begins,
+            counts // envs,
+            envs,
+            (lambda: self._window_dones(ids)) if pad else None,
             num,
             length,
             self._generator,
         )
-        begins = ends - np.diff(ends, prepend=0)
-        flat = (begins[plan.positions][:, None] + plan.rows).reshape(-1)
-        rows = self._gather(ids, ends, torch.from_numpy(flat))
-        mask = torch.from_numpy(plan.mask)
+        gathered = self._gather(ids, ends, torch.from_numpy(rows.reshape(-1)))
+        mask = torch.from_numpy(mask_np)
         padded = ~mask.reshape(-1)
+        any_padded = bool(padded.any())
         out: dict[Key, torch.Tensor] = {}
-        for key, tensor in rows.items():
-            if padded.any():
+        for key, tensor in gathered.items():
+            if any_padded:
                 tensor[padded] = 0
             out[key] = tensor.reshape(num, length, *tensor.shape[1:])
         batch = nest(out)
         batch["mask"] = mask
         return batch
 
+    def _window_cached(self, name: str, build: Callable[[], Any], *extra: Any) -> Any:
+        """A value derived from the current window, rebuilt when the index changes."""
+        key = (self._index.version, self._window_size, *extra)
+        held = self._derived.get(name)
+        if held is None or held[0] != key:
+            held = self._derived[name] = (key, build())
+        return held[1]
+
+    def _window_envs(self, ids: np.ndarray) -> np.ndarray:
+        index = self._index
+        return self._window_cached(
+            "envs", lambda: np.fromiter((index[t].num_envs for t in ids.tolist()), np.int64, len(ids))
+        )
+
+    def _window_dones(self, ids: np.ndarray) -> np.ndarray:
+        """Episode-end flag of every window-flat row (bool ``[window transitions]``)."""
+        return self._window_cached(
+            "dones", lambda: np.concatenate([self._dones_of(t).reshape(-1) for t in ids.tolist()])
+        )
+
+    def _sequence_table(self, ids: np.ndarray, length: int, pad: bool) -> SequenceTable:
+        fresh = self._fresh()
+
+        def build() -> SequenceTable:
+            counts = np.diff(self._index.window(self._window_size)[1], prepend=0)
+            begins = np.cumsum(counts) - counts
+            starts = [
+                self._sequence_starts(tid, length, pad) if fresh is None or fresh[p] else None
+                for p, tid in enumerate(ids.tolist())
+            ]
+            return SequenceTable.build(begins, starts)
+
+        return self._window_cached(f"sequences-{length}-{pad}", build)
+
     def _sequence_starts(self, tid: int, length: int, pad: bool) -> np.ndarray:
         key = (tid, length, pad)
         starts = self._seq_starts.get(key)
         if starts is None:
-            if len(self._seq_starts) > 4 * max(64, len(self._index)):
+            if len(self._seq_starts) > 16 * max(64, len(self._index)):
                 self._seq_starts.clear()  # drop entries of trajectories that left
             starts = self._seq_starts[key] = valid_starts(self._dones_of(tid), length, pad)
         return starts
@@ -1200,6 +1257,8 @@ class TrajectoryReplayBuffer:
         for record in keep:
             checked = record.checksum is None or record.trajectory_id in warmed
             self._index.append(record, self._record_segment(record), checked)
+        if self.rate_limiter is not None:  # loaded transitions count as inserted, in balance
+            self.rate_limiter.rebase(self._index.total_transitions)
         for record, flat in warm:
             assert self._cache is not None and schema is not None
             self._forget_evicted(self._cache.put(record.trajectory_id, flat, schema))
@@ -1229,6 +1288,8 @@ class TrajectoryReplayBuffer:
         self._forget_sampling_state()
         self._disk_sizes.clear()
         self._disk_bytes = 0
+        if self.rate_limiter is not None:
+            self.rate_limiter.reset()
 
     def _forget_sampling_state(self) -> None:
         """Drop what samplers derived from the trajectories (ids may be given again)."""
@@ -1238,6 +1299,7 @@ class TrajectoryReplayBuffer:
         self._prio_starts = None
         self._episode_ends.clear()
         self._seq_starts.clear()
+        self._derived.clear()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -1256,6 +1318,7 @@ class TrajectoryReplayBuffer:
         self._writer.close()
         if self.rate_limiter is not None:
             self.rate_limiter.close()  # wakes adders and samplers waiting on it
+            self._limiter_closed = True  # the next add or sample reopens it
 
     def clear(self) -> None:
         """Empty the buffer: index, cache and counters.

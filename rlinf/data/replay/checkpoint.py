@@ -514,5 +514,8 @@ def recover_segments(path: str, schema: Schema | None, records: list[Record]) ->
             committed[r.file] = max(committed.get(r.file, 0), r.row + r.num_transitions)
     for name in os.listdir(path):
         if SEGMENT_RE.match(name) and not os.path.islink(os.path.join(path, name)):
+            if committed.get(name, 0) == 0:  # no entry names it: evicted, or never committed
+                shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+                continue
             remove_tmp_files(os.path.join(path, name))  # an interrupted segment.json write
             truncate_segment(os.path.join(path, name), schema, committed.get(name, 0))

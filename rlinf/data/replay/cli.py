@@ -374,13 +374,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def _run(call: Callable[[], int]) -> int:
     try:
         return call()
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ReplayBufferError, OSError, ImportError) as exc:
         message = " ".join(str(exc).split())  # one line, whatever the library said
         print(f"error: {message}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -625,8 +625,10 @@ class PreloadReplayBufferDataset(ReplayBufferDataset):
         if stop is not None:
             stop.set()
         q = getattr(self, "preload_queue", None)
-        if q is not None:
-            _drain(q)
+        if q is not None:  # without get(): at interpreter exit the queue module may be gone
+            with q.mutex:
+                q.queue.clear()
+                q.not_full.notify_all()
 
 
 __all__ = [

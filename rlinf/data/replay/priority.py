@@ -402,7 +402,7 @@ class PrioritizedSampler:
         return slots & (self._tree.capacity - 1)
 
     def _live_mask(self, slots: np.ndarray) -> np.ndarray:
-        return self._owner[self._leaves(slots)] == slots
+        return (slots >= 0) & (self._owner[self._leaves(slots)] == slots)
 
     def _check_live(self, slots: np.ndarray, skip_removed: bool = False) -> np.ndarray:
         """The mask of live ``slots``; raises for a never-allocated slot, and for a removed one

@@ -281,6 +281,25 @@ class RateLimiter:
             self._removes += n
             self._cond.notify_all()
 
+    def cancel_sample(self, n: int) -> None:
+        """Give back ``n`` samples recorded by :meth:`acquire_sample` for a sample that then
+        failed (nothing was returned), and wake the waiters."""
+        n = _check_count(n)
+        with self._cond:
+            self._samples = max(0, self._samples - n)
+            self._cond.notify_all()
+
+    def rebase(self, size: int) -> None:
+        """Forget the history of a buffer that now holds ``size`` transitions (it was loaded):
+        they count as inserted, and inserts and samples as in balance (``diff`` at
+        ``samples_per_insert * min(size, min_size_to_sample)``, the middle of a symmetric
+        band). Wakes the waiters."""
+        size = _check_count(size, "size")
+        with self._cond:
+            self._inserts, self._removes = size, 0
+            self._samples = self._spi * (size - min(size, self._min_size))
+            self._cond.notify_all()
+
     def reset(self) -> None:
         """Zero every count (for a buffer that was cleared or reloaded) and wake the waiters."""
         with self._cond:

@@ -11,7 +11,8 @@ A sequence of length ``L`` starting at ``(t, b)`` is rows ``r, r + B, ..., r + (
   trajectory's last step are padding (``mask`` false, values zero).
 
 Sampling is uniform over the valid starts of the window: :func:`valid_starts` gives them per
-trajectory, :class:`SequencePlan` draws starts and lays out the rows to gather.
+trajectory, :class:`SequenceTable` lists them for the whole window, and :func:`draw_sequences`
+draws starts and lays out the rows to gather with array operations only.
 """
 
 from __future__ import annotations
@@ -45,72 +46,67 @@ def valid_starts(dones: np.ndarray, seq_len: int, pad: bool) -> np.ndarray:
     return np.flatnonzero((crossing == 0).reshape(-1)).astype(np.int64)
 
 
-def run_mask(dones: np.ndarray, start_rows: np.ndarray, seq_len: int) -> np.ndarray:
-    """``mask[i, j]``: step ``j`` of the run starting at ``start_rows[i]`` is real (bool ``[N, L]``).
-
-    A step is real when it lies inside the trajectory and no episode ended before it in the run.
-    """
-    steps, envs = dones.shape
-    t0, b = start_rows // envs, start_rows % envs
-    t = t0[:, None] + np.arange(seq_len)[None, :]  # [N, L]
-    inside = t < steps
-    tc = np.minimum(t, steps - 1)
-    ended = dones[tc, b[:, None]] & inside  # the episode ends at this step
-    # real while no earlier step of the run ended the episode
-    before = np.concatenate([np.zeros((len(t0), 1), bool), np.cumsum(ended, axis=1)[:, :-1] > 0], axis=1)
-    return inside & ~before
-
-
 @dataclass
-class SequencePlan:
-    """Drawn sequences: where their rows are and which steps are padding.
+class SequenceTable:
+    """Every valid start of a window, ready for one vectorized draw.
 
     Attributes:
-        positions: window position of each sequence's trajectory (int64 ``[N]``).
-        rows: rows to gather, int64 ``[N, L]`` (padding steps repeat the start row).
-        mask: bool ``[N, L]``, false for padding.
+        starts: window-flat row of each valid start (int64 ``[S]``; window-flat numbers run
+            over the window's trajectories in order, ``begin[p] + t * B + b``).
+        positions: window position of each start's trajectory (int64 ``[S]``).
     """
 
+    starts: np.ndarray
     positions: np.ndarray
-    rows: np.ndarray
-    mask: np.ndarray
+
+    @classmethod
+    def build(cls, begins: np.ndarray, starts_of: list[np.ndarray | None]) -> SequenceTable:
+        """``starts_of[p]``: the valid start rows of window trajectory ``p`` (``None``: none)."""
+        parts = [(p, s) for p, s in enumerate(starts_of) if s is not None and len(s)]
+        if not parts:
+            return cls(np.empty(0, np.int64), np.empty(0, np.int64))
+        starts = np.concatenate([begins[p] + s for p, s in parts])
+        positions = np.repeat(
+            np.fromiter((p for p, _ in parts), np.int64, len(parts)),
+            np.fromiter((len(s) for _, s in parts), np.int64, len(parts)),
+        )
+        return cls(starts, positions)
 
 
 def draw_sequences(
-    counts: np.ndarray,
-    starts_of: Callable[[int], np.ndarray],
-    dones_of: Callable[[int], np.ndarray],
-    envs_of: Callable[[int], int],
+    table: SequenceTable,
+    begins: np.ndarray,
+    steps: np.ndarray,
+    envs: np.ndarray,
+    window_dones: Callable[[], np.ndarray] | None,
     num: int,
     seq_len: int,
     generator: torch.Generator,
-) -> SequencePlan:
-    """Draw ``num`` sequences uniformly over the valid starts of the window.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``num`` sequences uniformly over ``table``'s starts (one ``randint``; no loop).
 
     Args:
-        counts: valid starts per window trajectory (int64 ``[W]``; ``counts.sum() > 0``).
-        starts_of: ``starts_of(p)``: the valid start rows of window trajectory ``p``.
-        dones_of: ``dones_of(p)``: its episode ends, bool ``[T, B]``.
-        envs_of: ``envs_of(p)``: its ``B``.
-        num: sequences to draw (with replacement).
-        seq_len: ``L``.
-        generator: the buffer's generator (one ``randint`` call).
+        table: the window's valid starts (non-empty).
+        begins, steps, envs: per window trajectory: first window-flat row, ``T`` and ``B``.
+        window_dones: for padded runs, a callable returning the episode-end flag of every
+            window-flat row (bool ``[window transitions]``); ``None`` without padding.
+        num, seq_len: ``N`` and ``L``.
+        generator: the buffer's generator.
+
+    Returns:
+        ``(rows, mask)``: window-flat rows to gather, int64 ``[N, L]`` (padding repeats the
+        start row), and bool ``[N, L]``, false for padding.
     """
-    ends = np.cumsum(counts)
-    flat = torch.randint(0, int(ends[-1]), (num,), generator=generator, dtype=torch.int64).numpy()
-    positions = np.searchsorted(ends, flat, side="right")
-    k = flat - (ends - counts)[positions]
-    rows = np.empty((num, seq_len), dtype=np.int64)
-    mask = np.empty((num, seq_len), dtype=bool)
-    order = np.argsort(positions, kind="stable")
-    bounds = np.flatnonzero(np.diff(positions[order])) + 1
-    for group in np.split(order, bounds):  # one group of array operations per trajectory
-        p = int(positions[group[0]])
-        start = starts_of(p)[k[group]]
-        b = envs_of(p)
-        dones = dones_of(p)
-        m = run_mask(dones, start, seq_len)
-        r = start[:, None] + b * np.arange(seq_len)[None, :]
-        rows[group] = np.where(m, r, start[:, None])
-        mask[group] = m
-    return SequencePlan(positions=positions, rows=rows, mask=mask)
+    pick = torch.randint(0, len(table.starts), (num,), generator=generator, dtype=torch.int64).numpy()
+    start, pos = table.starts[pick], table.positions[pick]
+    offsets = envs[pos][:, None] * np.arange(seq_len)[None, :]
+    rows = start[:, None] + offsets
+    if window_dones is None:  # valid starts fit whole runs: nothing to mask
+        return rows, np.ones((num, seq_len), dtype=bool)
+    t = (start - begins[pos]) // envs[pos]
+    inside = (t[:, None] + np.arange(seq_len)[None, :]) < steps[pos][:, None]
+    rows = np.where(inside, rows, start[:, None])
+    ended = window_dones()[rows] & inside
+    before = np.concatenate([np.zeros((num, 1), bool), np.cumsum(ended, axis=1)[:, :-1] > 0], axis=1)
+    mask = inside & ~before
+    return np.where(mask, rows, start[:, None]), mask

@@ -21,7 +21,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -295,6 +295,8 @@ def align(
         data: Mapping[str, Any] = traj.__dict__
     elif isinstance(traj, Mapping):
         data = traj
+    elif is_dataclass(traj) and not isinstance(traj, type):  # e.g. RLinf's own Trajectory class
+        data = {f.name: getattr(traj, f.name) for f in fields(traj)}
     else:
         raise InvalidTrajectoryError(
             f"{where}expected a Trajectory, got {type(traj).__name__}; build one with "

@@ -130,6 +130,7 @@ class _Checker:
         self.bad_rows: list[tuple[Problem, Record]] = []  # segment rows to drop
         self.journal_torn = False
         self.removed: set[int] = set()  # ids the journal records as evicted
+        self.named: set[Any] = set()  # file or segment names the index entries give
         self.index_readable = True
 
     def problem(self, kind: str, message: str, tid: int | None = None, path: str | None = None) -> Problem:
@@ -242,6 +243,7 @@ class _Checker:
 
     # -- trajectories ---------------------------------------------------------------------------
     def check_entries(self, entries: list[dict[str, Any]]) -> None:
+        self.named = {e.get("file") for e in entries}
         files = list_trajectory_files(self.path)
         listed: set[str] = set()
         total = len(entries)
@@ -401,6 +403,15 @@ class _Checker:
             if entry.name.startswith(TMP_PREFIX):
                 leftovers.append(entry.name)
                 self.problem("leftover", f"{entry.path}: left by an interrupted write", path=entry.path)
+            elif (
+                self.report.fmt == formats.SEGMENT
+                and self.index_readable
+                and segment.SEGMENT_RE.match(entry.name)
+                and entry.name not in self.named
+            ):
+                leftovers.append(entry.name)
+                msg = f"{entry.path}: a segment no index entry names (its trajectories were evicted)"
+                self.problem("leftover", msg, path=entry.path)
         return leftovers
 
     def check_metadata(self, entries: list[dict[str, Any]]) -> None:
