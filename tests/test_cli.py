@@ -194,3 +194,12 @@ def test_console_script_and_module_run_the_same_cli(tmp_path):
         )
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["trajectories"] == 4
+
+
+def test_loading_a_directory_reports_progress(tmp_path):
+    path = written_dir(tmp_path, n=5)
+    calls: list[tuple[int, int]] = []
+    buf = TrajectoryReplayBuffer(sample_window_size=0)
+    buf.load_checkpoint(str(path), progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (5, 5)  # index entries resolved
+    assert calls[1:] == [(i, 5) for i in range(1, 6)]  # trajectories read into memory

@@ -1172,8 +1172,13 @@ class TrajectoryReplayBuffer:
         is_distributed: bool = False,
         local_rank: int = 0,
         world_size: int = 1,
+        *,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         """Replace the buffer's contents with a checkpoint or auto-save directory.
+
+        ``progress(done, total)``, if given, is called as index entries are resolved and then
+        as trajectories are read into memory (the command line draws it as a bar).
 
         Reads directories written by this library or by RLinf (either file-name shape,
         ``pt``/``pkl``, RLinf's row layout). With ``is_distributed``, rank ``local_rank`` of
@@ -1198,8 +1203,8 @@ class TrajectoryReplayBuffer:
         share = (local_rank, world_size) if is_distributed else (0, 1)
         self.flush()  # pending writes may land in load_path (e.g. our own auto-save path)
         skip = self.on_corrupt == "skip"
-        contents, schema = checkpoint.read(load_path, share, skip_corrupt=skip)
-        keep, warm = self._prepare(contents.records, schema)  # may raise: buffer unchanged
+        contents, schema = checkpoint.read(load_path, share, skip_corrupt=skip, progress=progress)
+        keep, warm = self._prepare(contents.records, schema, progress)  # may raise: unchanged
         with self._lock:
             self._reset_contents()
             own_next = self._own.next_id if self._own is not None else 0
@@ -1209,7 +1214,10 @@ class TrajectoryReplayBuffer:
                 self._counter = max(self._counter, self._own.next_id)
 
     def _prepare(
-        self, records: list[Record], schema: Schema | None
+        self,
+        records: list[Record],
+        schema: Schema | None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> tuple[list[Record], list[tuple[Record, dict[Key, torch.Tensor]]]]:
         """Decide what a load keeps and read what it caches, without changing the buffer.
 
@@ -1226,7 +1234,12 @@ class TrajectoryReplayBuffer:
         while True:
             warm = keep if limit is None else keep[max(0, len(keep) - limit) :]
             try:
-                return keep, [(record, self._read_aligned(record, schema)) for record in warm]
+                rows = []
+                for done, record in enumerate(warm, 1):
+                    rows.append((record, self._read_aligned(record, schema)))
+                    if progress is not None:
+                        progress(done, len(warm))
+                return keep, rows
             except CorruptTrajectoryError as exc:
                 if self.on_corrupt != "skip" or exc.trajectory_id is None:
                     raise

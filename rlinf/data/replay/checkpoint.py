@@ -58,10 +58,13 @@ def same_path(a: str, b: str) -> bool:
 
 
 def read(
-    load_path: str, share: tuple[int, int] = (0, 1), skip_corrupt: bool = False
+    load_path: str,
+    share: tuple[int, int] = (0, 1),
+    skip_corrupt: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[DirectoryContents, Schema | None]:
     """Parse a buffer directory; see :func:`rlinf.data.replay.directory.read_directory`."""
-    return read_directory(load_path, share, skip_corrupt=skip_corrupt)
+    return read_directory(load_path, share, skip_corrupt=skip_corrupt, progress=progress)
 
 
 @contextlib.contextmanager

@@ -61,6 +61,7 @@ def sample_directory(
     sample_window_size: int = 100,
     seed: int = 1234,
     seq_len: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Batch, dict[str, Any], float]:
     """Load ``load_path``, sample ``num_chunks`` transitions once (or ``num_chunks`` runs of
     ``seq_len`` steps).
@@ -76,7 +77,7 @@ def sample_directory(
         sample_window_size=sample_window_size,
         auto_save=False,
     ) as buffer:
-        buffer.load_checkpoint(load_path)
+        buffer.load_checkpoint(load_path, progress=progress)
         start = time.perf_counter()
         batch = buffer.sample(num_chunks) if seq_len is None else buffer.sample_sequences(num_chunks, seq_len)
         seconds = time.perf_counter() - start
@@ -258,15 +259,17 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    batch, stats, seconds = sample_directory(
-        args.path,
-        args.num_chunks,
-        cache_size=args.cache_size,
-        enable_cache=args.enable_cache,
-        sample_window_size=args.sample_window_size,
-        seed=args.seed,
-        seq_len=args.seq_len,
-    )
+    with progress_bar("loading", args.quiet) as progress:
+        batch, stats, seconds = sample_directory(
+            args.path,
+            args.num_chunks,
+            cache_size=args.cache_size,
+            enable_cache=args.enable_cache,
+            sample_window_size=args.sample_window_size,
+            seed=args.seed,
+            seq_len=args.seq_len,
+            progress=progress,
+        )
     if args.json:
         leaves = {name: {"shape": list(t.shape), "dtype": str(t.dtype)} for name, t in iter_leaves(batch)}
         print(_as_json({"stats": stats, "milliseconds": seconds * 1e3, "keys": leaves}))
