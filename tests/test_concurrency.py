@@ -37,7 +37,7 @@ from conftest import assert_aligned, coded_trajectory
 import rlinf.data.replay.formats as formats_mod
 from rlinf.data.replay import checkpoint as checkpoint_mod
 from rlinf.data.replay import writer as writer_mod
-from rlinf.data.replay.buffer import nest
+from rlinf.data.replay.batch import nest
 from rlinf.data.replay.formats.segment import SegmentStore
 from rlinf.data.replay_buffer import EmptyBufferError, TrajectoryReplayBuffer
 

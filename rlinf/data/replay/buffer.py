@@ -2,9 +2,11 @@
 
 Roles (one module each): :mod:`.trajectory` validates and aligns input, :mod:`.index` orders
 trajectories and computes the window, :mod:`.cache` holds recent rows in memory,
-:mod:`.sampler` draws transitions, :mod:`.writer` writes files in the background,
-:mod:`.directory` and :mod:`.formats` define what is on disk, :mod:`.checkpoint` saves and
-loads whole directories.
+:mod:`.sampler`, :mod:`.sequences`, :mod:`.priority` and :mod:`.rate_limiter` are the sampling
+components (composed in :mod:`.strategies`), :mod:`.rows` reads the rows of drawn transitions,
+:mod:`.writer` writes files in the background, :mod:`.directory`, :mod:`.formats` and
+:mod:`.integrity` define what is on disk and check it, :mod:`.checkpoint` saves and loads whole
+directories.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import numpy as np
 import torch
 
 from . import checkpoint, formats
-from .cache import TrajectoryCache, scatter_rows
-from .directory import Record, load_columns
+from .batch import Batch
+from .cache import TrajectoryCache
+from .directory import Record
 from .errors import (
-    CorruptBufferError,
     CorruptDataWarning,
     CorruptTrajectoryError,
     EmptyBufferError,
@@ -39,26 +41,22 @@ from .index import TrajectoryIndex
 from .integrity import rows_checksum
 from .priority import PrioritizedSampler
 from .rate_limiter import RateLimiter
+from .rows import RowReader
 from .sampler import UniformSampler
 from .schema import Schema
-from .sequences import SequenceTable, draw_sequences, valid_starts
+from .strategies import SamplingStrategies
 from .trajectory import (
     AlignedTrajectory,
     Key,
     Trajectory,
     align,
     file_dict_from_columns,
-    key_name,
-    source_steps,
 )
 from .writer import BackgroundWriter
 
 logger = logging.getLogger("rlinf.data.replay_buffer")
 
-Batch = dict[str, Any]
-"""A sampled batch: ``{"actions": [N, ...], ..., "curr_obs": {"states": [N, ...]}, ...}``."""
 
-_READER_POOL = 64
 _GROUP_COMMIT_BYTES = 64 << 20  # segment rows appended before an fsync and journal entries
 
 
@@ -74,18 +72,7 @@ def _check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def nest(flat: Mapping[Key, torch.Tensor]) -> Batch:
-    """``{("curr_obs", "states"): t}`` -> ``{"curr_obs": {"states": t}}``."""
-    out: Batch = {}
-    for key, value in flat.items():
-        if len(key) == 1:
-            out[key[0]] = value
-        else:
-            out.setdefault(key[0], {})[key[1]] = value
-    return out
-
-
-class TrajectoryReplayBuffer:
+class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
     """A replay buffer of batched trajectories ``[T, B, ...]`` that samples single transitions.
 
     Args:
@@ -749,334 +736,6 @@ class TrajectoryReplayBuffer:
                     raise
                 self._drop_corrupt(exc)  # and draw again from what is left
 
-    def _fresh(self) -> np.ndarray | None:
-        """Per window trajectory: within ``max_staleness`` updates of the newest (or None)."""
-        if self.max_staleness is None:
-            return None
-        updates = self._index.window_updates(self._window_size)
-        return updates >= updates.max() - self.max_staleness
-
-    def _draw_uniform(self, ids: np.ndarray, ends: np.ndarray, num: int) -> Batch:
-        fresh = self._fresh()
-        if fresh is None or fresh.all():
-            return nest(self._gather(ids, ends, self._sampler.draw_flat(int(ends[-1]), num)))
-        counts = np.diff(ends, prepend=0)
-        allowed = counts * fresh
-        cum = np.cumsum(allowed)
-        u = self._sampler.draw_flat(int(cum[-1]), num).numpy()
-        positions = np.searchsorted(cum, u, side="right")
-        flat = (ends - counts)[positions] + (u - (cum - allowed)[positions])
-        return nest(self._gather(ids, ends, torch.from_numpy(flat)))
-
-    def _draw_prioritized(self, ids: np.ndarray, ends: np.ndarray, num: int) -> Batch:
-        prio = self._prio
-        assert prio is not None
-        starts = self._sync_priorities(ids)
-        slots, weights = prio.sample(num)
-        positions = np.searchsorted(starts, slots, side="right") - 1
-        flat = (ends - np.diff(ends, prepend=0))[positions] + (slots - starts[positions])
-        batch = nest(self._gather(ids, ends, torch.from_numpy(flat)))
-        batch["indices"] = torch.from_numpy(slots)
-        batch["weights"] = torch.from_numpy(weights)
-        return batch
-
-    def _sync_priorities(self, ids: np.ndarray) -> np.ndarray:
-        """Give the window's trajectories (and only them) slots in the priority sampler, in
-        window order; return the first slot of each window trajectory (int64 ``[W]``)."""
-        prio, slots = self._prio, self._prio_slots
-        assert prio is not None
-        key = (self._index.version, len(ids))
-        if self._prio_starts is not None and self._prio_starts[0] == key:
-            return self._prio_starts[1]
-        first = int(ids[0])
-        if slots and next(iter(slots)) > first:  # the window grew backwards: lay it out again
-            prio.clear()
-            slots.clear()
-        while slots and next(iter(slots)) < first:  # left the window
-            _, (start, n) = slots.popitem(last=False)
-            prio.remove(start, n)
-        newest = next(reversed(slots)) if slots else -1
-        counts = np.diff(self._index.window(self._window_size)[1], prepend=0)
-        for p in np.flatnonzero(ids > newest).tolist():
-            n = int(counts[p])
-            slots[int(ids[p])] = (prio.add(n), n)
-        if len(slots) != len(ids):  # a trajectory left from the middle: lay it out again
-            prio.clear()
-            slots.clear()
-            for tid, n in zip(ids.tolist(), counts.tolist(), strict=True):
-                slots[tid] = (prio.add(n), n)
-        starts = np.fromiter((s for s, _ in slots.values()), dtype=np.int64, count=len(slots))
-        self._prio_starts = (key, starts)
-        return starts
-
-    def _draw_sequences(self, ids: np.ndarray, ends: np.ndarray, num: int, length: int, pad: bool) -> Batch:
-        table = self._sequence_table(ids, length, pad)
-        if not len(table.starts):
-            raise EmptyBufferError(
-                f"cannot sample sequences of {length} steps: no trajectory of the window has a run "
-                "that long without an episode end; shorten seq_len or pass pad=True"
-            )
-        counts = np.diff(ends, prepend=0)
-        begins = ends - counts
-        envs = self._window_envs(ids)
-        rows, mask_np = draw_sequences(
-            table,
-            begins,
-            counts // envs,
-            envs,
-            (lambda: self._window_dones(ids)) if pad else None,
-            num,
-            length,
-            self._generator,
-        )
-        gathered = self._gather(ids, ends, torch.from_numpy(rows.reshape(-1)))
-        mask = torch.from_numpy(mask_np)
-        padded = ~mask.reshape(-1)
-        any_padded = bool(padded.any())
-        out: dict[Key, torch.Tensor] = {}
-        for key, tensor in gathered.items():
-            if any_padded:
-                tensor[padded] = 0
-            out[key] = tensor.reshape(num, length, *tensor.shape[1:])
-        batch = nest(out)
-        batch["mask"] = mask
-        return batch
-
-    def _window_cached(self, name: str, build: Callable[[], Any], *extra: Any) -> Any:
-        """A value derived from the current window, rebuilt when the index changes."""
-        key = (self._index.version, self._window_size, *extra)
-        held = self._derived.get(name)
-        if held is None or held[0] != key:
-            held = self._derived[name] = (key, build())
-        return held[1]
-
-    def _window_envs(self, ids: np.ndarray) -> np.ndarray:
-        index = self._index
-        return self._window_cached(
-            "envs", lambda: np.fromiter((index[t].num_envs for t in ids.tolist()), np.int64, len(ids))
-        )
-
-    def _window_dones(self, ids: np.ndarray) -> np.ndarray:
-        """Episode-end flag of every window-flat row (bool ``[window transitions]``)."""
-        return self._window_cached(
-            "dones", lambda: np.concatenate([self._dones_of(t).reshape(-1) for t in ids.tolist()])
-        )
-
-    def _sequence_table(self, ids: np.ndarray, length: int, pad: bool) -> SequenceTable:
-        fresh = self._fresh()
-
-        def build() -> SequenceTable:
-            counts = np.diff(self._index.window(self._window_size)[1], prepend=0)
-            begins = np.cumsum(counts) - counts
-            starts = [
-                self._sequence_starts(tid, length, pad) if fresh is None or fresh[p] else None
-                for p, tid in enumerate(ids.tolist())
-            ]
-            return SequenceTable.build(begins, starts)
-
-        return self._window_cached(f"sequences-{length}-{pad}", build)
-
-    def _sequence_starts(self, tid: int, length: int, pad: bool) -> np.ndarray:
-        key = (tid, length, pad)
-        starts = self._seq_starts.get(key)
-        if starts is None:
-            if len(self._seq_starts) > 16 * max(64, len(self._index)):
-                self._seq_starts.clear()  # drop entries of trajectories that left
-            starts = self._seq_starts[key] = valid_starts(self._dones_of(tid), length, pad)
-        return starts
-
-    def _dones_of(self, tid: int) -> np.ndarray:
-        """Episode ends of a trajectory, bool ``[T, B]`` (``dones``, else terminations or
-        truncations; none: no episode ends inside it)."""
-        ends = self._episode_ends.get(tid)
-        if ends is not None:
-            return ends
-        record = self._index[tid]
-        shape = (record.num_steps, record.num_envs)
-        schema = self._schema
-        assert schema is not None
-        keys = [k for k in (("dones",),) if k in schema] or [
-            k for k in (("terminations",), ("truncations",)) if k in schema
-        ]
-        flags = np.zeros(shape, dtype=bool)
-        for key in keys:
-            column = self._trajectory_column(record, key)
-            flags |= column.reshape(record.num_transitions, -1).ne(0).any(dim=1).numpy().reshape(shape)
-        if len(self._episode_ends) > 4 * max(64, len(self._index)):
-            self._episode_ends.clear()
-        self._episode_ends[tid] = flags
-        return flags
-
-    def _trajectory_column(self, record: Record, key: Key) -> torch.Tensor:
-        """One column of a trajectory's aligned rows ``[T * B, ...]``, from memory or disk."""
-        tid = record.trajectory_id
-        data = self._unwritten.get(tid)
-        if data is not None:
-            return data[key]
-        if self._cache is not None and tid in self._cache:
-            return self._cache.view(tid)[key]
-        if not self._index.is_checked(tid):
-            self._check_trajectory(tid)
-        n = record.num_transitions
-        if record.fmt == formats.SEGMENT:
-            assert self._schema is not None and record.file is not None and record.row is not None
-            store = self._store_for(record.directory or "", self._schema)
-            with checkpoint.reading(record):
-                return store.columns(record.file, record.row + n)[key][record.row : record.row + n]
-        tensor = self._read_raw(record)[key]
-        src = source_steps(key, int(tensor.shape[0]), record.num_steps)
-        return tensor[torch.from_numpy(src)].reshape(n, *tensor.shape[2:])
-
-    def _drop_corrupt(self, exc: CorruptTrajectoryError) -> None:
-        """Leave a damaged trajectory out of the buffer (``on_corrupt="skip"``); its file stays."""
-        tid = exc.trajectory_id
-        assert tid is not None
-        record = self._index.remove(tid)
-        if record.path is not None:
-            self._readers.pop(record.path, None)
-        self._corrupt_skipped += 1
-        logger.warning("skipped damaged trajectory %d: %s", tid, exc)
-        warnings.warn(f"skipped damaged trajectory {tid}: {exc}", CorruptDataWarning, stacklevel=4)
-
-    def _check_trajectory(self, trajectory_id: int) -> None:
-        """Check a trajectory's data against its checksum before its first read from disk."""
-        record = self._index[trajectory_id]
-        if trajectory_id not in self._unwritten and record.path is not None:
-            store = None
-            if record.fmt == formats.SEGMENT:
-                assert self._schema is not None
-                store = self._store_for(record.directory or "", self._schema)
-            checkpoint.verify_record(record, store)
-        self._index.mark_checked(trajectory_id)
-
-    def _gather(self, ids: np.ndarray, ends: np.ndarray, flat: torch.Tensor) -> dict[Key, torch.Tensor]:
-        """Rows of window transitions ``flat`` (int64 ``[N]``, numbered across the window).
-
-        The cached part of the window is its newest trajectories, which are the newest rows of
-        the cache: transition ``f`` of that part is cache row ``head - hit_rows + f``, so hits
-        need no search at all. Misses (older window trajectories) are located with a binary
-        search over the window's cumulative counts and read from pending writes or files.
-        """
-        cache = self._cache
-        w = len(ids)
-        cached_in_window = min(w, len(cache)) if cache is not None else 0
-        misses_before = w - cached_in_window  # window positions [0, misses_before) are not cached
-        miss_total = int(ends[misses_before - 1]) if misses_before else 0
-        total = int(ends[-1])
-        hit_rows = total - miss_total
-        if cache is not None and miss_total == 0:
-            return cache.gather(flat, cache.newest_rows_start(hit_rows), hit_rows)
-        schema = self._schema
-        assert schema is not None
-        num = int(flat.shape[0])
-        out = {k: torch.empty((num, *s.row_shape), dtype=s.dtype) for k, s in schema.items()}
-        hit = flat >= miss_total
-        dest_hit = torch.nonzero(hit).flatten()
-        if cache is not None and len(dest_hit):
-            offsets = flat[dest_hit] - miss_total
-            cache.gather_into(out, dest_hit, offsets, cache.newest_rows_start(hit_rows), hit_rows)
-        where = torch.nonzero(~hit).flatten().numpy()
-        if len(where):
-            f = flat.numpy()[where]
-            positions = np.searchsorted(ends, f, side="right")
-            unchecked = ~self._index.window_checked(self._window_size)[positions]
-            if unchecked.any():  # first read of these trajectories: check their checksums
-                for p in np.unique(positions[unchecked]).tolist():
-                    self._check_trajectory(int(ids[p]))
-            rows = f - (ends - np.diff(ends, prepend=0))[positions]
-            segs, firsts = self._index.window_locations(self._window_size)
-            seg_of = segs[positions]
-            located = seg_of >= 0
-            if located.all():
-                self._gather_segments(out, seg_of, firsts[positions] + rows, where)
-            else:
-                if located.any():
-                    sel = np.flatnonzero(located)
-                    self._gather_segments(out, seg_of[sel], firsts[positions[sel]] + rows[sel], where[sel])
-                    rest = np.flatnonzero(~located)
-                    positions, rows, where = positions[rest], rows[rest], where[rest]
-                self._gather_misses(out, ids, positions, rows, where)
-        return out
-
-    def _gather_segments(
-        self, out: dict[Key, torch.Tensor], segs: np.ndarray, rows: np.ndarray, dest_rows: np.ndarray
-    ) -> None:
-        """``out[k][dest_rows[i]]`` = row ``rows[i]`` of segment ``segs[i]``: one
-        ``index_select`` per (segment, column) over the memory-mapped column files."""
-        schema = self._schema
-        assert schema is not None
-        present = np.unique(segs).tolist()
-        whole = len(present) == 1 and len(dest_rows) == len(next(iter(out.values())))
-        for s in present:
-            sel = slice(None) if len(present) == 1 else np.flatnonzero(segs == s)
-            directory, name = self._segments[s]
-            r = rows[sel]
-            store = self._store_for(directory, schema)
-            cols = store.columns(name, int(r.max()) + 1)
-            idx = torch.from_numpy(r)
-            if whole and np.array_equal(dest_rows, np.arange(len(dest_rows))):
-                for key in out:
-                    out[key] = torch.index_select(cols[key], 0, idx)
-                store.note_read()
-                return
-            dest = dest_rows[sel]
-            for key in out:
-                scatter_rows(out[key], dest, torch.index_select(cols[key], 0, idx))
-            store.note_read()
-
-    def _gather_misses(
-        self,
-        out: dict[Key, torch.Tensor],
-        ids: np.ndarray,
-        positions: np.ndarray,
-        rows: np.ndarray,
-        dest_rows: np.ndarray,
-    ) -> None:
-        """``out[k][dest_rows[i]]`` = row ``rows[i]`` of window trajectory ``positions[i]``,
-        read from pending writes or files: one group of array operations per trajectory."""
-        order = np.argsort(positions, kind="stable")
-        pos_sorted = positions[order]
-        bounds = np.flatnonzero(np.diff(pos_sorted)) + 1
-        for group in np.split(order, bounds):
-            tid = int(ids[positions[group[0]]])
-            dest = dest_rows[group]
-            local = rows[group]
-            data = self._unwritten.get(tid)
-            if data is not None:
-                sel = torch.from_numpy(local)
-                for key, tensor in data.items():
-                    scatter_rows(out[key], dest, tensor.index_select(0, sel))
-                continue
-            record = self._index[tid]
-            raw = self._read_raw(record)
-            b = record.num_envs
-            t, env = local // b, local % b
-            for key in out:
-                tensor = raw[key]
-                src = source_steps(key, int(tensor.shape[0]), record.num_steps)[t] * b + env
-                flat = tensor.reshape(-1, *tensor.shape[2:])
-                scatter_rows(out[key], dest, flat.index_select(0, torch.from_numpy(src)))
-
-    def _read_raw(self, record: Record) -> dict[Key, torch.Tensor]:
-        path = record.path
-        if path is None:
-            raise CorruptBufferError(f"trajectory {record.trajectory_id} has neither data nor file")
-        raw = self._readers.get(path)
-        if raw is None:
-            with checkpoint.reading(record):
-                raw = load_columns(record, mmap=True)
-            schema = self._schema
-            assert schema is not None
-            missing = [key_name(k) for k in schema if k not in raw]
-            if missing:
-                raise CorruptBufferError(f"{path}: lacks fields {missing} that the buffer holds")
-            self._readers[path] = raw
-            if len(self._readers) > _READER_POOL:
-                self._readers.popitem(last=False)
-        else:
-            self._readers.move_to_end(path)
-        return raw
-
     # -- persistence --------------------------------------------------------------------------
     def flush(self) -> None:
         """Return once every trajectory added before the call is durable on disk.
@@ -1303,16 +962,6 @@ class TrajectoryReplayBuffer:
         self._disk_bytes = 0
         if self.rate_limiter is not None:
             self.rate_limiter.reset()
-
-    def _forget_sampling_state(self) -> None:
-        """Drop what samplers derived from the trajectories (ids may be given again)."""
-        if self._prio is not None:
-            self._prio.clear()
-        self._prio_slots.clear()
-        self._prio_starts = None
-        self._episode_ends.clear()
-        self._seq_starts.clear()
-        self._derived.clear()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
