@@ -497,6 +497,10 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
     def _write_file(self, record: Record, data: dict[Key, torch.Tensor]) -> None:
         own = self._own
         assert own is not None
+        with self._lock:
+            if record.trajectory_id in self._gone:  # evicted by capacity before its turn
+                self._gone.discard(record.trajectory_id)
+                return
         if self.trajectory_format == formats.SEGMENT:
             self._append_segment(own, record, data)
             return

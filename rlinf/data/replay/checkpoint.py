@@ -438,16 +438,21 @@ class OwnDirectory:
             if self._segment_refs[name] == 0:
                 del self._segment_refs[name]
                 self._unreferenced.add(name)
-        active = self._store.active_name if self._store is not None else None
-        for name in [n for n in self._unreferenced if n != active]:
-            self._unreferenced.discard(name)
-            self._doomed.append(name)
+        self._sweep_unreferenced()
         if len(self._doomed) >= 32:
             self.journal.sync()
             self._delete_doomed()
 
+    def _sweep_unreferenced(self) -> None:
+        """Doom the sealed segments no entry names (the active one waits until it is sealed)."""
+        active = self._store.active_name if self._store is not None else None
+        for name in [n for n in self._unreferenced if n != active]:
+            self._unreferenced.discard(name)
+            self._doomed.append(name)
+
     def _delete_doomed(self) -> None:
         """Delete files whose removal the (already fsync'd) journal records."""
+        self._sweep_unreferenced()
         if not self._doomed:
             return
         for name in self._doomed:
