@@ -431,8 +431,17 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             self._capacity_evicted += 1
             if self.rate_limiter is not None:
                 self.rate_limiter.on_remove(record.num_transitions)
-        if own_removed and self._own is not None:
-            self._own.remove(own_removed)
+        own = self._own
+        if own_removed and own is not None:  # journal lines and deletions: the writer's I/O
+            self._writer.submit(
+                f"evicting trajectories {own_removed[0]}..{own_removed[-1]}",
+                lambda: self._remove_own(own, own_removed),
+            )
+
+    def _remove_own(self, own: checkpoint.OwnDirectory, trajectory_ids: list[int]) -> None:
+        self._commit_segments()  # rows appended before this job: the queue may not run dry soon
+        with self._lock:
+            own.remove(trajectory_ids)
 
     def _check_schema(self, aligned: list[AlignedTrajectory]) -> Schema:
         schema = self._schema or Schema.of_columns(aligned[0].columns)

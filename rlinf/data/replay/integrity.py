@@ -66,13 +66,21 @@ def check_entry_crc(value: object, where: str) -> int | None:
     return value
 
 
+def mismatch_text(trajectory_id: int, path: str, expected: int, found: int) -> str:
+    """What is wrong with a trajectory whose data does not match its checksum."""
+    return (
+        f"{path}: trajectory {trajectory_id} fails its checksum (index crc32 {expected:08x}, data "
+        f"{found:08x})"
+    )
+
+
 def mismatch(trajectory_id: int, path: str, expected: int, found: int) -> CorruptTrajectoryError:
     """The error for a trajectory whose data does not match its checksum (``path``: its file,
     or its segment for ``segment`` rows)."""
     directory = os.path.dirname(path)  # a trajectory file or a segment: both in the buffer dir
     return CorruptTrajectoryError(
-        f"{path}: trajectory {trajectory_id} fails its checksum (index crc32 {expected:08x}, data "
-        f"{found:08x}): the data is corrupt or truncated. Check the directory with `python -m "
+        f"{mismatch_text(trajectory_id, path, expected, found)}: the data is corrupt or "
+        f"truncated. Check the directory with `python -m "
         f"rlinf.data.replay_buffer verify {directory}` (--repair quarantines bad trajectories), "
         "or construct the buffer with on_corrupt='skip' to leave damaged trajectories out",
         trajectory_id,

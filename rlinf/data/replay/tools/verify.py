@@ -55,7 +55,7 @@ from ..directory import (
 from ..errors import CorruptBufferError, ReplayBufferError, UnsafeFileError
 from ..formats import segment
 from ..fsio import TMP_PREFIX, atomic_write_json, fsync_dir
-from ..integrity import file_checksum
+from ..integrity import file_checksum, mismatch_text
 from ..schema import Schema, combine, schema_from_json
 from ..trajectory import align
 
@@ -296,10 +296,7 @@ class _Checker:
         if record.checksum is not None:
             found = file_checksum(fpath)
             if found != record.checksum:
-                msg = (
-                    f"{fpath}: trajectory {tid} fails its checksum (index {record.checksum:08x}, "
-                    f"file {found:08x})"
-                )
+                msg = mismatch_text(tid, fpath, record.checksum, found)
                 self.bad_files.append((self.problem("checksum", msg, tid, fpath), name))
                 return False
         try:
@@ -360,10 +357,7 @@ class _Checker:
             self.bad_rows.append((self.problem("unreadable", str(exc), tid, seg_dir), record))
             return None
         if record.checksum is not None and found != record.checksum:
-            msg = (
-                f"{seg_dir}: trajectory {tid} fails its checksum (index {record.checksum:08x}, "
-                f"rows {found:08x})"
-            )
+            msg = mismatch_text(tid, seg_dir, record.checksum, found)
             self.bad_rows.append((self.problem("checksum", msg, tid, seg_dir), record))
             return None
         return record
