@@ -220,3 +220,10 @@ def test_seed_commands_run_as_written(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert codes_by_id(split) == {0: 0, 1: 100, 2: 1, 3: 101}
+
+
+def test_progress_is_reported_per_trajectory_placed(tmp_path):
+    root = make_ranks(tmp_path / "ranks", [2, 3])
+    calls: list[tuple[int, int]] = []
+    merge_or_split(str(root), str(tmp_path / "out"), copy=True, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(i, 5) for i in range(1, 6)]
