@@ -18,6 +18,8 @@ from .errors import (
     InvalidArgumentError,
     InvalidTrajectoryError,
     ReplayBufferError,
+    ShardRestartedWarning,
+    ShardUnavailableError,
     UnsafeFileError,
     WriterError,
 )
@@ -33,6 +35,8 @@ __all__ = [
     "CorruptTrajectoryError",
     "DatasetClosedError",
     "EmptyBufferError",
+    "ShardRestartedWarning",
+    "ShardUnavailableError",
     "InvalidArgumentError",
     "InvalidTrajectoryError",
     "PrefetchError",

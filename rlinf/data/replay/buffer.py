@@ -685,6 +685,35 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             self._writer.check()
             return self._sampling(lambda ids, ends: self._draw_sequences(ids, ends, num, length, pad))
 
+    def sampling_population(self, seq_len: int | None = None, pad: bool = False) -> int:
+        """How many items a uniform draw picks from right now: the window's transitions for
+        :meth:`sample` (only the fresh ones with ``max_staleness``), or the valid starts of
+        :meth:`sample_sequences` with ``seq_len`` and ``pad``. ``0`` where sampling would raise
+        :class:`EmptyBufferError`. A sharded buffer splits its draws in proportion to these.
+
+        Raises:
+            InvalidArgumentError: bad arguments, or ``prioritized=True`` (draws are then not
+                uniform over a count).
+        """
+        if self._prio is not None:
+            raise InvalidArgumentError(
+                "sampling_population counts uniform draws; a prioritized buffer draws by priority"
+            )
+        length = None if seq_len is None else _check_int("seq_len", seq_len, 1)
+        pad = _check_bool("pad", pad)
+
+        def count(ids: np.ndarray, ends: np.ndarray) -> int:
+            if length is not None:
+                return len(self._sequence_table(ids, length, pad).starts)
+            fresh = self._fresh()
+            return int(ends[-1]) if fresh is None else int((np.diff(ends, prepend=0) * fresh).sum())
+
+        with self._lock:
+            try:
+                return self._sampling(count)
+            except EmptyBufferError:
+                return 0
+
     def update_priorities(self, indices: Any, priorities: Any) -> int:
         """Set the priorities of sampled transitions (``prioritized=True`` only).
 
@@ -731,7 +760,7 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
                 self.rate_limiter.cancel_sample(num)
             raise
 
-    def _sampling(self, draw: Callable[[np.ndarray, np.ndarray], Batch]) -> Batch:
+    def _sampling(self, draw: Callable[[np.ndarray, np.ndarray], Any]) -> Any:
         """Run ``draw(window ids, cumulative counts)`` on a non-empty window; with
         ``on_corrupt="skip"``, drop damaged trajectories it meets and draw again."""
         while True:

@@ -66,3 +66,18 @@ class CorruptTrajectoryError(CorruptBufferError):
 
 class CorruptDataWarning(UserWarning):
     """A damaged trajectory was skipped (``on_corrupt="skip"``); the message names it."""
+
+
+class ShardUnavailableError(ReplayBufferError, RuntimeError):
+    """A shard of a sharded (Ray) buffer could not serve a call: its actor died and is being
+    restarted, or it did not answer in time. ``shard`` names it; nothing partial was returned."""
+
+    def __init__(self, message: str, shard: int | None = None) -> None:
+        super().__init__(message)
+        self.shard = shard
+        self.added: list[tuple[int, int, int]] = []  # for add_trajectories: (index, shard, id) added
+
+
+class ShardRestartedWarning(UserWarning):
+    """A shard of a sharded buffer restarted since the client last heard from it; trajectories
+    added to it after its last flush may be lost. The message names the shard."""

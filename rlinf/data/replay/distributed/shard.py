@@ -1,0 +1,167 @@
+"""One shard of a sharded buffer: a :class:`TrajectoryReplayBuffer` auto-saving to ``rank_k``.
+
+:class:`ShardServer` is a plain class; the Ray client runs it as an actor (one per shard), and
+tests may drive it directly. Its constructor is also what Ray re-runs when it restarts a dead
+actor: it finishes or undoes an interrupted directory replacement (:mod:`.shares`) and then
+continues ``rank_k``, so the shard comes back with every trajectory that was durable there.
+
+Every method returns ``(incarnation, value)``: the incarnation is a random id drawn when the
+shard (re)starts, which lets the client notice a restart between two calls.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..buffer import TrajectoryReplayBuffer
+from ..errors import InvalidArgumentError
+from . import shares
+from .wire import Encoded, decode_trajectory, flatten_batch
+
+#: constructor options a shard cannot take: the client sets them, or they cannot span processes
+RESERVED_OPTIONS = frozenset({"auto_save", "auto_save_path", "seed", "rate_limiter", "prioritized"})
+
+Reply = tuple[str, Any]
+
+
+class ShardServer:
+    """Shard ``rank`` of ``num_shards``: a buffer auto-saving to ``root/rank_{rank}``.
+
+    Args:
+        root: the sharded buffer's directory (shared by all shards, or at least present on
+            each shard's node).
+        rank: this shard's number, ``0 <= rank < num_shards``.
+        num_shards: how many shards the buffer has.
+        seed: this shard's sampling seed.
+        options: further :class:`TrajectoryReplayBuffer` keyword arguments (not those in
+            :data:`RESERVED_OPTIONS`).
+    """
+
+    def __init__(self, root: str, rank: int, num_shards: int, seed: int, options: Mapping[str, Any]) -> None:
+        bad = sorted(RESERVED_OPTIONS & set(options))
+        if bad:
+            raise InvalidArgumentError(f"shard options {bad} are set by the sharded buffer itself")
+        self.root = os.path.abspath(root)
+        self.rank = rank
+        self.num_shards = num_shards
+        self.seed = seed
+        self.options = dict(options)
+        self.path = shares.live_dir(self.root, rank)
+        os.makedirs(self.root, exist_ok=True)
+        self.recovered = shares.recover(self.root, rank)
+        self.buffer = self._open()
+        self.incarnation = uuid.uuid4().hex
+        self.restored = self.buffer.size  # trajectories found in rank_k at start
+
+    def _open(self) -> TrajectoryReplayBuffer:
+        return TrajectoryReplayBuffer(
+            seed=self.seed, auto_save=True, auto_save_path=self.path, **self.options
+        )
+
+    def _reply(self, value: Any) -> Reply:
+        return self.incarnation, value
+
+    # -- queries ------------------------------------------------------------------------------
+    def ping(self) -> Reply:
+        """Who and where the shard is, and what it holds."""
+        schema = self.buffer.schema
+        return self._reply(
+            {
+                "rank": self.rank,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "path": self.path,
+                "size": self.buffer.size,
+                "restored": self.restored,
+                "recovered": self.recovered,
+                "schema": schema.to_json() if schema is not None else None,
+            }
+        )
+
+    def stats(self) -> Reply:
+        """The buffer's ``get_stats()`` plus the shard's pid and restored count."""
+        stats = self.buffer.get_stats()
+        stats.update(rank=self.rank, pid=os.getpid(), restored=self.restored)
+        return self._reply(stats)
+
+    def population(self, seq_len: int | None = None, pad: bool = False) -> Reply:
+        """``sampling_population`` of the buffer."""
+        return self._reply(self.buffer.sampling_population(seq_len, pad))
+
+    # -- data ---------------------------------------------------------------------------------
+    def add(self, messages: Sequence[Mapping[str, Any]]) -> Reply:
+        """Add encoded trajectories; returns ``(ids, population for sample())``."""
+        ids = self.buffer.add_trajectories([decode_trajectory(m) for m in messages])
+        return self._reply((ids, self.buffer.sampling_population()))
+
+    def sample(self, num: int, seq_len: int | None = None, pad: bool = False) -> Reply:
+        """``num`` draws (``0``: none) and the population afterwards:
+        ``({key: encoded [num, ...]}, population)``."""
+        flat: dict[tuple[str, ...], Encoded] = {}
+        if num > 0:
+            batch = (
+                self.buffer.sample(num)
+                if seq_len is None
+                else self.buffer.sample_sequences(num, seq_len, pad)
+            )
+            flat = flatten_batch(batch)
+        return self._reply((flat, self.buffer.sampling_population(seq_len, pad)))
+
+    # -- persistence --------------------------------------------------------------------------
+    def flush(self) -> Reply:
+        """Make every trajectory added so far durable in ``rank_k``."""
+        self.buffer.flush()
+        return self._reply(self.buffer.size)
+
+    def save(self, save_root: str) -> Reply:
+        """Write a checkpoint of this shard to ``save_root/rank_k``; returns its path."""
+        target = shares.live_dir(save_root, self.rank)
+        self.buffer.save_checkpoint(target)
+        return self._reply(target)
+
+    def compact(self) -> Reply:
+        """Flush and rewrite ``rank_k``'s index in full (``save_checkpoint`` to the root)."""
+        self.buffer.save_checkpoint(self.path)
+        return self._reply(self.path)
+
+    def prepare_load(self, load_path: str) -> Reply:
+        """Stage this shard's share of the checkpoint at ``load_path`` (nothing changes yet)."""
+        skip = self.options.get("on_corrupt") == "skip"
+        share = shares.share_of(load_path, self.rank, self.num_shards, skip_corrupt=skip)
+        fmt = self.buffer.trajectory_format
+        shares.stage(share, self.root, self.rank, fmt, self.seed)
+        schema = share.schema.to_json() if share.schema is not None else None
+        return self._reply({"trajectories": len(share.records), "schema": schema})
+
+    def prepare_clear(self) -> Reply:
+        """Stage an empty directory that continues this shard's numbering."""
+        empty = shares.Share([], None, self.buffer.trajectory_counter, self.seed, [])
+        shares.stage(empty, self.root, self.rank, self.buffer.trajectory_format, self.seed)
+        return self._reply(None)
+
+    def abort(self) -> Reply:
+        """Drop a staged load or clear."""
+        shares.discard(self.root, self.rank)
+        return self._reply(None)
+
+    def commit(self) -> Reply:
+        """Replace ``rank_k`` by what was staged and continue from it."""
+        self.buffer.close()
+        shares.commit(self.root, self.rank)
+        self.buffer = self._open()
+        return self._reply(self.buffer.size)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def clear_cache(self) -> Reply:
+        """``clear_cache()`` of the buffer (data stays on disk)."""
+        self.buffer.clear_cache()
+        return self._reply(None)
+
+    def close(self) -> Reply:
+        """``close()`` of the buffer: writes finished, index compacted; it stays usable."""
+        self.buffer.close()
+        return self._reply(None)
