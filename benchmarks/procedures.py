@@ -653,6 +653,63 @@ def _rate_limited(case: Case, label: str, opts: Options, work: str, rows: list[d
         store.close()
 
 
+def _ray(case: Case, label: str, opts: Options, work: str, rows: list[dict[str, Any]]) -> None:
+    """Fill ``case.window`` trajectories (one ``add`` each, then ``flush``), time ``sample(n)``
+    for each of ``case.batches``, then one ``add_trajectories([traj])`` at a time (``flush()``
+    untimed after each, as in the add scenario). The store's start-up (``ray.init`` and the
+    shards' start, or the local constructor) is timed once and reported as ``start s``."""
+    mod, variant = module_for(label), variant_of(label)
+    path = os.path.join(work, "store")
+    os.makedirs(path)
+    cfg = StoreConfig(case.spec, case.window, case.window, case.cache_size, path, opts.seed)
+    t0 = time.perf_counter()
+    store = mod.create(variant, "ray", cfg)
+    start_s = time.perf_counter() - t0
+    *sample_tables, add_table = case.tables()
+
+    def extra(**more: Any) -> dict[str, Any]:
+        out = dict(more)
+        rss = store.workers_peak_rss_mb()
+        if rss is not None:
+            out["shards peak RSS MB"] = rss
+        return out
+
+    try:
+        fill(store, case.spec, case.window, opts.seed)
+        store.flush()
+        for n, table in zip(case.batches, sample_tables, strict=True):
+            note = _join(check_batch(store, n, case.spec), store.note)
+            timing = _timed(opts, lambda n=n: store.sample(n))
+            rows.append(
+                make_row(
+                    table,
+                    label,
+                    timing=timing,
+                    items=n,
+                    nbytes=n * case.spec.bytes_per_transition,
+                    cached=store.cached_bytes(),
+                    note=note,
+                    extra=extra(**{"start s": start_s}),
+                )
+            )
+        traj = make_trajectory(case.spec, case.window, opts.seed)  # a new one, re-added each call
+        timing = _timed(opts, lambda: store.add(traj), after=store.flush)
+        rows.append(
+            make_row(
+                add_table,
+                label,
+                timing=timing,
+                items=case.spec.transitions,
+                nbytes=case.spec.trajectory_bytes,
+                cached=store.cached_bytes(),
+                note=_join("timed: the add call only; flush() runs untimed after each add", store.note),
+                extra=extra(**({"first add ms": timing.warmup[0] * 1e3} if timing.warmup else {})),
+            )
+        )
+    finally:
+        store.close()
+
+
 PROCEDURES: dict[str, Callable[[Case, str, Options, str, list[dict[str, Any]]], None]] = {
     "sample": _sample,
     "disk": _disk,
@@ -663,6 +720,7 @@ PROCEDURES: dict[str, Callable[[Case, str, Options, str, list[dict[str, Any]]], 
     "sequences": _sequences,
     "prioritized": _prioritized,
     "rate_limited": _rate_limited,
+    "ray": _ray,
 }
 
 

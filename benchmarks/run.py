@@ -42,9 +42,14 @@ SCENARIO_ORDER = (
     "prioritized",
     "freshness",
     "rate_limited",
+    "ray",
 )
 UNIFORM = "ours[uniform]"
 """The sampler scenarios' reference row: a plain ``sample`` of as many rows (``vs uniform``)."""
+LOCAL = "ours[local]"
+"""The ray scenario's reference row: the local buffer, sampling in-process (``vs local``)."""
+BASELINES = {UNIFORM: "vs uniform", LOCAL: "vs local"}
+"""Reference rows and the column that divides every row of their table by them."""
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -197,6 +202,7 @@ def header(facts: dict[str, Any], opts: Options) -> str:
             f"(fewer once a measurement took {opts.max_seconds:g} s); peak RSS {facts['peak_rss']}",
             "  ratio = limit time / contender time (1.0 = as fast as the limit); MB = 10^6 bytes",
             "  vs uniform (sampler scenarios) = contender time / ours[uniform] time (same rows)",
+            "  vs local (ray scenario) = contender time / ours[local] time (same table)",
         ]
     )
 
@@ -274,16 +280,18 @@ def run_inline(args: argparse.Namespace, case: Case, label: str) -> list[dict[st
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """Set ``ratio`` (limit time / contender time, same table and level); for tables with
     several index sizes, the growth of each contender's time relative to its smallest size; and
-    for tables with an ``ours[uniform]`` row, ``vs uniform``: contender time / that row's time."""
+    for tables with an ``ours[uniform]`` (``ours[local]``) row, ``vs uniform`` (``vs local``):
+    contender time / that row's time."""
     limits = {
         (r["table"], r["level"]): r["median_s"]
         for r in rows
         if r["base"] == "limit" and r["median_s"] is not None
     }
-    uniform = {r["table"]: r["median_s"] for r in rows if r["base"] == UNIFORM and r["median_s"]}
-    for r in rows:
-        if r["table"] in uniform and r["median_s"] is not None:
-            r["extra"]["vs uniform"] = r["median_s"] / uniform[r["table"]]
+    for base, column in BASELINES.items():
+        reference = {r["table"]: r["median_s"] for r in rows if r["base"] == base and r["median_s"]}
+        for r in rows:
+            if r["table"] in reference and r["median_s"] is not None:
+                r["extra"][column] = r["median_s"] / reference[r["table"]]
     smallest: dict[tuple[str, str], tuple[int, float]] = {}
     for r in rows:
         limit = limits.get((r["table"], r["level"]))

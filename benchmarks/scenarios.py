@@ -184,6 +184,9 @@ FRESHNESS_CONTENDERS = (
     "torchrl_stale_half",
 )
 RATE_CONTENDERS = ("limit", "ours[uniform]", "ours[rate_limited]", "ours[limiter_only]")
+# the ray scenario: the sharded buffer against the local one (the "vs local" column divides by
+# ``ours[local]``); each ray contender's child starts its own local Ray cluster
+RAY_CONTENDERS = ("ours[local]", "ours[ray-1]", "ours[ray-2]")
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,9 @@ class Case:
     ``tiny`` (add+flush with ``count`` trajectories indexed), ``scale`` (load, open, sample
     with ``count`` trajectories in the directory), ``sequences`` (``batches[0]`` runs of each
     length in ``seq_lens``), ``prioritized`` (sample and update priorities), ``rate_limited``
-    (an add/sample loop). ``params`` are sampler settings passed to the contenders
+    (an add/sample loop), ``ray`` (``sample(n)`` for each of ``batches``, then the latency of
+    one ``add_trajectories([traj])``, from a buffer holding ``window`` trajectories on disk with
+    a cache as large as the window). ``params`` are sampler settings passed to the contenders
     (:attr:`benchmarks.contenders.StoreConfig.params`).
     """
 
@@ -246,6 +251,11 @@ class Case:
             return [
                 f"{s}: sample({n}) in an add/sample loop ({k} samples per add)",
                 f"{s}: add_trajectories([traj]) in the same loop",
+            ]
+        if self.kind == "ray":
+            mb = self.spec.trajectory_bytes / 1e6
+            return [f"{s} {self.spec.name}: sample({n})" for n in self.batches] + [
+                f"{s} {self.spec.name}: add_trajectories([traj]) of one trajectory ({mb:.3g} MB)"
             ]
         raise ValueError(f"unknown case kind {self.kind!r}")
 
@@ -380,6 +390,7 @@ def build_scenarios(quick: bool = False) -> dict[str, Scenario]:
         tuple(add_cases),
     )
     out.update(sampler_scenarios(quick))
+    out["ray"] = ray_scenario(quick)
     out["scale"] = Scenario(
         "scale",
         f"directories of {', '.join(level_name(n) for n in scale_levels)} tiny trajectories "
@@ -501,3 +512,50 @@ def sampler_scenarios(quick: bool = False) -> dict[str, Scenario]:
         ),
     )
     return out
+
+
+def ray_scenario(quick: bool = False) -> Scenario:
+    """``RayTrajectoryReplayBuffer`` with 1 and 2 shards against the local buffer, on the
+    ``state`` and ``images`` trajectories: ``sample(n)`` and one ``add_trajectories([traj])``.
+
+    Every contender auto-saves (``pt``) with a cache as large as its window, so sampling reads
+    memory: the local buffer in-process, the shards in their actors, whose parts travel through
+    Ray's object store. With ``N`` shards each samples its newest ``window / N`` trajectories
+    (round-robin routing), so every contender samples from the same newest ``window``.
+    """
+    if quick:
+        state = TrajSpec("state", steps=10, envs=4, action_dim=4, states_dim=42)
+        images = TrajSpec("images", steps=20, envs=1, action_dim=7, states_dim=7, image_hw=32)
+        windows = {"state": 20, "images": 6}
+        batches = {"state": (32, 128), "images": (16,)}
+    else:
+        state = TrajSpec("state", steps=50, envs=32, action_dim=4, states_dim=42)
+        images = TrajSpec("images", steps=200, envs=1, action_dim=7, states_dim=7, image_hw=128)
+        windows = {"state": 1000, "images": 60}
+        batches = {"state": (256, 4096), "images": (256,)}
+    specs = {"state": state, "images": images}
+    where = "; ".join(
+        f"{name}: {specs[name].describe()}, window {windows[name]} trajectories "
+        f"({windows[name] * specs[name].transitions:,} transitions)"
+        for name in specs
+    )
+    return Scenario(
+        "ray",
+        f"RayTrajectoryReplayBuffer with 1 and 2 shard actors (num_cpus=0.5 each; every child "
+        f"starts its own local Ray cluster, ray.init(num_cpus=2)) against the local "
+        f"TrajectoryReplayBuffer (in-process); all auto_save pt with a cache as large as the "
+        f"window (N shards: window / N each); {where}",
+        tuple(
+            Case(
+                "ray",
+                name,
+                "ray",
+                specs[name],
+                RAY_CONTENDERS,
+                window=windows[name],
+                cache_size=windows[name],
+                batches=batches[name],
+            )
+            for name in ("state", "images")
+        ),
+    )

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -97,3 +99,33 @@ def test_sampler_scenarios_report_every_contender(tmp_path, capsys):
     assert "update ms" not in by[("prioritized", "ours[uniform]")]["extra"]
     limiter = [r for r in rows if r["contender"] == "ours[limiter_only]"]
     assert len(limiter) == 2 and all(r["ratio"] is None and r["items"] is None for r in limiter)
+
+
+def test_ray_scenario_compares_the_sharded_buffer_with_the_local_one(tmp_path, capsys):
+    """The ray scenario with ``ours[local]`` and ``ours[ray-2]``: every ray child starts its own
+    Ray cluster (~10 s on 2 cores), so ``ours[ray-1]`` (the same client with one shard) is left
+    out to keep this test near 25 s."""
+    pytest.importorskip("ray")
+    wanted = ["ours[local]", "ours[ray-2]"]
+    code, text, data = _run(
+        tmp_path, capsys, "--scenario", "ray", *(a for c in wanted for a in ("--contender", c))
+    )
+    assert code == 0
+    cases = build_scenarios(quick=True)["ray"].cases
+    assert [c.name for c in cases] == ["state", "images"]
+    for case in cases:
+        assert case.contenders == ("ours[local]", "ours[ray-1]", "ours[ray-2]")
+        *sample_tables, add_table = case.tables()
+        assert len(sample_tables) == len(case.batches)
+        for table, n in [*zip(sample_tables, case.batches, strict=True), (add_table, case.spec.transitions)]:
+            assert f"### {table}" in text
+            rows = [r for r in data["rows"] if r["table"] == table]
+            assert [r["contender"] for r in rows] == wanted
+            for r in rows:
+                assert r["status"] == "ok", r
+                assert "batch check" not in r["note"], r  # keys, shapes and dtypes as specified
+                assert r["items"] == n and r["median_s"] > 0 and r["runs"] == 2
+            local, ray = rows
+            assert local["extra"]["vs local"] == 1.0 and ray["extra"]["vs local"] > 0
+            assert ray["cached_bytes"] == local["cached_bytes"] > 0  # the same window, all cached
+            assert ray["extra"]["shards peak RSS MB"] > 0 and "shards peak RSS MB" not in local["extra"]

@@ -4,7 +4,7 @@ A contender label is ``module`` or ``module[variant]`` (``ours[pt]``, ``rlinf_re
 Each module provides::
 
     create(variant, mode, cfg) -> Store   # mode: sample | disk | latency | write | tiny |
-                                          #       sequences | prioritized | rate_limited
+                                          #       sequences | prioritized | rate_limited | ray
     fresh(variant, cfg) -> Store          # an empty store whose load(path) is timed
     open_existing(variant, path, cfg) -> Store  # continue an auto-save directory
 
@@ -118,6 +118,10 @@ class Store:
     def files(self) -> list[str]:
         """Files backing the store (dropped from the page cache for the cold case)."""
         return []
+
+    def workers_peak_rss_mb(self) -> float | None:
+        """Peak RSS summed over the store's worker processes (Ray shard actors), if it has any."""
+        return None
 
     def close(self) -> None:
         """Release resources (and finish background work)."""

@@ -14,6 +14,12 @@ Sampler variants (in memory, settings from ``cfg.params``):
 * ``rate_limited``: a ``RateLimiter(samples_per_insert, min_size_to_sample, error_buffer)``.
 * ``limiter_only``: that ``RateLimiter`` alone, without a buffer: ``add`` is
   ``acquire_insert(T * B)`` and ``sample(n)`` is ``acquire_sample(n)`` (the limiter's own cost).
+
+The ray scenario's variants:
+
+* ``local``: the baseline, ``auto_save=True`` (``pt``) into the case's directory with a cache of
+  ``cfg.cache_size`` trajectories and a window of ``cfg.window``; it samples in-process.
+* ``ray-N``: ``RayTrajectoryReplayBuffer`` with ``N`` shard actors (:mod:`.ours_ray`).
 """
 
 from __future__ import annotations
@@ -155,6 +161,14 @@ def create(variant: str, mode: str, cfg: StoreConfig) -> Store:
         raise Unsupported("needs an auto-save format")
     if variant == "limiter_only":
         return LimiterOnlyStore(cfg)
+    if variant == "local" or variant.startswith("ray-"):
+        if mode != "ray":
+            raise Unsupported(f"ours[{variant}] runs in the ray scenario only")
+        if variant == "local":
+            return OursStore(_make("pt", cfg, cfg.path), cfg.path)
+        from .ours_ray import RayStore
+
+        return RayStore(int(variant[len("ray-") :]), cfg)
     return OursStore(_make(variant, cfg, cfg.path), None if _is_memory(variant) else cfg.path, variant)
 
 

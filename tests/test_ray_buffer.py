@@ -1,0 +1,499 @@
+"""The sharded buffer on a real local Ray cluster (2 CPUs, no dashboard), started by the tests.
+
+Shards are real actors in their own processes; a killed shard is a real SIGKILL of its process,
+restarted by Ray from its directory.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_aligned, chi2_bound, chi_square, coded_trajectory
+
+ray = pytest.importorskip("ray")
+
+from rlinf.data.ray_replay_buffer import (  # noqa: E402
+    RayTrajectoryReplayBuffer,
+    ShardRestartedWarning,
+    ShardUnavailableError,
+)
+from rlinf.data.replay.errors import (  # noqa: E402
+    BufferDirectoryError,
+    BufferNotFoundError,
+    EmptyBufferError,
+    InvalidArgumentError,
+    InvalidTrajectoryError,
+)
+from rlinf.data.replay_buffer import TrajectoryReplayBuffer  # noqa: E402
+
+N, E, B = 4, 2, 2  # steps per epoch, epochs, envs of a coded trajectory: 16 transitions
+ACTOR = {"num_cpus": 0.25}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def make(tmp_path):
+    made = []
+
+    def build(num_shards=2, path=None, **kwargs):
+        kwargs.setdefault("actor_options", ACTOR)
+        kwargs.setdefault("sample_window_size", 0)
+        buf = RayTrajectoryReplayBuffer(str(path or tmp_path / "buf"), num_shards, **kwargs)
+        made.append(buf)
+        return buf
+
+    yield build
+    for buf in made:
+        try:
+            buf.shutdown()
+        except Exception:
+            pass
+
+
+def traj(i, n=N, e=E, num_envs=B):
+    return coded_trajectory(i, n=n, e=e, num_envs=num_envs, layout="aligned", images=False)
+
+
+def transition_keys(batch):
+    """(code, env) of every row: the identity of a transition."""
+    codes = batch["curr_obs"]["states"][:, 0].long().tolist()
+    envs = batch["curr_obs"]["env_ids"][:, 0].tolist()
+    return list(zip(codes, envs, strict=True))
+
+
+def all_transitions(ids, n=N, e=E, num_envs=B):
+    return [
+        (1000 * i + 100 * k + s, b) for i in ids for k in range(e) for s in range(n) for b in range(num_envs)
+    ]
+
+
+def shard_pid(buf, k):
+    return buf.wait_until_ready(60)[k]["pid"]
+
+
+def kill_shard(buf, k):
+    pid = shard_pid(buf, k)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def held_codes(path):
+    """Codes of every trajectory in a buffer directory, read with a local buffer."""
+    local = TrajectoryReplayBuffer(sample_window_size=0, enable_cache=False)
+    local.load_checkpoint(str(path))
+    codes = set()
+    for tid in range(local.trajectory_counter):
+        if tid in local._index:
+            rows = local._trajectory_column(local._index[tid], ("rewards",))
+            codes.add(int(rows.reshape(-1)[0]) // 1000)
+    return codes
+
+
+# -- sampling ---------------------------------------------------------------------------------
+
+
+def test_sample_is_uniform_over_the_union_of_unequal_shards(make):
+    buf = make(2)
+    # shard 0 gets 1 trajectory, shard 1 gets 3 (one of them twice as long): 1:4 transitions
+    buf.add_trajectories([traj(0)], keys=[0])
+    buf.add_trajectories([traj(1), traj(2), traj(3, e=4)], keys=[1, 1, 1])
+    population = all_transitions([0]) + all_transitions([1, 2]) + all_transitions([3], e=4)
+    draws = 40 * len(population)
+    seen = Counter()
+    for _ in range(8):
+        batch = buf.sample(draws // 8)
+        assert_aligned(batch)
+        seen.update(transition_keys(batch))
+    assert set(seen) == set(population)
+    observed = [seen[t] for t in population]
+    expected = [draws / len(population)] * len(population)
+    assert chi_square(observed, expected) < chi2_bound(len(population) - 1)
+
+
+def test_batch_has_the_local_buffers_keys_dtypes_and_shapes(make, tmp_path):
+    buf = make(2)
+    local = TrajectoryReplayBuffer(sample_window_size=0)
+    trajectories = [coded_trajectory(i, n=N, e=E, num_envs=B) for i in range(4)]
+    buf.add_trajectories(trajectories)
+    local.add_trajectories(trajectories)
+    ours, theirs = buf.sample(64), local.sample(64)
+
+    def layout(batch):
+        return {
+            k: (v.dtype, tuple(v.shape)) if isinstance(v, torch.Tensor) else layout(v)
+            for k, v in batch.items()
+        }
+
+    assert layout(ours) == layout(theirs)
+    assert_aligned(ours, n=N)
+    ours["rewards"].add_(1)  # writable memory, not the object store's
+    seq, local_seq = buf.sample_sequences(8, 3), local.sample_sequences(8, 3)
+    assert layout(seq) == layout(local_seq)
+
+
+def test_sequences_are_uniform_over_the_unions_valid_starts_and_never_cross_episodes(make):
+    buf = make(2)
+    buf.add_trajectories([traj(0)], keys=[0])
+    buf.add_trajectories([traj(1), traj(2, e=3)], keys=[1, 1])
+    length = 3  # epochs are episodes of N=4 steps: starts s in {0, 1} of each epoch and env
+    starts = [
+        (1000 * i + 100 * k + s, b)
+        for i, e in ((0, E), (1, E), (2, 3))
+        for k in range(e)
+        for s in range(N - length + 1)
+        for b in range(B)
+    ]
+    seen = Counter()
+    for _ in range(6):
+        batch = buf.sample_sequences(50 * len(starts) // 6, length)
+        codes = batch["curr_obs"]["states"][..., 0].long()
+        assert batch["mask"].all()
+        assert (codes[:, 1:] - codes[:, :-1] == 1).all(), "a run crossed an episode end or trajectory"
+        assert (batch["curr_obs"]["env_ids"][:, :, 0] == batch["curr_obs"]["env_ids"][:, :1, 0]).all()
+        seen.update(zip(codes[:, 0].tolist(), batch["curr_obs"]["env_ids"][:, 0, 0].tolist(), strict=True))
+    assert set(seen) == set(starts)
+    total = sum(seen.values())
+    assert chi_square([seen[s] for s in starts], [total / len(starts)] * len(starts)) < chi2_bound(
+        len(starts) - 1
+    )
+
+
+def test_an_empty_buffer_raises_and_is_not_ready(make):
+    buf = make(2)
+    assert not buf.is_ready()
+    with pytest.raises(EmptyBufferError, match="no shard holds"):
+        buf.sample(4)
+    buf.add_trajectories([traj(0)], keys=[1])  # only shard 1 holds data: shard 0 gets no draws
+    assert buf.is_ready() and not buf.is_ready(2)
+    assert set(c // 1000 for c, _ in transition_keys(buf.sample(32))) == {0}
+    with pytest.raises(EmptyBufferError, match="valid start for sequences of 9 steps"):
+        buf.sample_sequences(2, 9)
+
+
+def test_draws_follow_shards_that_grew_through_another_client(make):
+    buf = make(2)
+    other = pickle.loads(pickle.dumps(buf))
+    buf.add_trajectories([traj(0)], keys=[0])
+    assert {c // 1000 for c, _ in transition_keys(buf.sample(16))} == {0}
+    other.add_trajectories([traj(1), traj(2), traj(3)], keys=[1, 1, 1])
+    buf.sample(1)  # every sample asks every shard for its population
+    seen = Counter(c // 1000 for _ in range(4) for c, _ in transition_keys(buf.sample(400)))
+    assert set(seen) == {0, 1, 2, 3}
+    share0 = seen[0] / sum(seen.values())
+    assert 0.18 < share0 < 0.32  # 1 of 4 equal trajectories
+
+
+# -- adding and routing -----------------------------------------------------------------------
+
+
+def test_round_robin_and_keys_route_trajectories(make):
+    buf = make(3)
+    placed = buf.add_trajectories([traj(i) for i in range(7)])
+    assert [k for k, _ in placed] == [0, 1, 2, 0, 1, 2, 0]
+    assert [tid for _, tid in placed] == [0, 0, 0, 1, 1, 1, 2]
+    assert [k for k, _ in buf.add_trajectories([traj(7), traj(8)])] == [1, 2]  # continues the turn
+    keyed = buf.add_trajectories([traj(9), traj(10), traj(11)], keys=[5, "robot-a", b"robot-a"])
+    assert keyed[0][0] == 5 % 3 and keyed[1][0] == keyed[2][0]
+    sizes = [s["size"] for s in buf.get_stats()["shards"]]
+    assert sum(sizes) == 12
+
+
+def test_route_by_picks_the_shard_of_each_trajectory(make):
+    buf = make(2, route_by=lambda t: int(t.model_update_count))
+    trajectories = [
+        coded_trajectory(i, n=N, e=E, num_envs=B, images=False, model_update_count=i) for i in range(4)
+    ]
+    assert [k for k, _ in buf.add_trajectories(trajectories)] == [0, 1, 0, 1]
+    with pytest.raises(InvalidArgumentError, match="routing key must be an int, str or bytes"):
+        buf.add_trajectories([traj(5)], keys=[1.5])
+
+
+def test_a_bad_trajectory_adds_nothing_to_any_shard(make):
+    buf = make(2)
+    buf.add_trajectories([traj(0), traj(1)])
+    bad = traj(3)
+    bad.rewards = bad.rewards[:, :1]  # wrong env count
+    with pytest.raises(InvalidTrajectoryError, match="trajectory 1: "):
+        buf.add_trajectories([traj(2), bad, traj(4)])
+    other_fields = coded_trajectory(5, n=N, e=E, num_envs=B, layout="aligned", images=True)
+    with pytest.raises(InvalidTrajectoryError, match="fields differ"):
+        buf.add_trajectories([other_fields])
+    assert [s["size"] for s in buf.get_stats()["shards"]] == [1, 1]
+
+
+def test_tensors_numpy_cannot_hold_travel_and_come_back(make):
+    buf = make(1)
+    t = traj(0)
+    t.curr_obs["half"] = torch.arange(N * E * B, dtype=torch.bfloat16).reshape(N * E, B, 1)
+    t.next_obs["half"] = t.curr_obs["half"].clone()
+    buf.add_trajectories([t])
+    batch = buf.sample(32)
+    assert batch["curr_obs"]["half"].dtype == torch.bfloat16
+    codes = batch["curr_obs"]["states"][:, 0].long()
+    step = (codes % 100) + 4 * ((codes // 100) % 10)
+    expected = (step * B + batch["curr_obs"]["env_ids"][:, 0]).to(torch.bfloat16)
+    assert torch.equal(batch["curr_obs"]["half"][:, 0], expected)
+
+
+def test_copies_of_the_client_in_ray_tasks_add_to_the_same_shards(make):
+    buf = make(2)
+
+    @ray.remote(num_cpus=0)
+    def rollout(buffer, trajectories):
+        return buffer.add_trajectories(trajectories)
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+    placed = ray.get([rollout.remote(buf, [traj(0), traj(1)]), rollout.remote(buf, [traj(10), traj(11)])])
+    assert sorted(k for p in placed for k, _ in p) == [0, 0, 1, 1]
+    assert {c // 1000 for c, _ in transition_keys(buf.sample(500))} == {0, 1, 10, 11}
+
+
+def test_a_named_buffer_is_attached_to_by_a_second_client(make, tmp_path):
+    buf = make(2, name="attach-test")
+    buf.add_trajectories([traj(0), traj(1)])
+    again = RayTrajectoryReplayBuffer(str(tmp_path / "buf"), 2, name="attach-test", actor_options=ACTOR)
+    assert again.size == 2
+    assert [i["pid"] for i in again.wait_until_ready()] == [i["pid"] for i in buf.wait_until_ready()]
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_through_the_merge_tool(make, tmp_path):
+    from toolkits.replay_buffer.merge_or_split_replay_buffer import main as merge_main
+
+    buf = make(2)
+    buf.add_trajectories([traj(i) for i in range(5)])
+    buf.save_checkpoint(str(tmp_path / "ckpt"))
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["rank_0", "rank_1"]
+    assert held_codes(tmp_path / "ckpt" / "rank_0") == {0, 2, 4}
+    merged = tmp_path / "merged"
+    assert merge_main(["--source-path", str(tmp_path / "ckpt"), "--save-path", str(merged), "--copy"]) in (
+        0,
+        None,
+    )
+    assert held_codes(merged) == {0, 1, 2, 3, 4}
+    # the merged directory spread over three shards holds the same transitions
+    three = make(3, path=tmp_path / "three")
+    three.load_checkpoint(str(merged))
+    assert [s["size"] for s in three.get_stats()["shards"]] == [2, 2, 1]
+    seen = set(transition_keys(three.sample(2000)))
+    assert seen == set(all_transitions(range(5)))
+    # and the two-rank checkpoint goes back into two shards rank for rank
+    two = make(2, path=tmp_path / "two")
+    two.load_checkpoint(str(tmp_path / "ckpt"))
+    assert [s["size"] for s in two.get_stats()["shards"]] == [3, 2]
+    assert two.add_trajectories([traj(9)]) == [(0, 3)]  # ids are per shard and continue its own
+
+
+def test_a_saved_checkpoint_replaces_the_previous_one_whole(make, tmp_path):
+    four = make(4, path=tmp_path / "four")
+    four.add_trajectories([traj(i) for i in range(4)])
+    four.save_checkpoint(str(tmp_path / "ckpt"))
+    two = make(2, path=tmp_path / "two")
+    two.add_trajectories([traj(7)])
+    two.save_checkpoint(str(tmp_path / "ckpt"))
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["rank_0", "rank_1"]  # no stale rank_2, rank_3
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    with pytest.raises(BufferDirectoryError, match="not a checkpoint"):
+        two.save_checkpoint(str(tmp_path / "junk"))
+    with pytest.raises(BufferDirectoryError, match="inside the buffer's directory"):
+        two.save_checkpoint(str(tmp_path / "two" / "sub"))
+    assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
+
+
+def test_saving_to_its_own_path_compacts_in_place(make, tmp_path):
+    buf = make(2)
+    buf.add_trajectories([traj(i) for i in range(4)])
+    buf.save_checkpoint(str(tmp_path / "buf"))
+    assert not (tmp_path / "buf" / "rank_0" / "trajectory_index.journal").exists() or (
+        (tmp_path / "buf" / "rank_0" / "trajectory_index.journal").stat().st_size == 0
+    )
+    assert held_codes(tmp_path / "buf" / "rank_1") == {1, 3}
+
+
+def test_a_bad_checkpoint_changes_no_shard(make, tmp_path):
+    buf = make(2)
+    buf.add_trajectories([traj(i) for i in range(4)])
+    with pytest.raises(BufferNotFoundError):
+        buf.load_checkpoint(str(tmp_path / "missing"))
+    src = make(2, path=tmp_path / "src")
+    src.add_trajectories([traj(i) for i in range(10, 14)])
+    src.save_checkpoint(str(tmp_path / "ckpt"))
+    victim = next((tmp_path / "ckpt" / "rank_1").glob("trajectory_*.pt"))
+    victim.unlink()  # rank_1 cannot be loaded; rank_0 can: nothing may change anywhere
+    with pytest.raises(BufferNotFoundError):
+        buf.load_checkpoint(str(tmp_path / "ckpt"))
+    assert [s["size"] for s in buf.get_stats()["shards"]] == [2, 2]
+    assert {c // 1000 for c, _ in transition_keys(buf.sample(300))} == {0, 1, 2, 3}
+    assert not [n for n in os.listdir(tmp_path / "buf") if n.startswith(".")]  # staging removed
+    with pytest.raises(BufferDirectoryError, match="own directory"):
+        buf.load_checkpoint(str(tmp_path / "buf"))
+
+
+def test_clear_empties_every_shard_for_good(make):
+    buf = make(2)
+    buf.add_trajectories([traj(i) for i in range(4)])
+    buf.clear()
+    assert buf.size == 0
+    assert buf.add_trajectories([traj(5)]) == [(0, 2)]  # numbering continues
+    kill_shard(buf, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ShardRestartedWarning)
+        infos = buf.wait_until_ready(60)
+    assert infos[1]["size"] == 0  # the cleared trajectories did not come back
+
+
+def test_a_directory_with_more_shards_is_refused(make, tmp_path):
+    buf = make(3)
+    buf.add_trajectories([traj(i) for i in range(3)])
+    buf.shutdown()
+    with pytest.raises(BufferDirectoryError, match="num_shards=3"):
+        RayTrajectoryReplayBuffer(str(tmp_path / "buf"), 2, actor_options=ACTOR)
+    again = make(3)  # the same number continues it
+    assert again.size == 3
+
+
+# -- shards that die --------------------------------------------------------------------------
+
+
+def test_a_killed_shard_comes_back_with_every_flushed_trajectory(make, tmp_path):
+    buf = make(2)
+    buf.add_trajectories([traj(i) for i in range(6)])
+    buf.flush()
+    before = {c for c, _ in transition_keys(buf.sample(2000))}
+    old_pid = kill_shard(buf, 1)
+    with pytest.raises(ShardUnavailableError, match="shard 1 .* unavailable") as info:
+        for _ in range(200):  # until the client notices (at once, unless Ray was quicker)
+            buf.sample(64)
+            time.sleep(0.01)
+    assert info.value.shard == 1
+    with pytest.warns(ShardRestartedWarning, match="shard 1 .* restarted"):
+        infos = buf.wait_until_ready(60)
+    assert infos[1]["pid"] != old_pid and infos[1]["restored"] == 3
+    assert {c for c, _ in transition_keys(buf.sample(2000))} == before
+    assert buf.get_stats()["restarts"] == [0, 1]
+    assert buf.add_trajectories([traj(9), traj(10)]) == [(0, 3), (1, 3)]
+
+
+def test_a_shard_killed_during_a_sample_never_yields_a_partial_batch(make):
+    buf = make(2)
+    buf.add_trajectories([coded_trajectory(i, n=50, e=2, num_envs=16, layout="aligned") for i in range(8)])
+    buf.flush()
+    pid = shard_pid(buf, 0)
+    outcomes = []
+
+    def learner():
+        for _ in range(40):
+            try:
+                batch = buf.sample(20000)
+            except ShardUnavailableError as exc:
+                outcomes.append(exc)
+                return
+            assert batch["rewards"].shape[0] == 20000
+            assert_aligned(batch)
+            outcomes.append(batch["rewards"].shape[0])
+
+    thread = threading.Thread(target=learner)
+    thread.start()
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGKILL)
+    thread.join(120)
+    assert not thread.is_alive()
+    assert isinstance(outcomes[-1], ShardUnavailableError)
+    assert all(o == 20000 for o in outcomes[:-1])
+    with pytest.warns(ShardRestartedWarning):
+        buf.wait_until_ready(60)
+    assert buf.sample(100)["rewards"].shape[0] == 100
+
+
+def test_an_add_to_a_dead_shard_reports_what_the_live_ones_took(make):
+    buf = make(2)
+    buf.add_trajectories([traj(0), traj(1)])
+    kill_shard(buf, 1)
+    time.sleep(0.5)
+    with pytest.raises(ShardUnavailableError, match="may or may not have reached it") as info:
+        for i in range(200):
+            buf.add_trajectories([traj(10 + 2 * i), traj(11 + 2 * i)])
+            time.sleep(0.01)
+    assert all(k == 0 for _, k, _ in info.value.added)
+    with pytest.warns(ShardRestartedWarning, match="this client added"):
+        buf.wait_until_ready(60)
+
+
+def test_a_load_survives_the_restart_of_a_shard(make, tmp_path):
+    src = make(2, path=tmp_path / "src")
+    src.add_trajectories([traj(i) for i in range(6)])
+    src.save_checkpoint(str(tmp_path / "ckpt"))
+    buf = make(2)
+    buf.add_trajectories([traj(20)])
+    buf.load_checkpoint(str(tmp_path / "ckpt"))
+    kill_shard(buf, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ShardRestartedWarning)
+        infos = buf.wait_until_ready(60)
+    assert infos[0]["restored"] == 3
+    assert {c // 1000 for c, _ in transition_keys(buf.sample(1000))} == set(range(6))
+
+
+# -- arguments --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"shard_options": {"rate_limiter": None}}, "rate_limiter"),
+        ({"shard_options": {"prioritized": True}}, "prioritized"),
+        ({"shard_options": {"auto_save_path": "/x"}}, "auto_save_path"),
+        ({"call_timeout": 0}, "call_timeout"),
+        ({"max_restarts": -2}, "max_restarts"),
+        ({"route_by": 3}, "route_by"),
+        ({"sample_window_size": -1}, "sample_window_size"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_actor_starts(tmp_path, kwargs, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        RayTrajectoryReplayBuffer(str(tmp_path / "buf"), 2, **kwargs)
+    assert not (tmp_path / "buf").exists()
+
+
+def test_num_shards_must_be_positive(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="num_shards"):
+        RayTrajectoryReplayBuffer(str(tmp_path / "buf"), 0)
+
+
+def test_stats_sum_over_shards(make):
+    buf = make(2)
+    buf.add_trajectories([traj(i) for i in range(3)])
+    stats = buf.get_stats()
+    assert stats["size"] == 3 and stats["total_samples"] == 3 * N * E * B
+    assert [s["size"] for s in stats["shards"]] == [2, 1]
+    assert stats["window_transitions"] == 3 * N * E * B
+    assert len(buf) == 3 and buf.total_samples == 3 * N * E * B
+
+
+def test_split_is_exact_in_distribution():
+    from rlinf.data.replay.distributed.client import split_draws
+
+    rng = np.random.default_rng(0)
+    pops = np.array([1, 0, 3, 6])
+    counts = np.stack([split_draws(pops, 10, rng) for _ in range(4000)])
+    assert (counts.sum(axis=1) == 10).all() and (counts[:, 1] == 0).all()
+    assert np.allclose(counts.mean(axis=0), 10 * pops / pops.sum(), atol=0.1)
