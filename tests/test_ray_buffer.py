@@ -497,3 +497,53 @@ def test_split_is_exact_in_distribution():
     counts = np.stack([split_draws(pops, 10, rng) for _ in range(4000)])
     assert (counts.sum(axis=1) == 10).all() and (counts[:, 1] == 0).all()
     assert np.allclose(counts.mean(axis=0), 10 * pops / pops.sum(), atol=0.1)
+
+
+def test_shards_that_cannot_be_scheduled_fail_with_a_clear_error(tmp_path):
+    with pytest.raises(ShardUnavailableError, match="did not all start within 2 s.*num_cpus=8"):
+        RayTrajectoryReplayBuffer(str(tmp_path / "buf"), 2, actor_options={"num_cpus": 8}, start_timeout=2)
+
+
+def test_the_prefetching_dataset_feeds_from_the_sharded_buffer(make):
+    from rlinf.data.replay_buffer import PreloadReplayBufferDataset
+
+    buf = make(2)
+    buf.add_trajectories([coded_trajectory(i, n=N, e=E, num_envs=B) for i in range(4)])
+    dataset = PreloadReplayBufferDataset(buf, None, 64, prefetch_size=2, demo_ratio=0)
+    try:
+        for _, batch in zip(range(5), dataset, strict=False):
+            assert batch["rewards"].shape[0] == 64
+            assert_aligned(batch, n=N)
+    finally:
+        dataset.close()
+
+
+def test_one_client_serves_threads_that_add_and_sample_at_once(make):
+    buf = make(2)
+    buf.add_trajectories([traj(0), traj(1)])
+    errors = []
+
+    def adder():
+        try:
+            for i in range(2, 12):
+                buf.add_trajectories([traj(i)])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def sampler():
+        try:
+            for _ in range(15):
+                assert_aligned(buf.sample(128))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=adder),
+        threading.Thread(target=sampler),
+        threading.Thread(target=sampler),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and buf.size == 12

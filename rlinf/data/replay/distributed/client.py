@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 import warnings
 import zlib
@@ -163,6 +164,8 @@ class RayTrajectoryReplayBuffer:
         max_restarts: how often Ray restarts a dead shard (-1: always).
         call_timeout: seconds to wait for a shard's answer before
             :class:`ShardUnavailableError` (``None``: no limit).
+        start_timeout: seconds to wait for every shard to start (Ray schedules an actor only
+            where its ``actor_options`` resources are free; ``None``: no limit).
         name: name the shard actors ``{name}.rank_k`` (in the current Ray namespace); a
             client built with the same ``name`` and ``num_shards`` attaches to the running shards
             instead of starting new ones.
@@ -186,6 +189,7 @@ class RayTrajectoryReplayBuffer:
         actor_options: Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None = None,
         max_restarts: int = -1,
         call_timeout: float | None = None,
+        start_timeout: float | None = 300.0,
         name: str | None = None,
     ) -> None:
         _require_ray()
@@ -197,8 +201,11 @@ class RayTrajectoryReplayBuffer:
         if route_by is not None and not callable(route_by):
             raise InvalidArgumentError(f"route_by must be a function of a trajectory, got {route_by!r}")
         self.route_by = route_by
-        if call_timeout is not None and not (isinstance(call_timeout, int | float) and call_timeout > 0):
-            raise InvalidArgumentError(f"call_timeout must be None or seconds > 0, got {call_timeout!r}")
+        for label, seconds in (("call_timeout", call_timeout), ("start_timeout", start_timeout)):
+            if seconds is not None and (
+                isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0
+            ):
+                raise InvalidArgumentError(f"{label} must be None or seconds > 0, got {seconds!r}")
         self.call_timeout = call_timeout
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < -1:
             raise InvalidArgumentError(f"max_restarts must be an int >= -1, got {max_restarts!r}")
@@ -224,6 +231,9 @@ class RayTrajectoryReplayBuffer:
             extra = actor_options(rank) if callable(actor_options) else actor_options
             opts.update(extra or {})
             opts.update(max_restarts=max_restarts, max_task_retries=0)
+            self._actor_summary = ", ".join(
+                f"{k}={v}" for k, v in opts.items() if k in ("num_cpus", "num_gpus", "resources", "memory")
+            )
             if name is not None:
                 opts.update(name=f"{name}.rank_{rank}", get_if_exists=True)
             self._shards.append(
@@ -232,9 +242,20 @@ class RayTrajectoryReplayBuffer:
                 )
             )
         self._setup_client_state()
-        self.wait_until_ready(timeout=call_timeout)
+        try:
+            self.wait_until_ready(timeout=start_timeout)
+        except ShardUnavailableError as exc:
+            if name is None:  # ours alone: do not leave them waiting for resources
+                for actor in self._shards:
+                    ray.kill(actor, no_restart=True)
+            raise ShardUnavailableError(
+                f"the shards did not all start within {start_timeout} s ({exc}); does the Ray "
+                f"cluster have free resources for {self.num_shards} actors with {self._actor_summary}?",
+                shard=exc.shard,
+            ) from exc
 
     def _setup_client_state(self) -> None:
+        self._lock = threading.Lock()  # guards the generator and the round-robin turn
         self._rng = np.random.default_rng(self.seed if not hasattr(self, "_copy") else None)
         self._next_shard = 0 if not hasattr(self, "_copy") else random.randrange(self.num_shards)
         self._incarnations: list[str | None] = [None] * self.num_shards
@@ -270,7 +291,12 @@ class RayTrajectoryReplayBuffer:
         self._setup_client_state()
 
     # -- calling shards -----------------------------------------------------------------------
-    def _call(self, method: str, args: Mapping[int, tuple[Any, ...]] | None = None) -> dict[int, Any]:
+    def _call(
+        self,
+        method: str,
+        args: Mapping[int, tuple[Any, ...]] | None = None,
+        timeout: float | None | str = "default",
+    ) -> dict[int, Any]:
         """Call ``method`` on the shards in ``args`` (default: all, no arguments) at once and
         return ``{rank: value}``. Waits for every call before raising, so nothing is left
         running; a shard that is down raises :class:`ShardUnavailableError`, a shard's own
@@ -278,7 +304,8 @@ class RayTrajectoryReplayBuffer:
         if args is None:
             args = {k: () for k in range(self.num_shards)}
         refs = {k: getattr(self._shards[k], method).remote(*a) for k, a in args.items()}
-        deadline = None if self.call_timeout is None else time.monotonic() + self.call_timeout
+        limit = self.call_timeout if timeout == "default" else timeout
+        deadline = None if limit is None else time.monotonic() + float(limit)
         values: dict[int, Any] = {}
         failures: list[BaseException] = []
         for k, ref in refs.items():
@@ -289,7 +316,7 @@ class RayTrajectoryReplayBuffer:
                 failures.append(
                     ShardUnavailableError(
                         f"shard {k} ({self._where(k)}) did not answer {method} within "
-                        f"{self.call_timeout} s; it may be overloaded or its node unreachable "
+                        f"{limit} s; it may be overloaded, not yet scheduled, or its node unreachable "
                         "(raise call_timeout, or check the Ray cluster)",
                         shard=k,
                     )
@@ -356,8 +383,9 @@ class RayTrajectoryReplayBuffer:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            left = None if deadline is None else max(0.001, deadline - time.monotonic())
             try:
-                infos = self._call("ping")
+                infos = self._call("ping", timeout=left)
                 break
             except ShardUnavailableError as exc:
                 if deadline is not None and time.monotonic() >= deadline:
@@ -411,8 +439,10 @@ class RayTrajectoryReplayBuffer:
         if keys is not None:
             targets = [shard_of_key(key, self.num_shards) for key in keys]
         else:
-            targets = [(self._next_shard + i) % self.num_shards for i in range(len(trajectories))]
-            self._next_shard = (self._next_shard + len(trajectories)) % self.num_shards
+            with self._lock:
+                first = self._next_shard
+                self._next_shard = (first + len(trajectories)) % self.num_shards
+            targets = [(first + i) % self.num_shards for i in range(len(trajectories))]
         batches: dict[int, list[int]] = {}
         for i, k in enumerate(targets):
             batches.setdefault(k, []).append(i)
@@ -486,7 +516,8 @@ class RayTrajectoryReplayBuffer:
                     f"cannot sample: no shard holds a {what} in its window; add trajectories or "
                     "load a checkpoint first (is_ready() tells when sampling is possible)"
                 )
-            counts = split_draws(populations, num, self._rng)
+            with self._lock:
+                counts = split_draws(populations, num, self._rng)
             args = {k: (int(counts[k]), seq_len, pad) for k in range(self.num_shards)}
             try:
                 replies = self._call("sample", args)
@@ -498,7 +529,9 @@ class RayTrajectoryReplayBuffer:
             self._populations[kind] = np.array(
                 [replies[k][1] for k in range(self.num_shards)], dtype=np.int64
             )
-            return assemble([replies[k][0] for k in range(self.num_shards)], counts, self._rng)
+            with self._lock:
+                order_rng = np.random.default_rng(self._rng.integers(2**63))
+            return assemble([replies[k][0] for k in range(self.num_shards)], counts, order_rng)
         raise AssertionError("unreachable")
 
     # -- state --------------------------------------------------------------------------------
