@@ -564,3 +564,51 @@ def test_the_first_example_of_the_distributed_guide_runs(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[(0, 0), (1, 0), (0, 1)]" in out.stdout
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["rank_0", "rank_1"]
+
+
+def _soak_selected(config) -> bool:
+    return os.environ.get("RLINF_SOAK") == "1" or "soak" in (config.getoption("markexpr") or "")
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("fmt", ["pt", "segment"])
+def test_shards_killed_again_and_again_lose_no_flushed_trajectory(make, request, fmt):
+    """Rounds of: add from two threads, flush, SIGKILL a random shard (sometimes mid-add), wait
+    for it; every trajectory acknowledged before a flush must be sampleable afterwards."""
+    if not _soak_selected(request.config):
+        pytest.skip("soak test: run with -m soak or RLINF_SOAK=1")
+    rounds = int(os.environ.get("RLINF_SHARD_SOAK_ROUNDS", "30"))
+    buf = make(3, trajectory_format=fmt)
+    rng = np.random.default_rng(11)
+    durable: set[int] = set()
+    next_code = 0
+    for _ in range(rounds):
+        codes = list(range(next_code, next_code + 6))
+        next_code += 6
+        buf.add_trajectories([traj(c) for c in codes])
+        buf.flush()
+        durable.update(codes)
+        victim = int(rng.integers(3))
+        pid = shard_pid(buf, victim)
+        if rng.random() < 0.5:  # kill while more adds are in flight (not flushed: may be lost)
+            extra = [traj(c) for c in range(next_code, next_code + 3)]
+            next_code += 3
+            killer = threading.Timer(0.01, os.kill, (pid, signal.SIGKILL))
+            killer.start()
+            try:
+                buf.add_trajectories(extra)
+            except ShardUnavailableError:
+                pass
+            killer.join()
+        else:
+            os.kill(pid, signal.SIGKILL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ShardRestartedWarning)
+            for _ in range(100):
+                try:
+                    buf.wait_until_ready(60)
+                    seen = {c // 1000 for c, _ in transition_keys(buf.sample(40 * len(durable) * N * E * B))}
+                    break
+                except ShardUnavailableError:
+                    time.sleep(0.1)
+        assert durable <= seen, f"lost flushed trajectories {sorted(durable - seen)}"
