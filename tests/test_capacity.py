@@ -437,6 +437,14 @@ CHILD = textwrap.dedent(
             print("error: trajectory 5 was never written", flush=True)
             sys.exit(2)
         time.sleep(0.001)
+    # the removal of 3 is journaled by a writer job that may run after that write
+    import os
+    journal = os.path.join(directory, "trajectory_index.journal")
+    while '"trajectory_id":3,"removed":true' not in open(journal).read().replace(" ", ""):
+        if time.monotonic() > deadline:
+            print("error: the removal of trajectory 3 was never journaled", flush=True)
+            sys.exit(2)
+        time.sleep(0.001)
     print("ready", flush=True)
     time.sleep(3600)
     """
