@@ -103,8 +103,8 @@ def test_sampler_scenarios_report_every_contender(tmp_path, capsys):
 
 def test_ray_scenario_compares_the_sharded_buffer_with_the_local_one(tmp_path, capsys):
     """The ray scenario with ``ours[local]`` and ``ours[ray-2]``: every ray child starts its own
-    Ray cluster (~10 s on 2 cores), so ``ours[ray-1]`` (the same client with one shard) is left
-    out to keep this test near 25 s."""
+    Ray cluster (5-10 s on 2 cores), so ``ours[ray-1]`` (the same client with one shard) is
+    left out to keep this test near 15 s."""
     pytest.importorskip("ray")
     wanted = ["ours[local]", "ours[ray-2]"]
     code, text, data = _run(

@@ -461,7 +461,8 @@ def test_a_load_survives_the_restart_of_a_shard(make, tmp_path):
     ("kwargs", "match"),
     [
         ({"shard_options": {"rate_limiter": None}}, "rate_limiter"),
-        ({"shard_options": {"prioritized": True}}, "prioritized"),
+        ({"shard_options": {"prioritized": True}}, "pass prioritized to RayTrajectoryReplayBuffer itself"),
+        ({"prioritized": True, "priority_alpha": -1}, "alpha"),
         ({"shard_options": {"auto_save_path": "/x"}}, "auto_save_path"),
         ({"call_timeout": 0}, "call_timeout"),
         ({"max_restarts": -2}, "max_restarts"),
@@ -612,3 +613,73 @@ def test_shards_killed_again_and_again_lose_no_flushed_trajectory(make, request,
                 except ShardUnavailableError:
                     time.sleep(0.1)
         assert durable <= seen, f"lost flushed trajectories {sorted(durable - seen)}"
+
+
+# -- prioritized ------------------------------------------------------------------------------
+
+
+def test_prioritized_draws_follow_priorities_over_the_union(make):
+    alpha = 0.7
+    buf = make(2, prioritized=True, priority_alpha=alpha, priority_beta=0.5)
+    buf.add_trajectories([traj(0)], keys=[0])
+    buf.add_trajectories([traj(1), traj(2)], keys=[1, 1])
+    population = all_transitions([0, 1, 2])
+    # learn every transition's index, then give it priority 1 + (code // 1000) * 2 + env
+    index_of = {}
+    while len(index_of) < len(population):
+        batch = buf.sample(512)
+        index_of.update(zip(transition_keys(batch), batch["indices"].tolist(), strict=True))
+    raw = {t: 1.0 + 2 * (t[0] // 1000) + t[1] for t in population}
+    keys = list(index_of)
+    assert buf.update_priorities([index_of[t] for t in keys], [raw[t] for t in keys]) == len(keys)
+    q = {t: (raw[t] + 1e-6) ** alpha for t in population}
+    total_q = sum(q.values())
+    seen = Counter()
+    draws = 0
+    for _ in range(10):
+        batch = buf.sample(1500)
+        rows = transition_keys(batch)
+        seen.update(rows)
+        draws += len(rows)
+        # weights: (min q / q_i) ** beta over the whole batch (both shards)
+        qs = torch.tensor([q[t] for t in rows], dtype=torch.float64)
+        expected = ((qs.min() / qs) ** 0.5).float()
+        assert torch.allclose(batch["weights"], expected, rtol=1e-5)
+        assert batch["weights"].max() == 1.0
+        assert_aligned(batch)
+    observed = [seen[t] for t in population]
+    expected_counts = [draws * q[t] / total_q for t in population]
+    assert chi_square(observed, expected_counts) < chi2_bound(len(population) - 1)
+
+
+def test_priority_updates_reach_the_right_shard_and_beta_anneals(make):
+    buf = make(2, prioritized=True, priority_alpha=1.0, priority_beta=0.4)
+    buf.add_trajectories([traj(0), traj(1)])  # shard 0 holds 0, shard 1 holds 1
+    batch = buf.sample(400)
+    shards = batch["indices"] % 2
+    codes_ = batch["curr_obs"]["states"][:, 0].long() // 1000
+    assert torch.equal(shards, codes_)  # the index names the shard the row came from
+    # silence trajectory 1: every later draw comes from shard 0
+    ones = batch["indices"][codes_ == 1]
+    buf.update_priorities(ones, torch.zeros(len(ones)))
+    remaining = set(all_transitions([1])) - set(
+        t for t, c in zip(transition_keys(batch), codes_.tolist(), strict=True) if c == 1
+    )
+    if not remaining:  # every transition of 1 was updated to zero
+        assert {c // 1000 for c, _ in transition_keys(buf.sample(500))} == {0}
+    buf.priority_beta = 1.0
+    assert buf.priority_beta == 1.0
+    with pytest.raises(InvalidArgumentError, match=r"priority_beta must be a number in \[0, 1\]"):
+        buf.priority_beta = 2
+    with pytest.raises(InvalidArgumentError, match="one priority each"):
+        buf.update_priorities([0, 1], [1.0])
+    with pytest.raises(InvalidArgumentError, match="finite"):
+        buf.update_priorities([0], [float("nan")])
+
+
+def test_uniform_buffers_refuse_priority_calls(make):
+    buf = make(1)
+    with pytest.raises(InvalidArgumentError, match="prioritized=True"):
+        buf.update_priorities([0], [1.0])
+    with pytest.raises(InvalidArgumentError, match="prioritized=True"):
+        buf.priority_beta = 0.5

@@ -692,12 +692,13 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
         :class:`EmptyBufferError`. A sharded buffer splits its draws in proportion to these.
 
         Raises:
-            InvalidArgumentError: bad arguments, or ``prioritized=True`` (draws are then not
-                uniform over a count).
+            InvalidArgumentError: bad arguments, or ``prioritized=True`` without ``seq_len``
+                (``sample`` then draws by priority).
         """
-        if self._prio is not None:
+        if self._prio is not None and seq_len is None:
             raise InvalidArgumentError(
-                "sampling_population counts uniform draws; a prioritized buffer draws by priority"
+                "sampling_population counts uniform draws; a prioritized buffer's sample() draws by "
+                "priority (see priority_mass())"
             )
         length = None if seq_len is None else _check_int("seq_len", seq_len, 1)
         pad = _check_bool("pad", pad)
@@ -713,6 +714,19 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
                 return self._sampling(count)
             except EmptyBufferError:
                 return 0
+
+    def priority_mass(self) -> float:
+        """The sum of ``(priority + priority_eps) ** priority_alpha`` over the window's
+        transitions, which prioritized draws are proportional to (``prioritized=True`` only);
+        ``0.0`` for an empty window. A sharded buffer splits its draws in proportion to it."""
+        prio = self._prio
+        if prio is None:
+            raise InvalidArgumentError("priority_mass needs a buffer built with prioritized=True")
+        with self._lock:
+            try:
+                return float(self._sampling(lambda ids, ends: (self._sync_priorities(ids), prio.total)[1]))
+            except EmptyBufferError:
+                return 0.0
 
     def update_priorities(self, indices: Any, priorities: Any) -> int:
         """Set the priorities of sampled transitions (``prioritized=True`` only).

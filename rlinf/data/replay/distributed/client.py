@@ -14,6 +14,7 @@ Ray restarts a shard whose process dies (``max_restarts``); the restarted shard 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import threading
@@ -39,6 +40,7 @@ from ..errors import (
     ShardUnavailableError,
 )
 from ..formats import check_format
+from ..priority import PrioritizedSampler
 from ..schema import Schema, schema_from_json
 from ..trajectory import Trajectory, align
 from . import shares
@@ -75,20 +77,26 @@ def shard_of_key(key: Hashable, num_shards: int) -> int:
 
 
 def split_draws(populations: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
-    """How many of ``num`` uniform draws over the union land in each shard (int64 ``[N]``).
+    """How many of ``num`` draws over the union land in each shard (int64 ``[N]``).
 
-    Exact integer arithmetic: each draw picks a position in ``[0, sum)`` and goes to the shard
-    whose range holds it, so shard ``k`` gets each draw with probability ``pop_k / sum``.
+    Each draw picks a position in ``[0, sum)`` and goes to the shard whose range holds it, so
+    shard ``k`` gets each draw with probability ``pop_k / sum``: exact integer arithmetic for
+    counts, float64 for priority masses.
     """
     cumulative = np.cumsum(populations)
-    picks = rng.integers(0, int(cumulative[-1]), size=num)
-    return np.bincount(np.searchsorted(cumulative, picks, side="right"), minlength=len(populations))
+    if np.issubdtype(cumulative.dtype, np.integer):
+        picks = rng.integers(0, int(cumulative[-1]), size=num)
+    else:  # priority masses
+        picks = rng.random(num) * float(cumulative[-1])
+    shard = np.minimum(np.searchsorted(cumulative, picks, side="right"), len(populations) - 1)
+    return np.bincount(shard, minlength=len(populations))
 
 
 def assemble(
     parts: Sequence[Mapping[tuple[str, ...], Encoded]], counts: np.ndarray, rng: np.random.Generator
 ) -> Batch:
-    """One batch from the shards' parts, rows in a random order (one copy per tensor).
+    """One batch from the shards' parts, rows in a random order: one copy per tensor from
+    one shard; from several, a concatenation and a reordering (both at memory speed).
 
     Args:
         parts: per shard, the flat encoded batch of its ``counts[k]`` rows (``[counts[k], ...]``).
@@ -99,14 +107,16 @@ def assemble(
         InvalidTrajectoryError: shards returned different fields, dtypes or shapes.
     """
     num = int(counts.sum())
-    order = torch.from_numpy(rng.permutation(num))
-    offsets = np.concatenate([[0], np.cumsum(counts)])
     present = [k for k in range(len(parts)) if counts[k] > 0]
+    # rows of shard k fill a random set of positions: gather the parts in shard order, then
+    # take them in a random order (cat + index_select run at memory speed; index_copy_ into
+    # scattered rows was several times slower for image rows)
+    order = torch.from_numpy(rng.permutation(num)) if len(present) > 1 else None
     reference = present[0]
     out: dict[tuple[str, ...], torch.Tensor] = {}
     for key, item in parts[reference].items():
         first = decode(item)
-        tensor = torch.empty((num, *first.shape[1:]), dtype=first.dtype)
+        pieces = []
         for k in present:
             got = parts[k].get(key)
             part = first if k == reference else (decode(got) if got is not None else None)
@@ -117,11 +127,13 @@ def assemble(
                     f"{'missing' if part is None else f'{part.dtype} {list(part.shape[1:])}'}); every "
                     "shard must hold trajectories with the same fields"
                 )
-            if len(present) == 1:
-                tensor.copy_(part)  # one shard: its draws are already in random order
-            else:
-                tensor.index_copy_(0, order[offsets[k] : offsets[k + 1]], part)
-        out[key] = tensor
+            pieces.append(part)
+        if order is None:  # one shard: its draws are already in random order
+            out[key] = pieces[0].clone(memory_format=torch.contiguous_format)
+        else:  # on [rows, row elements] views, which copy several times faster than [rows, ...]
+            row = math.prod(first.shape[1:])
+            flat = torch.cat([p.reshape(p.shape[0], row) for p in pieces])
+            out[key] = flat.index_select(0, order).reshape(num, *first.shape[1:])
     extra = [key for k in present for key in parts[k] if key not in parts[reference]]
     if extra:
         raise InvalidTrajectoryError(
@@ -155,9 +167,15 @@ class RayTrajectoryReplayBuffer:
         enable_cache, cache_size, trajectory_format: as for ``TrajectoryReplayBuffer``, per shard.
         route_by: ``route_by(trajectory) -> key`` (int, str or bytes) picks the shard of each
             added trajectory (``key % N`` for ints, CRC-32 for strings); default round-robin.
+        prioritized, priority_alpha, priority_beta, priority_eps: prioritized sampling over the
+            union: draws are split in proportion to each shard's priority mass, every row is
+            drawn with probability ``q_i / sum_j q_j`` over all shards (``q = (p + eps) **
+            alpha``), ``indices`` name (shard, slot) for :meth:`update_priorities`, and
+            ``weights`` are batch-max normalised over the whole batch. New transitions get the
+            largest priority their shard has seen.
         shard_options: further ``TrajectoryReplayBuffer`` keyword arguments for every shard
             (``max_trajectories``, ``max_disk_bytes``, ``on_corrupt``, ``max_staleness``, ...;
-            not ``rate_limiter`` or ``prioritized``).
+            not ``rate_limiter``).
         actor_options: Ray actor options (``num_cpus``, ``resources``,
             ``scheduling_strategy``, ``runtime_env``, ...), a dict for every shard or a
             function ``rank -> dict``. Default: ``num_cpus=1``.
@@ -185,6 +203,10 @@ class RayTrajectoryReplayBuffer:
         cache_size: int = 5,
         trajectory_format: str = "pt",
         route_by: Callable[[Any], Hashable] | None = None,
+        prioritized: bool = False,
+        priority_alpha: float = 0.6,
+        priority_beta: float = 0.4,
+        priority_eps: float = 1e-6,
         shard_options: Mapping[str, Any] | None = None,
         actor_options: Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None = None,
         max_restarts: int = -1,
@@ -214,8 +236,25 @@ class RayTrajectoryReplayBuffer:
         if reserved:
             raise InvalidArgumentError(
                 f"shard_options {reserved} cannot be used with the sharded buffer (it auto-saves each "
-                "shard to path/rank_k; rate limiting and prioritized sampling are per process)"
+                "shard to path/rank_k; a rate limiter works within one process)"
             )
+        for key in ("prioritized", "priority_alpha", "priority_beta", "priority_eps"):
+            if key in options:
+                raise InvalidArgumentError(
+                    f"pass {key} to RayTrajectoryReplayBuffer itself, not in shard_options"
+                )
+        self.prioritized = _check_bool("prioritized", prioritized)
+        if self.prioritized:
+            options.update(
+                prioritized=True,
+                priority_alpha=priority_alpha,
+                priority_beta=priority_beta,
+                priority_eps=priority_eps,
+            )
+            PrioritizedSampler(
+                priority_alpha, priority_beta, priority_eps, generator=torch.Generator()
+            )  # checks
+        self._beta = float(priority_beta)
         options.update(
             sample_window_size=_check_int("sample_window_size", sample_window_size, 0),
             enable_cache=_check_bool("enable_cache", enable_cache),
@@ -283,6 +322,7 @@ class RayTrajectoryReplayBuffer:
     # -- pickling: copies are handles to the same shards ----------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         keep = ("path", "num_shards", "seed", "route_by", "call_timeout", "_shards", "_check_finite")
+        keep += ("prioritized", "_beta")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -375,7 +415,8 @@ class RayTrajectoryReplayBuffer:
         """Wait until every shard answers (e.g. after :class:`ShardUnavailableError`).
 
         Returns:
-            Per shard: ``rank``, ``pid``, ``host``, ``path``, ``size``, ``restored`` (trajectories
+            Per shard: ``rank``, ``pid``, ``host``, ``node_id`` (Ray's), ``path``, ``size``,
+            ``restored`` (trajectories
             it found in its directory when it started), ``recovered`` and ``schema``.
 
         Raises:
@@ -500,7 +541,7 @@ class RayTrajectoryReplayBuffer:
         seq_len, pad = kind if kind is not None else (None, False)
         args = {k: (seq_len, pad) for k in range(self.num_shards)}
         values = self._call("population", args)
-        populations = np.array([values[k] for k in range(self.num_shards)], dtype=np.int64)
+        populations = np.array([values[k] for k in range(self.num_shards)])
         self._populations[kind] = populations
         return populations
 
@@ -526,13 +567,84 @@ class RayTrajectoryReplayBuffer:
                 if attempt == _EMPTY_RETRIES:
                     raise
                 continue
-            self._populations[kind] = np.array(
-                [replies[k][1] for k in range(self.num_shards)], dtype=np.int64
-            )
+            self._populations[kind] = np.array([replies[k][1] for k in range(self.num_shards)])
             with self._lock:
                 order_rng = np.random.default_rng(self._rng.integers(2**63))
-            return assemble([replies[k][0] for k in range(self.num_shards)], counts, order_rng)
+            parts = [replies[k][0] for k in range(self.num_shards)]
+            prioritized = ("indices",) in parts[int(np.flatnonzero(counts)[0])]
+            if prioritized:  # global ids: slot * N + shard
+                for k, part in enumerate(parts):
+                    if counts[k] > 0:
+                        slots = decode(part[("indices",)])
+                        part[("indices",)] = (slots.numpy() * self.num_shards + k, None)
+            batch = assemble(parts, counts, order_rng)
+            if prioritized:  # (N P(i))^-beta / max over the batch == (min q / q_i)^beta
+                q = batch["weights"]
+                batch["weights"] = ((q.min() / q) ** self._beta).to(torch.float32)
+            return batch
         raise AssertionError("unreachable")
+
+    @property
+    def priority_beta(self) -> float:
+        """The importance-sampling exponent of ``weights`` (settable, in [0, 1], for annealing)."""
+        return self._beta
+
+    @priority_beta.setter
+    def priority_beta(self, value: float) -> None:
+        if not self.prioritized:
+            raise InvalidArgumentError("priority_beta needs a buffer built with prioritized=True")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise InvalidArgumentError(f"priority_beta must be a number in [0, 1], got {value!r}")
+        self._beta = float(value)
+
+    def update_priorities(self, indices: Any, priorities: Any) -> int:
+        """Set the priorities of sampled transitions (``prioritized=True`` only), every shard
+        at once.
+
+        Args:
+            indices: int64 ``[K]``, the ``indices`` of a batch from :meth:`sample`.
+            priorities: float ``[K]``, finite and >= 0 (e.g. ``|TD error|``).
+
+        Returns:
+            How many were applied (transitions that left their shard's window are skipped).
+
+        Raises:
+            InvalidArgumentError: not prioritized, lengths differ, or bad values (nothing is
+                changed then).
+        """
+        if not self.prioritized:
+            raise InvalidArgumentError(
+                "update_priorities needs a buffer built with prioritized=True (this one samples uniformly)"
+            )
+        idx = (
+            torch.as_tensor(indices).detach().cpu().numpy()
+            if not isinstance(indices, np.ndarray)
+            else indices
+        )
+        pri = (
+            torch.as_tensor(priorities).detach().cpu().numpy()
+            if not isinstance(priorities, np.ndarray)
+            else priorities
+        )
+        idx, pri = np.asarray(idx).reshape(-1), np.asarray(pri, dtype=np.float64).reshape(-1)
+        if not np.issubdtype(idx.dtype, np.integer) or len(idx) != len(pri):
+            raise InvalidArgumentError(
+                f"indices must be integers with one priority each, got {len(idx)} {idx.dtype} indices "
+                f"and {len(pri)} priorities"
+            )
+        if (idx < 0).any() or not np.isfinite(pri).all() or (pri < 0).any():
+            raise InvalidArgumentError("indices must be >= 0 and priorities finite and >= 0")
+        shards = idx % self.num_shards
+        args = {
+            int(k): (idx[shards == k] // self.num_shards, pri[shards == k])
+            for k in np.unique(shards).tolist()
+        }
+        replies = self._call("update_priorities", args)
+        known = self._populations.get(None)
+        for k, (_, mass) in replies.items():
+            if known is not None:
+                known[k] = mass
+        return sum(applied for applied, _ in replies.values())
 
     # -- state --------------------------------------------------------------------------------
     def get_stats(self) -> dict[str, Any]:

@@ -17,15 +17,28 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import torch
+
 from ..buffer import TrajectoryReplayBuffer
 from ..errors import InvalidArgumentError
 from . import shares
 from .wire import Encoded, decode_trajectory, flatten_batch
 
 #: constructor options a shard cannot take: the client sets them, or they cannot span processes
-RESERVED_OPTIONS = frozenset({"auto_save", "auto_save_path", "seed", "rate_limiter", "prioritized"})
+RESERVED_OPTIONS = frozenset({"auto_save", "auto_save_path", "seed", "rate_limiter"})
 
 Reply = tuple[str, Any]
+
+
+def _ray_node_id() -> str | None:
+    """The Ray node this process runs on (``None`` outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # no Ray, or not inside a Ray worker
+        return None
 
 
 class ShardServer:
@@ -74,6 +87,7 @@ class ShardServer:
                 "rank": self.rank,
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
+                "node_id": _ray_node_id(),
                 "path": self.path,
                 "size": self.buffer.size,
                 "restored": self.restored,
@@ -89,18 +103,26 @@ class ShardServer:
         return self._reply(stats)
 
     def population(self, seq_len: int | None = None, pad: bool = False) -> Reply:
-        """``sampling_population`` of the buffer."""
-        return self._reply(self.buffer.sampling_population(seq_len, pad))
+        """What draws are split by: ``priority_mass()`` for prioritized ``sample``, else
+        ``sampling_population(seq_len, pad)``."""
+        return self._reply(self._population(seq_len, pad))
+
+    def _population(self, seq_len: int | None, pad: bool) -> int | float:
+        if self.buffer.prioritized and seq_len is None:
+            return self.buffer.priority_mass()
+        return self.buffer.sampling_population(seq_len, pad)
 
     # -- data ---------------------------------------------------------------------------------
     def add(self, messages: Sequence[Mapping[str, Any]]) -> Reply:
         """Add encoded trajectories; returns ``(ids, population for sample())``."""
         ids = self.buffer.add_trajectories([decode_trajectory(m) for m in messages])
-        return self._reply((ids, self.buffer.sampling_population()))
+        return self._reply((ids, self._population(None, False)))
 
     def sample(self, num: int, seq_len: int | None = None, pad: bool = False) -> Reply:
         """``num`` draws (``0``: none) and the population afterwards:
-        ``({key: encoded [num, ...]}, population)``."""
+        ``({key: encoded [num, ...]}, population)``. Prioritized draws carry ``indices`` (this
+        shard's slots) and, instead of weights, ``weights`` holding each row's stored priority
+        ``q = (p + eps) ** alpha`` (float64), from which the client weighs the whole batch."""
         flat: dict[tuple[str, ...], Encoded] = {}
         if num > 0:
             batch = (
@@ -108,8 +130,17 @@ class ShardServer:
                 if seq_len is None
                 else self.buffer.sample_sequences(num, seq_len, pad)
             )
+            if "indices" in batch:
+                prio = self.buffer._prio
+                assert prio is not None
+                batch["weights"] = torch.from_numpy(prio.probabilities(batch["indices"]) * prio.total)
             flat = flatten_batch(batch)
-        return self._reply((flat, self.buffer.sampling_population(seq_len, pad)))
+        return self._reply((flat, self._population(seq_len, pad)))
+
+    def update_priorities(self, slots: np.ndarray, priorities: np.ndarray) -> Reply:
+        """``update_priorities`` of the buffer; returns ``(applied, priority mass)``."""
+        applied = self.buffer.update_priorities(slots, priorities)
+        return self._reply((applied, self.buffer.priority_mass()))
 
     # -- persistence --------------------------------------------------------------------------
     def flush(self) -> Reply:
