@@ -683,3 +683,16 @@ def test_uniform_buffers_refuse_priority_calls(make):
         buf.update_priorities([0], [1.0])
     with pytest.raises(InvalidArgumentError, match="prioritized=True"):
         buf.priority_beta = 0.5
+
+
+def test_rows_arrive_as_views_of_the_object_store_not_copies(make):
+    """What a shard sends is mapped, not copied, on arrival; the client's batch is its own."""
+    buf = make(1)
+    buf.add_trajectories([coded_trajectory(i, n=50, e=2, num_envs=16, layout="aligned") for i in range(2)])
+    _, (flat, _) = ray.get(buf._shards[0].sample.remote(4096, None, False))
+    images, dtype_name = flat[("curr_obs", "main_images")]
+    assert images.nbytes > 100_000 and dtype_name is None
+    assert not images.flags.writeable and not images.flags.owndata  # a view of shared memory
+    batch = buf.sample(4096)
+    assert batch["curr_obs"]["main_images"].is_contiguous()
+    batch["curr_obs"]["main_images"].zero_()  # writable: the batch owns its memory
