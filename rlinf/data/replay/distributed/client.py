@@ -416,8 +416,9 @@ class RayTrajectoryReplayBuffer:
 
         Returns:
             Per shard: ``rank``, ``pid``, ``host``, ``node_id`` (Ray's), ``path``, ``size``,
-            ``restored`` (trajectories
-            it found in its directory when it started), ``recovered`` and ``schema``.
+            ``restored`` (trajectories it found in its directory when it started),
+            ``recovered`` (``"forward"``/``"back"`` if it finished or undid an interrupted
+            directory replacement) and ``schema``.
 
         Raises:
             ShardUnavailableError: a shard did not answer within ``timeout`` seconds.
