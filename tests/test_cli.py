@@ -203,3 +203,23 @@ def test_loading_a_directory_reports_progress(tmp_path):
     buf.load_checkpoint(str(path), progress=lambda done, total: calls.append((done, total)))
     assert calls[0] == (5, 5)  # index entries resolved
     assert calls[1:] == [(i, 5) for i in range(1, 6)]  # trajectories read into memory
+
+
+def test_info_and_verify_take_a_folder_of_ranks(tmp_path, capsys):
+    """A sharded buffer's directory (or a per-rank checkpoint): every rank, and the totals."""
+    for rank, ids in enumerate(([0, 2], [1])):
+        buf = TrajectoryReplayBuffer(auto_save=True, auto_save_path=str(tmp_path / f"rank_{rank}"))
+        buf.add_trajectories([coded_trajectory(i, n=4, e=1, num_envs=2, images=False) for i in ids])
+        buf.close()
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 ranks, 3 trajectories, 24 transitions" in out and "rank_1" in out
+    assert main(["info", "--json", str(tmp_path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["trajectories"] == 3 and [r["trajectories"] for r in data["rank_info"]] == [2, 1]
+    assert main(["verify", "--quiet", str(tmp_path)]) == 0
+    next((tmp_path / "rank_1").glob("trajectory_*.pt")).unlink()
+    capsys.readouterr()
+    assert main(["verify", "--quiet", "--json", str(tmp_path)]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is False and [r["ok"] for r in data["ranks"]] == [True, False]

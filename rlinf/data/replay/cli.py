@@ -142,9 +142,10 @@ def build_tool_parser() -> argparse.ArgumentParser:
         "info",
         "summarize a buffer directory",
         "Print trajectories, transitions, bytes, fields "
-        "(shape and dtype), model versions and the format of a buffer directory.",
+        "(shape and dtype), model versions and the format of a buffer directory; for a folder "
+        "of rank_* directories (a sharded buffer or per-rank checkpoint), each rank and the totals.",
     )
-    s.add_argument("path", help="the buffer directory")
+    s.add_argument("path", help="the buffer directory, or a folder of rank_* directories")
     _output_options(s)
 
     s = _add(
@@ -185,9 +186,10 @@ def build_tool_parser() -> argparse.ArgumentParser:
         "check a directory (and repair it)",
         "Check a buffer directory: the index "
         "against the files, checksums, shapes and alignment of every trajectory, metadata, "
-        "leftovers of interrupted writes. Exits 1 if problems remain.",
+        "leftovers of interrupted writes; every rank of a folder of rank_* directories. Exits 1 "
+        "if problems remain.",
     )
-    s.add_argument("path", help="the buffer directory")
+    s.add_argument("path", help="the buffer directory, or a folder of rank_* directories")
     s.add_argument(
         "--repair", action="store_true", help="quarantine bad trajectories, rewrite a consistent index"
     )
@@ -249,12 +251,46 @@ def _as_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str)
 
 
+def _ranks(path: str) -> list[str] | None:
+    """The ``rank_*`` buffer directories of a folder that is not itself a buffer directory
+    (a sharded buffer or a per-rank checkpoint), else ``None``."""
+    from .directory import is_buffer_directory
+    from .tools.merge_split import find_sources
+
+    if not os.path.isdir(path) or is_buffer_directory(path):
+        return None
+    try:
+        return find_sources(path)
+    except ReplayBufferError:
+        return None
+
+
 def _info(args: argparse.Namespace) -> int:
     from .tools.info import describe_directory, format_info
 
+    ranks = _ranks(args.path)
     with progress_bar("reading index", args.quiet) as progress:
-        info = describe_directory(args.path, progress=progress)
-    print(_as_json(info) if args.json else format_info(info))
+        infos = [describe_directory(p, progress=progress) for p in ranks or [args.path]]
+    if ranks is None:
+        print(_as_json(infos[0]) if args.json else format_info(infos[0]))
+        return 0
+    totals = {
+        "path": os.path.abspath(args.path),
+        "ranks": len(infos),
+        "trajectories": sum(i.trajectories for i in infos),
+        "transitions": sum(i.transitions for i in infos),
+        "bytes": sum(i.bytes for i in infos),
+    }
+    if args.json:
+        print(json.dumps({**totals, "rank_info": [i.to_json() for i in infos]}, indent=2, default=str))
+        return 0
+    print(
+        f"{totals['path']}: {totals['ranks']} ranks, {totals['trajectories']} trajectories, "
+        f"{totals['transitions']} transitions, {totals['bytes'] / (1 << 20):.1f} MiB"
+    )
+    for info in infos:
+        print()
+        print(format_info(info))
     return 0
 
 
@@ -301,23 +337,41 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    ranks = _ranks(args.path)
+    if ranks is not None:  # a sharded buffer or per-rank checkpoint: each rank on its own
+        codes = []
+        outs = []
+        for path in ranks:
+            code, out = _verify_one(path, args)
+            codes.append(code)
+            outs.append(out)
+        if args.json:
+            print(json.dumps({"ok": not any(codes), "ranks": outs}, indent=2))
+        else:
+            print("\n".join(outs))
+        return 1 if any(codes) else 0
+    code, out = _verify_one(args.path, args)
+    print(out)
+    return code
+
+
+def _verify_one(path: str, args: argparse.Namespace) -> tuple[int, Any]:
+    """Verify (and repair) one buffer directory: ``(exit code, JSON dict or text)``."""
     from .tools.verify import format_report, verify_directory
 
     with progress_bar("verifying", args.quiet) as progress:
-        report_ = verify_directory(args.path, repair=args.repair, progress=progress)
-    after = verify_directory(args.path) if report_.repaired else None
+        report_ = verify_directory(path, repair=args.repair, progress=progress)
+    after = verify_directory(path) if report_.repaired else None
+    final = after if after is not None else report_
     if args.json:
         out = report_.to_json()
         if after is not None:
             out["after_repair"] = after.to_json()
-        print(json.dumps(out, indent=2))
-    else:
-        print(format_report(report_))
-        if after is not None:
-            print("after repair:")
-            print(format_report(after))
-    final = after if after is not None else report_
-    return 0 if final.ok else 1
+        return (0 if final.ok else 1), (out if path != args.path else json.dumps(out, indent=2))
+    lines = [format_report(report_)]
+    if after is not None:
+        lines += ["after repair:", format_report(after)]
+    return (0 if final.ok else 1), "\n".join(lines)
 
 
 def _view(args: argparse.Namespace) -> int:
