@@ -27,7 +27,7 @@ def cluster():
     one shard each."""
     c = cluster_utils.Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False},
+        head_node_args={"num_cpus": 0, "include_dashboard": False},  # 2 CPUs in all
     )
     workers = [c.add_node(num_cpus=1, resources={"shard": 1}) for _ in range(2)]
     c.wait_for_nodes()
