@@ -696,3 +696,33 @@ def test_rows_arrive_as_views_of_the_object_store_not_copies(make):
     batch = buf.sample(4096)
     assert batch["curr_obs"]["main_images"].is_contiguous()
     batch["curr_obs"]["main_images"].zero_()  # writable: the batch owns its memory
+
+
+def test_built_from_rlinfs_configuration(tmp_path):
+    cfg = {
+        "algorithm": {
+            "replay_buffer": {
+                "auto_save": True,
+                "auto_save_path": str(tmp_path / "from-cfg"),
+                "sample_window_size": 0,
+                "cache_size": 3,
+                "max_trajectories": 5,
+                "min_buffer_size": 2,
+            }
+        }
+    }
+    buf = RayTrajectoryReplayBuffer.from_config(cfg, num_shards=2, actor_options=ACTOR)
+    try:
+        assert buf.path == str(tmp_path / "from-cfg")
+        assert buf.config_extras.min_buffer_size == 2
+        buf.add_trajectories([traj(i) for i in range(14)])
+        assert [s["size"] for s in buf.get_stats()["shards"]] == [5, 5]  # max_trajectories per shard
+        assert [s["cached_trajectories"] for s in buf.get_stats()["shards"]] == [3, 3]
+    finally:
+        buf.shutdown()
+    with pytest.raises(InvalidArgumentError, match="sample_windw_size"):
+        RayTrajectoryReplayBuffer.from_config(
+            {"sample_windw_size": 3}, num_shards=1, path=str(tmp_path / "x")
+        )
+    with pytest.raises(InvalidArgumentError, match="needs a directory"):
+        RayTrajectoryReplayBuffer.from_config({"cache_size": 3}, num_shards=1)

@@ -262,6 +262,7 @@ class RayTrajectoryReplayBuffer:
             trajectory_format=check_format(trajectory_format),
         )
         self._check_finite = bool(options.get("check_finite", False))
+        self.config_extras: Any = None  # set by from_config
         self._check_root()
         actor_class = ray.remote(ShardServer)
         self._shards = []
@@ -293,6 +294,44 @@ class RayTrajectoryReplayBuffer:
                 shard=exc.shard,
             ) from exc
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Any,
+        *,
+        num_shards: int,
+        path: str | None = None,
+        section: str = "replay_buffer",
+        **client: Any,
+    ) -> RayTrajectoryReplayBuffer:
+        """Build a sharded buffer from RLinf's buffer configuration (the keys of
+        ``TrajectoryReplayBuffer.from_config``; unknown keys raise, naming them).
+
+        ``auto_save_path`` (or ``path``, which wins) is the sharded buffer's directory;
+        ``auto_save`` is implied. ``seed``, ``sample_window_size``, ``enable_cache``,
+        ``cache_size``, ``trajectory_format`` and the prioritized keys go to the client; every
+        other constructor key goes to each shard. ``client`` takes further keyword arguments
+        of this class (``actor_options``, ``route_by``, ``name``, ...). The configuration's
+        extras (``min_buffer_size``, ``load_path``, ...) are in ``buffer.config_extras``.
+        """
+        from ..config import buffer_kwargs_from_config
+
+        kwargs, extras = buffer_kwargs_from_config(cfg, section=section)
+        kwargs.pop("auto_save", None)
+        where = path if path is not None else kwargs.pop("auto_save_path", None)
+        kwargs.pop("auto_save_path", None)
+        if not where:
+            raise InvalidArgumentError(
+                "the sharded buffer needs a directory: set auto_save_path in the configuration or pass path="
+            )
+        own = ("seed", "sample_window_size", "enable_cache", "cache_size", "trajectory_format")
+        own += ("prioritized", "priority_alpha", "priority_beta", "priority_eps")
+        mine = {k: kwargs.pop(k) for k in own if k in kwargs}
+        shard_options = {**kwargs, **client.pop("shard_options", {})}
+        buffer = cls(where, num_shards, **mine, shard_options=shard_options, **client)
+        buffer.config_extras = extras
+        return buffer
+
     def _setup_client_state(self) -> None:
         self._lock = threading.Lock()  # guards the generator and the round-robin turn
         self._rng = np.random.default_rng(self.seed if not hasattr(self, "_copy") else None)
@@ -322,7 +361,7 @@ class RayTrajectoryReplayBuffer:
     # -- pickling: copies are handles to the same shards ----------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         keep = ("path", "num_shards", "seed", "route_by", "call_timeout", "_shards", "_check_finite")
-        keep += ("prioritized", "_beta")
+        keep += ("prioritized", "_beta", "config_extras")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
