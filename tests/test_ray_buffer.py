@@ -492,7 +492,7 @@ def test_stats_sum_over_shards(make):
 
 
 def test_split_is_exact_in_distribution():
-    from rlinf.data.replay.distributed.client import split_draws
+    from rlinf.data.replay.distributed.batches import split_draws
 
     rng = np.random.default_rng(0)
     pops = np.array([1, 0, 3, 6])
@@ -653,20 +653,20 @@ def test_prioritized_draws_follow_priorities_over_the_union(make):
 
 
 def test_priority_updates_reach_the_right_shard_and_beta_anneals(make):
-    buf = make(2, prioritized=True, priority_alpha=1.0, priority_beta=0.4)
+    buf = make(2, prioritized=True, priority_alpha=1.0, priority_beta=0.4, priority_eps=1e-12)
     buf.add_trajectories([traj(0), traj(1)])  # shard 0 holds 0, shard 1 holds 1
     batch = buf.sample(400)
     shards = batch["indices"] % 2
     codes_ = batch["curr_obs"]["states"][:, 0].long() // 1000
     assert torch.equal(shards, codes_)  # the index names the shard the row came from
-    # silence trajectory 1: every later draw comes from shard 0
-    ones = batch["indices"][codes_ == 1]
-    buf.update_priorities(ones, torch.zeros(len(ones)))
-    remaining = set(all_transitions([1])) - set(
-        t for t, c in zip(transition_keys(batch), codes_.tolist(), strict=True) if c == 1
-    )
-    if not remaining:  # every transition of 1 was updated to zero
-        assert {c // 1000 for c, _ in transition_keys(buf.sample(500))} == {0}
+    # silence trajectory 1 (on shard 1): every later draw comes from shard 0
+    index_of = dict(zip(transition_keys(batch), batch["indices"].tolist(), strict=True))
+    while not set(all_transitions([1])) <= set(index_of):
+        more = buf.sample(400)
+        index_of.update(zip(transition_keys(more), more["indices"].tolist(), strict=True))
+    ones = [index_of[t] for t in all_transitions([1])]
+    assert buf.update_priorities(ones, [0.0] * len(ones)) == len(ones)
+    assert {c // 1000 for c, _ in transition_keys(buf.sample(500))} == {0}
     buf.priority_beta = 1.0
     assert buf.priority_beta == 1.0
     with pytest.raises(InvalidArgumentError, match=r"priority_beta must be a number in \[0, 1\]"):

@@ -18,7 +18,8 @@ from conftest import coded_trajectory
 
 from rlinf.data.replay.directory import read_directory
 from rlinf.data.replay.distributed import shares
-from rlinf.data.replay.distributed.client import assemble, shard_of_key
+from rlinf.data.replay.distributed.batches import assemble
+from rlinf.data.replay.distributed.routing import shard_of_key
 from rlinf.data.replay.distributed.shard import ShardServer
 from rlinf.data.replay.distributed.wire import decode, decode_trajectory, encode, encode_trajectory
 from rlinf.data.replay.errors import BufferDirectoryError, InvalidArgumentError, InvalidTrajectoryError
@@ -219,7 +220,7 @@ def test_assembly_mixes_shards_and_refuses_different_fields():
 
 
 def test_string_keys_route_the_same_in_every_process():
-    code = "from rlinf.data.replay.distributed.client import shard_of_key; print(shard_of_key('robot-7', 5))"
+    code = "from rlinf.data.replay.distributed.routing import shard_of_key; print(shard_of_key('robot-7', 5))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert int(out) == shard_of_key("robot-7", 5)
     with pytest.raises(InvalidArgumentError):

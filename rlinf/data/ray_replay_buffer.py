@@ -11,7 +11,8 @@ The machinery lives in :mod:`rlinf.data.replay.distributed`.
 
 from __future__ import annotations
 
-from rlinf.data.replay.distributed.client import RayTrajectoryReplayBuffer, shard_of_key
+from rlinf.data.replay.distributed.client import RayTrajectoryReplayBuffer
+from rlinf.data.replay.distributed.routing import shard_of_key
 from rlinf.data.replay.errors import ShardRestartedWarning, ShardUnavailableError
 
 __all__ = ["RayTrajectoryReplayBuffer", "ShardRestartedWarning", "ShardUnavailableError", "shard_of_key"]

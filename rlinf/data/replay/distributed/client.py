@@ -14,13 +14,11 @@ Ray restarts a shard whose process dies (``max_restarts``); the restarted shard 
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import threading
 import time
 import warnings
-import zlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -34,7 +32,6 @@ from ..errors import (
     BufferDirectoryError,
     EmptyBufferError,
     InvalidArgumentError,
-    InvalidTrajectoryError,
     ReplayBufferError,
     ShardRestartedWarning,
     ShardUnavailableError,
@@ -44,8 +41,10 @@ from ..priority import PrioritizedSampler
 from ..schema import Schema, schema_from_json
 from ..trajectory import Trajectory, align
 from . import shares
+from .batches import assemble, globalize_indices, importance_weights, split_draws
+from .routing import shard_of_key
 from .shard import RESERVED_OPTIONS, ShardServer
-from .wire import Encoded, decode, encode_trajectory
+from .wire import encode_trajectory
 
 try:  # the "ray" extra
     import ray
@@ -61,92 +60,6 @@ def _require_ray() -> None:
         raise ImportError(
             "RayTrajectoryReplayBuffer needs Ray: install the extra, pip install 'rlinf-replay-buffer[ray]'"
         )
-
-
-def shard_of_key(key: Hashable, num_shards: int) -> int:
-    """The shard a routing key goes to: ``key % N`` for ints, CRC-32 of the bytes for
-    ``str``/``bytes`` (the same in every process, unlike ``hash``)."""
-    if isinstance(key, bool) or not isinstance(key, int | np.integer | str | bytes):
-        raise InvalidArgumentError(
-            f"a routing key must be an int, str or bytes, got {type(key).__name__} {key!r}"
-        )
-    if isinstance(key, int | np.integer):
-        return int(key) % num_shards
-    data = key.encode() if isinstance(key, str) else key
-    return zlib.crc32(data) % num_shards
-
-
-def split_draws(populations: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
-    """How many of ``num`` draws over the union land in each shard (int64 ``[N]``).
-
-    Each draw picks a position in ``[0, sum)`` and goes to the shard whose range holds it, so
-    shard ``k`` gets each draw with probability ``pop_k / sum``: exact integer arithmetic for
-    counts, float64 for priority masses.
-    """
-    cumulative = np.cumsum(populations)
-    if np.issubdtype(cumulative.dtype, np.integer):
-        picks = rng.integers(0, int(cumulative[-1]), size=num)
-    else:  # priority masses
-        picks = rng.random(num) * float(cumulative[-1])
-    shard = np.minimum(np.searchsorted(cumulative, picks, side="right"), len(populations) - 1)
-    return np.bincount(shard, minlength=len(populations))
-
-
-def assemble(
-    parts: Sequence[Mapping[tuple[str, ...], Encoded]], counts: np.ndarray, rng: np.random.Generator
-) -> Batch:
-    """One batch from the shards' parts, rows in a random order: one copy per tensor from
-    one shard; from several, a concatenation and a reordering (both at memory speed).
-
-    Args:
-        parts: per shard, the flat encoded batch of its ``counts[k]`` rows (``[counts[k], ...]``).
-        counts: rows per shard.
-        rng: orders the rows (each shard's rows are i.i.d. draws; the order mixes shards).
-
-    Raises:
-        InvalidTrajectoryError: shards returned different fields, dtypes or shapes.
-    """
-    num = int(counts.sum())
-    present = [k for k in range(len(parts)) if counts[k] > 0]
-    # rows of shard k fill a random set of positions: gather the parts in shard order, then
-    # take them in a random order (cat + index_select run at memory speed; index_copy_ into
-    # scattered rows was several times slower for image rows)
-    order = torch.from_numpy(rng.permutation(num)) if len(present) > 1 else None
-    reference = present[0]
-    out: dict[tuple[str, ...], torch.Tensor] = {}
-    for key, item in parts[reference].items():
-        first = decode(item)
-        pieces = []
-        for k in present:
-            got = parts[k].get(key)
-            part = first if k == reference else (decode(got) if got is not None else None)
-            if part is None or part.dtype != first.dtype or part.shape[1:] != first.shape[1:]:
-                raise InvalidTrajectoryError(
-                    f"shards {reference} and {k} hold different data for {'.'.join(key)} "
-                    f"({first.dtype} {list(first.shape[1:])} vs "
-                    f"{'missing' if part is None else f'{part.dtype} {list(part.shape[1:])}'}); every "
-                    "shard must hold trajectories with the same fields"
-                )
-            pieces.append(part)
-        if order is None:  # one shard: its draws are already in random order
-            out[key] = pieces[0].clone(memory_format=torch.contiguous_format)
-        else:  # on [rows, row elements] views, which copy several times faster than [rows, ...]
-            row = math.prod(first.shape[1:])
-            flat = torch.cat([p.reshape(p.shape[0], row) for p in pieces])
-            out[key] = flat.index_select(0, order).reshape(num, *first.shape[1:])
-    extra = [key for k in present for key in parts[k] if key not in parts[reference]]
-    if extra:
-        raise InvalidTrajectoryError(
-            f"shards hold different fields ({'.'.join(extra[0])} is not in shard {reference}); "
-            "every shard must hold trajectories with the same fields"
-        )
-    batch: Batch = {}
-    for key, tensor in out.items():
-        if len(key) == 1:
-            batch[key[0]] = tensor
-        else:
-            batch.setdefault(key[0], {})[key[1]] = tensor
-    return batch
 
 
 class RayTrajectoryReplayBuffer:
@@ -612,15 +525,11 @@ class RayTrajectoryReplayBuffer:
                 order_rng = np.random.default_rng(self._rng.integers(2**63))
             parts = [replies[k][0] for k in range(self.num_shards)]
             prioritized = ("indices",) in parts[int(np.flatnonzero(counts)[0])]
-            if prioritized:  # global ids: slot * N + shard
-                for k, part in enumerate(parts):
-                    if counts[k] > 0:
-                        slots = decode(part[("indices",)])
-                        part[("indices",)] = (slots.numpy() * self.num_shards + k, None)
+            if prioritized:
+                globalize_indices(parts, counts)
             batch = assemble(parts, counts, order_rng)
-            if prioritized:  # (N P(i))^-beta / max over the batch == (min q / q_i)^beta
-                q = batch["weights"]
-                batch["weights"] = ((q.min() / q) ** self._beta).to(torch.float32)
+            if prioritized:
+                batch["weights"] = importance_weights(batch["weights"], self._beta)
             return batch
         raise AssertionError("unreachable")
 
@@ -890,4 +799,4 @@ def _check_checkpoint_destination(dest: str) -> None:
     )
 
 
-__all__ = ["RayTrajectoryReplayBuffer", "assemble", "shard_of_key", "split_draws"]
+__all__ = ["RayTrajectoryReplayBuffer"]
