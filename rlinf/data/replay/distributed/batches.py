@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..batch import Batch
+from ..batch import Batch, nest
 from ..errors import InvalidTrajectoryError
 from .wire import Encoded, decode
 
@@ -77,13 +77,7 @@ def assemble(
             f"shards hold different fields ({'.'.join(extra[0])} is not in shard {reference}); "
             "every shard must hold trajectories with the same fields"
         )
-    batch: Batch = {}
-    for key, tensor in out.items():
-        if len(key) == 1:
-            batch[key[0]] = tensor
-        else:
-            batch.setdefault(key[0], {})[key[1]] = tensor
-    return batch
+    return nest(out)
 
 
 def globalize_indices(parts: Sequence[dict[tuple[str, ...], Encoded]], counts: np.ndarray) -> None:
