@@ -726,3 +726,19 @@ def test_built_from_rlinfs_configuration(tmp_path):
         )
     with pytest.raises(InvalidArgumentError, match="needs a directory"):
         RayTrajectoryReplayBuffer.from_config({"cache_size": 3}, num_shards=1)
+
+
+def test_rlinfs_own_directory_spreads_over_shards_aligned(make, fixture_dir):
+    """The RLinf-written fixture (3 trajectories, 48 transitions) loaded into two shards: every
+    sampled row is an aligned transition, every step comes up, and the fixture is only read."""
+    before = {p.name: p.read_bytes() for p in fixture_dir.iterdir()}
+    buf = make(2)
+    buf.load_checkpoint(str(fixture_dir))
+    assert [s["size"] for s in buf.get_stats()["shards"]] == [2, 1]  # ids 0, 2 and 1: dealt out
+    seen = set()
+    for _ in range(4):
+        batch = buf.sample(500)
+        assert_aligned(batch, n=4)
+        seen.update(batch["curr_obs"]["states"][:, 0].long().tolist())
+    assert seen == {1000 * i + 100 * k + s for i in range(3) for k in range(2) for s in range(4)}
+    assert {p.name: p.read_bytes() for p in fixture_dir.iterdir()} == before
