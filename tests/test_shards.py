@@ -231,3 +231,27 @@ def test_a_commit_without_a_staged_directory_is_refused(tmp_path):
     (tmp_path / "rank_0").mkdir()
     with pytest.raises(BufferDirectoryError, match="no staged directory"):
         shares.commit(str(tmp_path), 0)
+
+
+def test_a_commit_that_fails_midway_leaves_a_working_shard(tmp_path, monkeypatch):
+    ckpt = checkpoint_of(tmp_path / "ckpt", [5, 6])
+    shard = ShardServer(str(tmp_path / "root"), 0, 1, 7, {"sample_window_size": 0})
+    shard.add([encode_trajectory(traj(40))])
+    shard.prepare_load(str(ckpt))
+    real_rename = os.rename
+    calls = []
+
+    def failing_rename(src, dst):
+        calls.append(src)
+        if len(calls) == 2:  # rank_k is already retired: the second rename fails
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(shares.os, "rename", failing_rename)
+    with pytest.raises(OSError, match="No space"):
+        shard.commit()
+    monkeypatch.setattr(shares.os, "rename", real_rename)
+    assert shard.recovered == "forward"  # past the commit point: the load is finished
+    assert shard.buffer.size == 2 and codes_in(tmp_path / "root" / "rank_0") == [5, 6]
+    shard.add([encode_trajectory(traj(41))])  # and it works
+    assert shard.buffer.size == 3

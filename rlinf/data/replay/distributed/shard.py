@@ -182,8 +182,11 @@ class ShardServer:
     def commit(self) -> Reply:
         """Replace ``rank_k`` by what was staged and continue from it."""
         self.buffer.close()
-        shares.commit(self.root, self.rank)
-        self.buffer = self._open()
+        try:
+            shares.commit(self.root, self.rank)
+        finally:  # after a failure midway, finish or undo the swap as a restart would
+            self.recovered = shares.recover(self.root, self.rank)
+            self.buffer = self._open()
         return self._reply(self.buffer.size)
 
     # -- lifecycle ----------------------------------------------------------------------------
