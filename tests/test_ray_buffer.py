@@ -271,6 +271,8 @@ def test_a_named_buffer_is_attached_to_by_a_second_client(make, tmp_path):
     again = RayTrajectoryReplayBuffer(str(tmp_path / "buf"), 2, name="attach-test", actor_options=ACTOR)
     assert again.size == 2
     assert [i["pid"] for i in again.wait_until_ready()] == [i["pid"] for i in buf.wait_until_ready()]
+    with pytest.raises(InvalidArgumentError, match="serves .* not .*elsewhere"):
+        RayTrajectoryReplayBuffer(str(tmp_path / "elsewhere"), 2, name="attach-test", actor_options=ACTOR)
 
 
 # -- checkpoints ------------------------------------------------------------------------------

@@ -196,7 +196,7 @@ class RayTrajectoryReplayBuffer:
             )
         self._setup_client_state()
         try:
-            self.wait_until_ready(timeout=start_timeout)
+            infos = self.wait_until_ready(timeout=start_timeout)
         except ShardUnavailableError as exc:
             if name is None:  # ours alone: do not leave them waiting for resources
                 for actor in self._shards:
@@ -206,6 +206,12 @@ class RayTrajectoryReplayBuffer:
                 f"cluster have free resources for {self.num_shards} actors with {self._actor_summary}?",
                 shard=exc.shard,
             ) from exc
+        for k, info in enumerate(infos):  # named actors may belong to another buffer
+            if info["rank"] != k or info["path"] != shares.live_dir(self.path, k):
+                raise InvalidArgumentError(
+                    f"the running actor {name}.rank_{k} serves {info['path']} (rank {info['rank']}), "
+                    f"not {shares.live_dir(self.path, k)}; use another name, or the same path"
+                )
 
     @classmethod
     def from_config(
