@@ -745,3 +745,23 @@ def test_rlinfs_own_directory_spreads_over_shards_aligned(make, fixture_dir):
         seen.update(batch["curr_obs"]["states"][:, 0].long().tolist())
     assert seen == {1000 * i + 100 * k + s for i in range(3) for k in range(2) for s in range(4)}
     assert {p.name: p.read_bytes() for p in fixture_dir.iterdir()} == before
+
+
+def test_priorities_survive_a_sharded_checkpoint_and_a_restart(make, tmp_path):
+    buf = make(2, prioritized=True)
+    buf.add_trajectories([traj(i) for i in range(4)])
+    batch = buf.sample(2000)
+    idx = np.unique(batch["indices"].numpy())
+    buf.update_priorities(idx, (idx % 5) * 0.5 + 0.25)
+    masses = buf._refresh(None)
+    buf.save_checkpoint(str(tmp_path / "ckpt"))  # rank_k/priorities.bin per shard
+    again = make(2, path=tmp_path / "again", prioritized=True)
+    again.load_checkpoint(str(tmp_path / "ckpt"))  # rank for rank: priorities follow
+    assert np.allclose(again._refresh(None), masses, rtol=1e-9)
+    # compacting writes each shard's priorities to its own directory; a restart restores them
+    buf.save_checkpoint(str(tmp_path / "buf"))
+    kill_shard(buf, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ShardRestartedWarning)
+        buf.wait_until_ready(60)
+    assert np.allclose(buf._refresh(None), masses, rtol=1e-9)

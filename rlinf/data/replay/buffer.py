@@ -28,14 +28,16 @@ import torch
 from . import checkpoint, formats
 from .batch import Batch
 from .cache import TrajectoryCache
-from .directory import Record
+from .directory import Record, refuse_link_out
 from .errors import (
+    CorruptBufferError,
     CorruptDataWarning,
     CorruptTrajectoryError,
     EmptyBufferError,
     InvalidArgumentError,
     WriterError,
 )
+from .formats import priorities as priorities_file
 from .formats.segment import SegmentStore
 from .index import TrajectoryIndex
 from .integrity import rows_checksum
@@ -246,6 +248,7 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             if self._own.contents.records:
                 records, schema = self._own.contents.records, self._own.schema
                 self._install(records, *self._prepare(records, schema), schema)
+                self._restore_priorities(self.auto_save_path)
             self._counter = max(self._counter, self._own.next_id)
 
     # -- configuration ------------------------------------------------------------------------
@@ -847,6 +850,7 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
                         return cache.take(pin, tid)
                     return unwritten.get(tid)
 
+            saved = self._saved_priorities()
             snapshot = checkpoint.Snapshot(
                 records=records,
                 rows_of=rows_of,
@@ -854,12 +858,15 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
                 counter=self._counter,
                 seed=self.seed,
                 fmt=self.trajectory_format,
+                extra=None if saved is None else (lambda staging: priorities_file.write(staging, saved)),
             )
         try:
             if self._own is not None and checkpoint.same_path(save_path, self._own.path):
                 with self._lock:
                     self._own.absorb(snapshot)
                     self._own.compact(self._counter, self._schema)
+                    if saved is not None:
+                        priorities_file.write(self._own.path, saved)
                 return
             renamed = checkpoint.save(snapshot, save_path)
         finally:
@@ -924,6 +931,7 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             self._reset_contents()
             own_next = self._own.next_id if self._own is not None else 0
             self._install(contents.records, keep, warm, schema)
+            self._restore_priorities(contents.path)
             self._counter = max(contents.counter, own_next)
             if self._own is not None and checkpoint.same_path(contents.path, self._own.path):
                 self._counter = max(self._counter, self._own.next_id)
@@ -964,6 +972,55 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
                 )
                 self._corrupt_skipped += 1
                 keep = [r for r in keep if r.trajectory_id != exc.trajectory_id]
+
+    def _saved_priorities(self) -> priorities_file.SavedPriorities | None:
+        """The raw priorities of the window's transitions (``None`` unless prioritized)."""
+        prio = self._prio
+        if prio is None:
+            return None
+        saved = priorities_file.SavedPriorities(prio.alpha, prio.eps, prio.max_priority)
+        ids, ends, _ = self._index.window(self._window_size)
+        if not len(ids) or not int(ends[-1]):
+            return saved
+        starts = self._sync_priorities(ids)
+        counts = np.diff(ends, prepend=0)
+        slots = np.repeat(starts, counts) + (np.arange(int(ends[-1])) - np.repeat(ends - counts, counts))
+        raw = prio.raw_priorities(slots)
+        for p, tid in enumerate(ids.tolist()):
+            saved.trajectories[tid] = (self._index[tid].uuid, raw[int(ends[p] - counts[p]) : int(ends[p])])
+        return saved
+
+    def _restore_priorities(self, directory: str) -> None:
+        """Give the window's transitions the priorities saved in ``directory`` (prioritized
+        buffers only; trajectories are matched by id and uuid). A damaged file is skipped with a
+        :class:`CorruptDataWarning`: the transitions keep the maximum priority."""
+        prio = self._prio
+        path = os.path.join(directory, priorities_file.NAME)
+        if prio is None or not os.path.lexists(path):
+            return
+        try:
+            refuse_link_out(path)
+            saved = priorities_file.read(path)
+        except (CorruptBufferError, OSError) as exc:
+            message = f"{exc}; every transition starts at the maximum priority"
+            logger.warning("%s", message)
+            warnings.warn(message, CorruptDataWarning, stacklevel=4)
+            return
+        before = prio.max_priority
+        ids, ends, _ = self._index.window(self._window_size)
+        if len(ids) and int(ends[-1]):
+            starts = self._sync_priorities(ids)
+            counts = np.diff(ends, prepend=0)
+            slots, values = [], []
+            for p, tid in enumerate(ids.tolist()):
+                entry = saved.trajectories.get(tid)
+                if entry is None or entry[0] != self._index[tid].uuid or entry[1].size != counts[p]:
+                    continue
+                slots.append(np.arange(starts[p], starts[p] + counts[p], dtype=np.int64))
+                values.append(entry[1])
+            if slots:
+                prio.update_priorities(np.concatenate(slots), np.concatenate(values))
+        prio.restore_max_priority(max(before, saved.max_priority))
 
     def _read_aligned(self, record: Record, schema: Schema | None) -> dict[Key, torch.Tensor]:
         store = None
@@ -1031,6 +1088,9 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
         with self._lock, self._index_io():
             if self._own is not None:
                 self._own.compact(self._counter, self._schema)
+                saved = self._saved_priorities()
+                if saved is not None:
+                    priorities_file.write(self._own.path, saved)
                 self._own.close()
             self._readers.clear()
         self._writer.close()

@@ -121,6 +121,8 @@ class Snapshot:
     counter: int
     seed: int | None
     fmt: str
+    extra: Callable[[str], None] | None = None
+    """Called with the staging directory before the index is written (e.g. priorities)."""
 
 
 def read_rows(
@@ -312,6 +314,8 @@ def save(snapshot: Snapshot, save_path: str) -> dict[int, Record]:
     try:
         with writing(dest):
             placed = place_records(snapshot.records, snapshot.rows_of, staging, snapshot.fmt, snapshot.schema)
+            if snapshot.extra is not None:
+                snapshot.extra(staging)
             entries = [placed[r.trajectory_id].to_entry() for r in snapshot.records]
             write_index(staging, entries)
             write_metadata(staging, snapshot.fmt, entries, snapshot.counter, snapshot.seed, snapshot.schema)

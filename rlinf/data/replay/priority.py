@@ -393,6 +393,29 @@ class PrioritizedSampler:
         """Number of live slots."""
         return self._live
 
+    def raw_priorities(self, slots: ArrayLike) -> np.ndarray:
+        """float64 ``[K]``: the raw priority of each live slot (what :meth:`update_priorities`
+        was given, recovered from the stored ``(p + eps) ** alpha``; with ``alpha = 0`` every
+        slot reads as ``max_priority``).
+
+        Raises:
+            InvalidArgumentError: a slot is not live.
+        """
+        s = _as_indices(slots, "slots")
+        with self._lock:
+            self._check_live(s)
+            q = self._tree.values(self._leaves(s))
+        if self._alpha == 0.0:
+            return np.full(q.shape, self._max_raw)
+        return np.maximum(q ** (1.0 / self._alpha) - self._eps, 0.0)
+
+    def restore_max_priority(self, value: float) -> None:
+        """Set the running maximum given to new slots (restoring a saved sampler; priorities
+        restored through :meth:`update_priorities` may have nudged it by a rounding error)."""
+        value = _check_float(value, "max_priority", 0.0)
+        with self._lock:
+            self._max_raw = value
+
     # --------------------------------------------------------------------------------- slots
 
     def _stored(self, raw: np.ndarray | float) -> np.ndarray | float:

@@ -22,9 +22,10 @@ import re
 import shutil
 
 from .. import checkpoint
-from ..directory import Record, is_buffer_directory, read_directory
+from ..directory import Record, is_buffer_directory, read_directory, refuse_link_out
 from ..errors import BufferDirectoryError
-from ..fsio import fsync_dir
+from ..formats import priorities as priorities_file
+from ..fsio import atomic_copy, fsync_dir
 from ..schema import Schema, combine
 from ..tools.merge_split import find_sources, plan
 
@@ -40,6 +41,8 @@ class Share:
             checkpoint, so ids stay unique across shards' shares).
         seed: the seed recorded in the checkpoint.
         sources: the buffer directories read.
+        priorities: the source's ``priorities.bin`` when the share keeps the source's ids
+            (its entries are matched by id and uuid when the shard opens), else ``None``.
     """
 
     records: list[Record]
@@ -47,6 +50,7 @@ class Share:
     counter: int
     seed: int | None
     sources: list[str]
+    priorities: str | None = None
 
 
 def share_of(load_path: str, rank: int, num_shards: int, skip_corrupt: bool = False) -> Share:
@@ -54,10 +58,12 @@ def share_of(load_path: str, rank: int, num_shards: int, skip_corrupt: bool = Fa
     sources = find_sources(load_path)
     if len(sources) == num_shards:  # shard for shard
         contents, schema = read_directory(sources[rank], skip_corrupt=skip_corrupt)
-        return Share(contents.records, schema, contents.counter, contents.seed, [sources[rank]])
+        prio = _priorities_of(sources[rank])
+        return Share(contents.records, schema, contents.counter, contents.seed, [sources[rank]], prio)
     if len(sources) == 1:  # one directory dealt out, ids kept
         contents, schema = read_directory(sources[0], (rank, num_shards), skip_corrupt=skip_corrupt)
-        return Share(contents.records, schema, contents.counter, contents.seed, sources)
+        prio = _priorities_of(sources[0])
+        return Share(contents.records, schema, contents.counter, contents.seed, sources, prio)
     everything = []
     schema = None
     for src in sources:
@@ -72,6 +78,14 @@ def share_of(load_path: str, rank: int, num_shards: int, skip_corrupt: bool = Fa
         if new_id % num_shards == rank
     ]
     return Share(mine, schema if mine else None, len(order), everything[0].seed, sources)
+
+
+def _priorities_of(directory: str) -> str | None:
+    path = os.path.join(directory, priorities_file.NAME)
+    if not os.path.lexists(path):
+        return None
+    refuse_link_out(path)  # never read (or copy) a file outside the checkpoint
+    return path
 
 
 def live_dir(root: str, rank: int) -> str:
@@ -93,6 +107,7 @@ def stage(share: Share, root: str, rank: int, fmt: str, seed: int | None) -> str
     hard-linked where the file system allows, converted to ``fmt`` otherwise)."""
     target = incoming_dir(root, rank)
     discard(root, rank)
+    prio = share.priorities
     snapshot = checkpoint.Snapshot(
         records=share.records,
         rows_of=lambda _tid: None,
@@ -100,6 +115,7 @@ def stage(share: Share, root: str, rank: int, fmt: str, seed: int | None) -> str
         counter=share.counter,
         seed=share.seed if share.seed is not None else seed,
         fmt=fmt,
+        extra=None if prio is None else (lambda d: atomic_copy(prio, os.path.join(d, priorities_file.NAME))),
     )
     try:
         checkpoint.save(snapshot, target)
