@@ -557,3 +557,68 @@ def test_a_long_stream_through_a_small_capacity_keeps_exactly_the_newest(tmp_pat
     assert buf.get_stats()["capacity_evicted"] == 296
     assert buf._prio is not None and len(buf._prio) == buf.total_samples
     assert time.monotonic() - start < 20
+
+
+# -- a crash while a trajectory evicted mid-write is being undone ---------------------------------
+
+MID_WRITE_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys, threading
+    directory, tests = sys.argv[1], sys.argv[2]
+    sys.path.insert(0, tests)
+    from conftest import coded_trajectory
+    import rlinf.data.replay.buffer as buffer_module
+    from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+
+    writing, evicted = threading.Event(), threading.Event()
+    real_write = buffer_module.formats.write
+
+    def slow_write(path, fmt, data):  # trajectory 0's write waits until it has been evicted
+        if os.path.basename(path).startswith("trajectory_0_"):
+            writing.set()
+            evicted.wait(30)
+        return real_write(path, fmt, data)
+
+    def killing_unlink(path):  # the crash: after the removal line, before the file goes
+        print("unlinking", os.path.basename(path), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    buffer_module.formats.write = slow_write
+    buffer_module.os.unlink = killing_unlink
+    buf = TrajectoryReplayBuffer(
+        auto_save=True, auto_save_path=directory, max_trajectories=1, sample_window_size=0
+    )
+    buf.add_trajectories([coded_trajectory(0, n=4, e=1, num_envs=2, images=False)])
+    writing.wait(30)
+    buf.add_trajectories([coded_trajectory(1, n=4, e=1, num_envs=2, images=False)])  # evicts 0
+    evicted.set()
+    buf.flush()
+    print("error: never killed", flush=True)
+    """
+)
+
+
+def test_a_crash_while_undoing_a_write_evicted_midway_leaves_no_orphan(tmp_path):
+    """Trajectory 0 is evicted while its pt file is being written; the writer journals its
+    removal, then is SIGKILLed before deleting the file. The file is a leftover that reopening
+    deletes and verify removes, never an orphan that verify --repair would list again."""
+    own = tmp_path / "own"
+    proc = subprocess.run(
+        [sys.executable, "-c", MID_WRITE_CHILD, str(own), str(TESTS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.startswith("unlinking trajectory_0_"), proc.stdout
+    assert 0 in file_ids(own)  # the kill came before the deletion
+    report = verify_directory(str(own))
+    kinds = {(p.kind, p.trajectory_id) for p in report.problems}
+    assert ("leftover", 0) in kinds and ("orphan", 0) not in kinds
+    buf = TrajectoryReplayBuffer(auto_save=True, auto_save_path=str(own), sample_window_size=0)
+    assert 0 not in file_ids(own) and 0 not in buf._index
+    assert not (own / JOURNAL).exists() or "removed" not in (own / JOURNAL).read_text()
+    # the evicted id is never given again, so no later file can be mistaken for it
+    assert buf.add_trajectories([coded_trajectory(5, n=4, e=1, num_envs=2, images=False)])[0] > 0
+    buf.close()
+    assert verify_directory(str(own)).ok

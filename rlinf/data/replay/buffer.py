@@ -533,6 +533,10 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             path = os.path.join(own.path, name)
             if record.trajectory_id in self._gone:  # evicted by capacity while being written
                 self._gone.discard(record.trajectory_id)
+                # a durable removal line first: a crash before the unlink then leaves a file
+                # that reopening deletes and verify calls a leftover, never an orphan to relist
+                own.journal.append({"trajectory_id": record.trajectory_id, "removed": True})
+                own.journal.sync()
                 os.unlink(path)
                 return
             if self._index_holds(record):

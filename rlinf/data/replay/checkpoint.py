@@ -376,9 +376,11 @@ class OwnDirectory:
     def _open(cls, path: str, fmt: str, seed: int | None) -> OwnDirectory:
         os.makedirs(path, exist_ok=True)
         remove_tmp_files(path)
+        removed: list[int] = []
         if os.path.lexists(os.path.join(path, JOURNAL)):
             files = list_trajectory_files(path)
-            for tid in removed_ids(path):  # evicted, but the crash came before their deletion
+            removed = removed_ids(path)
+            for tid in removed:  # evicted, but the crash came before their deletion
                 for name in files.get(tid, []):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(path, name))
@@ -390,10 +392,12 @@ class OwnDirectory:
                     f"with trajectory_format={contents.fmt!r} or choose another path"
                 )
             own = cls(path, fmt, seed, contents, schema)
+            if removed:  # never give an evicted id again (one evicted mid-write was never listed)
+                own.next_id = max(own.next_id, max(removed) + 1)
             if fmt == formats.SEGMENT:
                 recover_segments(path, schema, contents.records)
-            if contents.journal_entries or not contents.written_by_us:
-                own.compact(own.next_id, schema)
+            if contents.journal_entries or removed or not contents.written_by_us:
+                own.compact(own.next_id, schema)  # the removal lines go once their files have
             return own
         if list_trajectory_files(path):
             raise BufferDirectoryError(

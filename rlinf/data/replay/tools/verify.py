@@ -216,12 +216,18 @@ class _Checker:
             if list_trajectory_files(self.path):
                 self.problem("index", f"{os.path.join(self.path, INDEX)}: missing")
                 self.index_readable = False
+        journal = self.read_journal()
         try:
-            _, removed = apply_journal(entries, self.read_journal())
+            _, removed = apply_journal(entries, journal)
         except CorruptBufferError as exc:
             self.problem("index", str(exc))
             removed = []
-        self.removed = set(removed)
+        # also ids never listed: a write evicted midway is journaled as removed before its file goes
+        self.removed = set(removed) | {
+            e["trajectory_id"]
+            for e in journal
+            if isinstance(e, dict) and e.get("removed") is True and isinstance(e.get("trajectory_id"), int)
+        }
         seen: dict[int, dict[str, Any]] = {}
         for entry in entries:  # journal entries may replay compacted ones: the first one counts
             tid = entry.get("trajectory_id")
