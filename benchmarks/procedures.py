@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,6 +216,34 @@ def _directory_format(label: str) -> str:
 # -- procedures ------------------------------------------------------------------------------
 
 
+def _sample_rows(
+    store: Any,
+    case: Case,
+    tables: Sequence[str],
+    label: str,
+    opts: Options,
+    extra: Callable[[Timing], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per ``case.batches`` size: check a batch, then time ``store.sample(n)``."""
+    rows = []
+    for n, table in zip(case.batches, tables, strict=True):
+        note = _join(check_batch(store, n, case.spec), store.note)
+        timing = _timed(opts, lambda n=n: store.sample(n), before=lambda n=n: store.prepare(n))
+        rows.append(
+            make_row(
+                table,
+                label,
+                timing=timing,
+                items=n,
+                nbytes=n * case.spec.bytes_per_transition,
+                cached=store.cached_bytes(),
+                note=note,
+                extra=None if extra is None else extra(timing),
+            )
+        )
+    return rows
+
+
 def _sample(case: Case, label: str, opts: Options, work: str, rows: list[dict[str, Any]]) -> None:
     mod, variant = module_for(label), variant_of(label)
     path = os.path.join(work, "store")
@@ -227,20 +255,7 @@ def _sample(case: Case, label: str, opts: Options, work: str, rows: list[dict[st
     try:
         fill(store, case.spec, case.window, opts.seed)
         store.flush()
-        for n, table in zip(case.batches, case.tables(), strict=True):
-            note = _join(check_batch(store, n, case.spec), store.note)
-            timing = _timed(opts, lambda n=n: store.sample(n), before=lambda n=n: store.prepare(n))
-            rows.append(
-                make_row(
-                    table,
-                    label,
-                    timing=timing,
-                    items=n,
-                    nbytes=n * case.spec.bytes_per_transition,
-                    cached=store.cached_bytes(),
-                    note=note,
-                )
-            )
+        rows.extend(_sample_rows(store, case, case.tables(), label, opts))
     finally:
         store.close()
 
@@ -679,21 +694,11 @@ def _ray(case: Case, label: str, opts: Options, work: str, rows: list[dict[str, 
     try:
         fill(store, case.spec, case.window, opts.seed)
         store.flush()
-        for n, table in zip(case.batches, sample_tables, strict=True):
-            note = _join(check_batch(store, n, case.spec), store.note)
-            timing = _timed(opts, lambda n=n: store.sample(n))
-            rows.append(
-                make_row(
-                    table,
-                    label,
-                    timing=timing,
-                    items=n,
-                    nbytes=n * case.spec.bytes_per_transition,
-                    cached=store.cached_bytes(),
-                    note=note,
-                    extra=extra(timing, **{"start s": start_s}),
-                )
+        rows.extend(
+            _sample_rows(
+                store, case, sample_tables, label, opts, extra=lambda t: extra(t, **{"start s": start_s})
             )
+        )
         traj = make_trajectory(case.spec, case.window, opts.seed)  # a new one, re-added each call
         timing = _timed(opts, lambda: store.add(traj), after=store.flush)
         rows.append(

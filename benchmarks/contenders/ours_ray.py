@@ -14,9 +14,9 @@ Only this module imports Ray; without it the rows read "not installed".
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from . import NotInstalled, Store, StoreConfig
+from . import NotInstalled, StoreConfig
+from .ours import OursStore
 
 RAY_INIT = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}
 ACTOR_OPTIONS = {"num_cpus": 0.5}
@@ -37,7 +37,7 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-class RayStore(Store):
+class RayStore(OursStore):
     """A ``RayTrajectoryReplayBuffer`` of ``num_shards`` shards in a Ray cluster started here."""
 
     note = "peak RSS: the client process only (the shards are Ray worker processes); cached MB: all shards"
@@ -72,22 +72,7 @@ class RayStore(Store):
         except BaseException:
             ray.shutdown()
             raise
-        self.path = cfg.path
-
-    def add(self, traj: Any) -> None:
-        self.buf.add_trajectories([traj])
-
-    def flush(self) -> None:
-        self.buf.flush()
-
-    def sample(self, n: int) -> Any:
-        return self.buf.sample(n)
-
-    def cached_bytes(self) -> int | None:
-        return int(self.buf.get_stats()["cached_bytes"])
-
-    def indexed(self) -> int | None:
-        return len(self.buf)
+        OursStore.__init__(self, self.buf, cfg.path)  # add, flush, sample, ... as for ours
 
     def workers_peak_rss_mb(self) -> float | None:
         rss = [_peak_rss_mb(pid) for pid in self.pids]
