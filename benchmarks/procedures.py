@@ -168,7 +168,7 @@ def _timed(opts: Options, fn: Callable[[], object], **kw: Any) -> Timing:
 def cached_tiny_dir(opts: Options, spec: TrajSpec, fmt: str, count: int, refresh: bool = False) -> str:
     """A directory of ``count`` tiny trajectories written by ``ours`` in ``fmt`` (closed, so its
     index is complete), built once and cached under ``opts.cache_root``."""
-    from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+    from rlinf_replay_buffer import TrajectoryReplayBuffer
 
     path = os.path.join(opts.cache_root, f"{spec.name}-{fmt}-{count}-seed{opts.seed}")
     marker = path + ".complete"

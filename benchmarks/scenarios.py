@@ -84,7 +84,7 @@ def make_trajectory(spec: TrajSpec, index: int, seed: int = 0) -> Any:
 
     ``next_obs[t]`` equals ``curr_obs[t + 1]`` (as in a real rollout) but is its own tensor.
     """
-    from rlinf.data.replay_buffer import Trajectory
+    from rlinf_replay_buffer import Trajectory
 
     rng = np.random.default_rng([seed, index])
     T, B = spec.steps, spec.envs

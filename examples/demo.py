@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from rlinf.data.replay_buffer import Trajectory, TrajectoryReplayBuffer
+from rlinf_replay_buffer import Trajectory, TrajectoryReplayBuffer
 
 
 def rollout(i: int, steps: int = 20, epochs: int = 2, envs: int = 4) -> Trajectory:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlinf.data.replay_buffer import ReplayBufferError, Trajectory, TrajectoryReplayBuffer
+from rlinf_replay_buffer import ReplayBufferError, Trajectory, TrajectoryReplayBuffer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

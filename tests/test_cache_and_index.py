@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from rlinf.data.replay.cache import TrajectoryCache
-from rlinf.data.replay.directory import Record
-from rlinf.data.replay.index import TrajectoryIndex
-from rlinf.data.replay.schema import Schema
+from rlinf_replay_buffer.cache import TrajectoryCache
+from rlinf_replay_buffer.directory import Record
+from rlinf_replay_buffer.index import TrajectoryIndex
+from rlinf_replay_buffer.schema import Schema
 
 IMAGE_SCHEMA_ROWS = 256  # one trajectory of 256 steps, B = 1
 

@@ -27,14 +27,14 @@ import torch
 from conftest import CODED_DICT_FIELDS, CODED_STEP_FIELDS, assert_aligned, coded_trajectory
 from conftest import TrackedBuffer as TrajectoryReplayBuffer
 
-from rlinf.data.replay.checkpoint import read_rows
-from rlinf.data.replay.directory import JOURNAL, list_trajectory_files, read_directory
-from rlinf.data.replay.formats.segment import SEGMENT_RE, SegmentStore
-from rlinf.data.replay.tools.verify import verify_directory
-from rlinf.data.replay_buffer import InvalidArgumentError
+from rlinf_replay_buffer import InvalidArgumentError
+from rlinf_replay_buffer.checkpoint import read_rows
+from rlinf_replay_buffer.directory import JOURNAL, list_trajectory_files, read_directory
+from rlinf_replay_buffer.formats.segment import SEGMENT_RE, SegmentStore
+from rlinf_replay_buffer.tools.verify import verify_directory
 
 SEED = 7
-SEGMENT_BYTES = "rlinf.data.replay.formats.segment.DEFAULT_SEGMENT_BYTES"
+SEGMENT_BYTES = "rlinf_replay_buffer.formats.segment.DEFAULT_SEGMENT_BYTES"
 TESTS = Path(__file__).resolve().parent
 #: (n, e, B) per trajectory id: sizes differ (16, 3, 30, 8, 12, 2, 24, 6, 20, 9 transitions)
 SHAPES = [
@@ -416,8 +416,8 @@ CHILD = textwrap.dedent(
     sys.path.insert(0, tests)
     from conftest import coded_trajectory
     SHAPES = __SHAPES__
-    import rlinf.data.replay.formats.segment as segment
-    from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+    import rlinf_replay_buffer.formats.segment as segment
+    from rlinf_replay_buffer import TrajectoryReplayBuffer
 
     segment.DEFAULT_SEGMENT_BYTES = 1  # one trajectory per segment
     buf = TrajectoryReplayBuffer(
@@ -567,8 +567,8 @@ MID_WRITE_CHILD = textwrap.dedent(
     directory, tests = sys.argv[1], sys.argv[2]
     sys.path.insert(0, tests)
     from conftest import coded_trajectory
-    import rlinf.data.replay.buffer as buffer_module
-    from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+    import rlinf_replay_buffer.buffer as buffer_module
+    from rlinf_replay_buffer import TrajectoryReplayBuffer
 
     writing, evicted = threading.Event(), threading.Event()
     real_write = buffer_module.formats.write

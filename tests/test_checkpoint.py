@@ -23,16 +23,16 @@ import pytest
 import torch
 from conftest import CODED_DICT_FIELDS, CODED_STEP_FIELDS, assert_aligned, coded_trajectory
 
-import rlinf.data.replay.checkpoint as checkpoint_mod
-import rlinf.data.replay.formats as formats_mod
-import rlinf.data.replay.formats.pt as pt_mod
-from rlinf.data.replay.cli import iter_leaves
-from rlinf.data.replay_buffer import (
+import rlinf_replay_buffer.checkpoint as checkpoint_mod
+import rlinf_replay_buffer.formats as formats_mod
+import rlinf_replay_buffer.formats.pt as pt_mod
+from rlinf_replay_buffer import (
     BufferDirectoryError,
     InvalidArgumentError,
     Trajectory,
     TrajectoryReplayBuffer,
 )
+from rlinf_replay_buffer.cli import iter_leaves
 
 N, E, B = 4, 2, 2  # coded_trajectory defaults: 16 transitions per trajectory
 PER_TRAJ = N * E * B
@@ -683,8 +683,8 @@ KILL_DURING_SAVE = """
 import os, sys
 sys.path.insert(0, {tests!r})
 from conftest import coded_trajectory
-import rlinf.data.replay.formats as formats
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+import rlinf_replay_buffer.formats as formats
+from rlinf_replay_buffer import TrajectoryReplayBuffer
 
 buf = TrajectoryReplayBuffer(sample_window_size=0)
 buf.add_trajectories([coded_trajectory(i) for i in range(5)])

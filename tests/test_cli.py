@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, coded_trajectory
 
-from rlinf.data.replay.cli import COMMANDS, main, reference_markdown
-from rlinf.data.replay.tools.progress import progress_bar
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer.cli import COMMANDS, main, reference_markdown
+from rlinf_replay_buffer.tools.progress import progress_bar
 
 
 def written_dir(tmp_path: Path, fmt: str = "pt", name: str = "buf", n: int = 4) -> Path:
@@ -188,7 +188,7 @@ def test_console_script_and_module_run_the_same_cli(tmp_path):
     path = written_dir(tmp_path)
     script = shutil.which("rlinf-buffer")
     assert script is not None, "rlinf-buffer is not installed: run `pip install -e .` (scripts/test.sh does)"
-    for cmd in ([script], [sys.executable, "-m", "rlinf.data.replay_buffer"]):
+    for cmd in ([script], [sys.executable, "-m", "rlinf_replay_buffer"]):
         proc = subprocess.run(
             [*cmd, "info", str(path), "--json"], capture_output=True, text=True, timeout=120
         )

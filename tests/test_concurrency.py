@@ -34,12 +34,12 @@ import pytest
 import torch
 from conftest import assert_aligned, coded_trajectory
 
-import rlinf.data.replay.formats as formats_mod
-from rlinf.data.replay import checkpoint as checkpoint_mod
-from rlinf.data.replay import writer as writer_mod
-from rlinf.data.replay.batch import nest
-from rlinf.data.replay.formats.segment import SegmentStore
-from rlinf.data.replay_buffer import EmptyBufferError, TrajectoryReplayBuffer
+import rlinf_replay_buffer.formats as formats_mod
+from rlinf_replay_buffer import EmptyBufferError, TrajectoryReplayBuffer
+from rlinf_replay_buffer import checkpoint as checkpoint_mod
+from rlinf_replay_buffer import writer as writer_mod
+from rlinf_replay_buffer.batch import nest
+from rlinf_replay_buffer.formats.segment import SegmentStore
 
 N = 4  # steps per epoch of every coded trajectory (its dones fall on step N - 1)
 EPOCHS = (1, 2, 3)  # trajectories of 8, 16 and 24 transitions (2 envs): the ring must grow

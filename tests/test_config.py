@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import coded_trajectory
 
-from rlinf.data.replay.config import (
+from rlinf_replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer.config import (
     EXTRA_KEYS,
     LEGACY_KEYS,
     RLINF_CONSTRUCTOR_KEYS,
@@ -21,8 +22,7 @@ from rlinf.data.replay.config import (
     buffer_from_config,
     buffer_kwargs_from_config,
 )
-from rlinf.data.replay.errors import InvalidArgumentError
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer.errors import InvalidArgumentError
 
 omegaconf = pytest.importorskip("omegaconf")
 OmegaConf = omegaconf.OmegaConf
@@ -418,7 +418,7 @@ def test_accepted_keys_cover_the_constructor_signature():
 def test_plain_dicts_do_not_import_omegaconf():
     code = (
         "import sys\n"
-        "from rlinf.data.replay.config import buffer_kwargs_from_config\n"
+        "from rlinf_replay_buffer.config import buffer_kwargs_from_config\n"
         "buffer_kwargs_from_config({'algorithm': {'replay_buffer': {'cache_size': 3}}})\n"
         "assert 'omegaconf' not in sys.modules, 'omegaconf was imported'\n"
     )

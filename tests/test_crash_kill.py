@@ -49,10 +49,10 @@ import pytest
 import torch
 from conftest import CODED_DICT_FIELDS, CODED_STEP_FIELDS, assert_aligned
 
-from rlinf.data.replay.checkpoint import read_rows
-from rlinf.data.replay.directory import JOURNAL, list_trajectory_files, read_directory, read_metadata
-from rlinf.data.replay.formats.segment import SEGMENT_RE, SegmentStore
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer.checkpoint import read_rows
+from rlinf_replay_buffer.directory import JOURNAL, list_trajectory_files, read_directory, read_metadata
+from rlinf_replay_buffer.formats.segment import SEGMENT_RE, SegmentStore
 
 CHILD = Path(__file__).resolve().parent / "helpers" / "crash_child.py"
 _spec = importlib.util.spec_from_file_location("crash_child", CHILD)

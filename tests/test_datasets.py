@@ -15,7 +15,8 @@ import torch
 from conftest import assert_aligned, coded_trajectory
 from torch.utils.data import DataLoader
 
-from rlinf.data.replay.datasets import (
+from rlinf_replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer.datasets import (
     DatasetClosedError,
     PrefetchError,
     PreloadReplayBufferDataset,
@@ -24,8 +25,7 @@ from rlinf.data.replay.datasets import (
     replay_buffer_collate_fn,
     split_batch_size,
 )
-from rlinf.data.replay.errors import EmptyBufferError, InvalidArgumentError
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer.errors import EmptyBufferError, InvalidArgumentError
 
 DATASETS = [ReplayBufferDataset, PreloadReplayBufferDataset]
 DEMO_BASE = 50  # demo trajectories are coded 50, 51, ...: their codes are >= 50_000
@@ -426,14 +426,3 @@ def test_arguments_are_checked_and_rlinf_positional_order_works():
         ReplayBufferDataset(None, None, 4)
     with pytest.raises(InvalidArgumentError, match="demo_buffer"):
         ReplayBufferDataset(buf, object(), 4)
-
-
-def test_public_names_from_replay_buffer_module():
-    import rlinf.data.replay_buffer as public
-
-    names = ["ReplayBufferDataset", "PreloadReplayBufferDataset", "replay_buffer_collate_fn"]
-    if not all(hasattr(public, n) for n in names):
-        pytest.skip("rlinf.data.replay_buffer does not export the dataset names yet")
-    assert public.ReplayBufferDataset is ReplayBufferDataset
-    assert public.PreloadReplayBufferDataset is PreloadReplayBufferDataset
-    assert public.replay_buffer_collate_fn is replay_buffer_collate_fn

@@ -5,7 +5,7 @@ What runs, in document order, in a fresh temporary working directory:
 * every ```python block, in one Python process fed block by block (a shared namespace, as if the
   blocks were pasted into one interpreter session); tracebacks name the line of the Markdown file;
 * every ```bash block that invokes this project's command-line tools (``rlinf-buffer ...``,
-  ``python -m rlinf.data.replay_buffer ...``, ``python rlinf/data/replay_buffer.py ...``,
+  ``python -m rlinf_replay_buffer ...``, ``python rlinf/data/replay_buffer.py ...``,
   ``python toolkits/replay_buffer/merge_or_split_replay_buffer.py ...``), as a script of
   ``bash -euo pipefail``, at its place between the Python blocks, so it sees the directories they
   made (``./buffer``, ``./ckpt``, ...) and the blocks after it see what it made. It must exit 0
@@ -188,9 +188,9 @@ ZYGOTE = r"""
 import gc, json, os, runpy, signal, socket, struct, sys
 
 import numpy, torch  # the slow imports, done once
-import rlinf.data.replay, rlinf.data.replay.cli
-import rlinf.data.replay.tools.info, rlinf.data.replay.tools.merge_split_cli
-import rlinf.data.replay.tools.parquet, rlinf.data.replay.tools.verify, rlinf.data.replay.tools.view
+import rlinf_replay_buffer, rlinf_replay_buffer.cli
+import rlinf_replay_buffer.tools.info, rlinf_replay_buffer.tools.merge_split_cli
+import rlinf_replay_buffer.tools.parquet, rlinf_replay_buffer.tools.verify, rlinf_replay_buffer.tools.view
 try:
     import matplotlib.figure, matplotlib.backends.backend_agg, PIL.Image
 except ImportError:
@@ -217,7 +217,7 @@ def child(request, fds):
     os.environ.update(request["env"])
     kind, argv = request["kind"], request["argv"]
     if kind == "entry":  # a console script, as pip generates it
-        from rlinf.data.replay.cli import main
+        from rlinf_replay_buffer.cli import main
         sys.argv = argv
         sys.exit(main())
     if kind == "module":  # python -m MODULE ARGS
@@ -278,7 +278,7 @@ sys.exit(struct.unpack("!i", reply)[0])
 
 #: ``rlinf-buffer`` as pip's console script runs it, for DOCS_SNIPPETS_REAL_PYTHON=1
 REAL_RLINF_BUFFER = """#!/bin/sh
-exec {python} -c 'import sys; from rlinf.data.replay.cli import main
+exec {python} -c 'import sys; from rlinf_replay_buffer.cli import main
 sys.argv[0] = "rlinf-buffer"; sys.exit(main())' "$@"
 """
 
@@ -453,7 +453,7 @@ def test_every_cli_form_is_exercised():
         "rlinf-buffer view",
         "rlinf-buffer export",
         "rlinf-buffer import",
-        "python -m rlinf.data.replay_buffer",
+        "python -m rlinf_replay_buffer",
         "python rlinf/data/replay_buffer.py",
         "python toolkits/replay_buffer/merge_or_split_replay_buffer.py",
     ):

@@ -19,7 +19,7 @@ import torch
 from conftest import TrackedBuffer as TrajectoryReplayBuffer
 from conftest import coded_trajectory
 
-from rlinf.data.replay_buffer import (
+from rlinf_replay_buffer import (
     BufferDirectoryError,
     BufferNotFoundError,
     CorruptBufferError,

@@ -24,13 +24,13 @@ from conftest import TrackedBuffer as TrajectoryReplayBuffer
 from conftest import assert_aligned, chi_square, coded_trajectory
 from conftest import chi2_bound as bound
 
-from rlinf.data.replay.rate_limiter import RateLimiter, RateLimiterClosedError, RateLimitTimeout
-from rlinf.data.replay_buffer import (
+from rlinf_replay_buffer import (
     EmptyBufferError,
     InvalidArgumentError,
     InvalidTrajectoryError,
     ReplayBufferError,
 )
+from rlinf_replay_buffer.rate_limiter import RateLimiter, RateLimiterClosedError, RateLimitTimeout
 
 SEED = 99
 BLOCKED = 0.25  # seconds a thread is given to prove it is waiting

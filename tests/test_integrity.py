@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 from conftest import assert_aligned, coded_trajectory
 
-from rlinf.data.replay.directory import JOURNAL, read_directory
-from rlinf.data.replay.tools.merge_split import merge_or_split
-from rlinf.data.replay_buffer import (
+from rlinf_replay_buffer import (
     CorruptBufferError,
     CorruptDataWarning,
     CorruptTrajectoryError,
     InvalidArgumentError,
     TrajectoryReplayBuffer,
 )
+from rlinf_replay_buffer.directory import JOURNAL, read_directory
+from rlinf_replay_buffer.tools.merge_split import merge_or_split
 
 FORMATS = ["pt", "pkl", "segment"]
 IDS = [1, 2, 3, 4]  # coded trajectory i holds codes 1000 * i + ...

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_aligned, coded_trajectory
 
-import rlinf.data.replay.formats.pt as pt_mod
-from rlinf.data.replay_buffer import (
+import rlinf_replay_buffer.formats.pt as pt_mod
+from rlinf_replay_buffer import (
     EmptyBufferError,
     InvalidArgumentError,
     TrajectoryReplayBuffer,
@@ -490,7 +490,7 @@ def test_adds_wait_for_the_disk_once_pending_writes_exceed_their_bound(tmp_path)
 # -- segment writes that fail ---------------------------------------------------------------------
 @pytest.mark.parametrize("stage", ["append", "fsync"])
 def test_a_failed_segment_write_is_retried_by_flush_and_loses_nothing(tmp_path, monkeypatch, stage):
-    from rlinf.data.replay.formats import segment as seg_mod
+    from rlinf_replay_buffer.formats import segment as seg_mod
 
     failures = {"left": 1}
     original = seg_mod.SegmentStore._append if stage == "append" else seg_mod.SegmentStore._sync

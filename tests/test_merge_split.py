@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from conftest import REPO, assert_aligned, coded_trajectory
 
-from rlinf.data.replay import formats
-from rlinf.data.replay.tools import merge_or_split
-from rlinf.data.replay.tools.merge_split_cli import main
-from rlinf.data.replay_buffer import (
+from rlinf_replay_buffer import (
     BufferDirectoryError,
     InvalidArgumentError,
     TrajectoryReplayBuffer,
+    formats,
 )
+from rlinf_replay_buffer.tools import merge_or_split
+from rlinf_replay_buffer.tools.merge_split_cli import main
 
 TOOL = REPO / "toolkits" / "replay_buffer" / "merge_or_split_replay_buffer.py"
 
@@ -114,7 +114,7 @@ def test_split_move_leaves_the_rest_loadable_in_the_source(tmp_path):
 def test_failed_merge_leaves_both_sides_usable(tmp_path, monkeypatch):
     src = make_ranks(tmp_path / "buf", [3, 3])
     before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
-    from rlinf.data.replay.tools import merge_split
+    from rlinf_replay_buffer.tools import merge_split
 
     calls = {"n": 0}
     real = merge_split.link_or_copy

@@ -17,22 +17,22 @@ import torch
 from conftest import assert_aligned, coded_trajectory
 from PIL import Image
 
-from rlinf.data.replay.checkpoint import read_rows
-from rlinf.data.replay.directory import read_directory
-from rlinf.data.replay.tools import parquet as pqt
-from rlinf.data.replay.tools.parquet import (
-    METADATA_KEY,
-    MissingDependencyError,
-    export_parquet,
-    import_parquet,
-)
-from rlinf.data.replay_buffer import (
+from rlinf_replay_buffer import (
     BufferDirectoryError,
     BufferNotFoundError,
     CorruptBufferError,
     InvalidArgumentError,
     Trajectory,
     TrajectoryReplayBuffer,
+)
+from rlinf_replay_buffer.checkpoint import read_rows
+from rlinf_replay_buffer.directory import read_directory
+from rlinf_replay_buffer.tools import parquet as pqt
+from rlinf_replay_buffer.tools.parquet import (
+    METADATA_KEY,
+    MissingDependencyError,
+    export_parquet,
+    import_parquet,
 )
 
 N, E, B = 3, 2, 2  # steps per epoch, epochs, envs of the coded trajectories (T = 6)

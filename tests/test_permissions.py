@@ -34,13 +34,13 @@ import pytest
 import torch
 from conftest import REPO, assert_aligned, coded_trajectory
 
-import rlinf.data.replay.errors as errors_module
-from rlinf.data.replay import checkpoint
-from rlinf.data.replay_buffer import (
+import rlinf_replay_buffer.errors as errors_module
+from rlinf_replay_buffer import (
     BufferDirectoryError,
     ReplayBufferError,
     TrajectoryReplayBuffer,
     WriterError,
+    checkpoint,
 )
 
 FORMATS = ("pt", "pkl", "segment")
@@ -56,7 +56,7 @@ sys.path[:0] = [repo, os.path.join(repo, "tests")]
 
 import torch
 from conftest import assert_aligned, coded_trajectory
-from rlinf.data.replay_buffer import ReplayBufferError, TrajectoryReplayBuffer as TRB, WriterError
+from rlinf_replay_buffer import ReplayBufferError, TrajectoryReplayBuffer as TRB, WriterError
 
 N, E = 3, 2
 

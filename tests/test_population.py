@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import coded_trajectory
 
-from rlinf.data.replay.errors import InvalidArgumentError
-from rlinf.data.replay.sequences import valid_starts
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer.errors import InvalidArgumentError
+from rlinf_replay_buffer.sequences import valid_starts
 
 
 def traj(i, e=2, update=0):

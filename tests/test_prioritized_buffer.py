@@ -20,7 +20,7 @@ from conftest import TrackedBuffer as TrajectoryReplayBuffer
 from conftest import assert_aligned, chi_square, coded_trajectory
 from conftest import chi2_bound as bound
 
-from rlinf.data.replay_buffer import InvalidArgumentError
+from rlinf_replay_buffer import InvalidArgumentError
 
 SEED = 4321
 SHAPES = [(4, 2, 2), (3, 1, 3), (5, 1, 4), (2, 3, 1)]  # (n, e, B): 16 + 9 + 20 + 6 = 51 transitions

@@ -1,4 +1,4 @@
-"""``SumTree`` and ``PrioritizedSampler`` (rlinf/data/replay/priority.py).
+"""``SumTree`` and ``PrioritizedSampler`` (rlinf_replay_buffer/priority.py).
 
 The sum tree is checked against a plain reference (a numpy array of leaves, ``cumsum`` and
 ``searchsorted``); the sampler's draws against their distribution with a chi-square test.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlinf.data.replay.errors import EmptyBufferError, InvalidArgumentError, ReplayBufferError
-from rlinf.data.replay.priority import PrioritizedSampler, SumTree
+from rlinf_replay_buffer.errors import EmptyBufferError, InvalidArgumentError, ReplayBufferError
+from rlinf_replay_buffer.priority import PrioritizedSampler, SumTree
 
 try:
     from scipy.stats import chi2 as _chi2

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import coded_trajectory
 
-from rlinf.data.replay.errors import CorruptDataWarning
-from rlinf.data.replay.formats import priorities as priorities_file
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer.errors import CorruptDataWarning
+from rlinf_replay_buffer.formats import priorities as priorities_file
 
 
 def traj(i):

@@ -1,4 +1,4 @@
-"""``RateLimiter`` (rlinf/data/replay/rate_limiter.py), with real threads.
+"""``RateLimiter`` (rlinf_replay_buffer/rate_limiter.py), with real threads.
 
 Blocking is observed with a thread that records when its wait returns: a thread still waiting
 after a pause is blocked, and it must return promptly once the other side makes room.
@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from rlinf.data.replay.errors import InvalidArgumentError, ReplayBufferError
-from rlinf.data.replay.rate_limiter import RateLimiter, RateLimiterClosedError, RateLimitTimeout
+from rlinf_replay_buffer.errors import InvalidArgumentError, ReplayBufferError
+from rlinf_replay_buffer.rate_limiter import RateLimiter, RateLimiterClosedError, RateLimitTimeout
 
 PAUSE = 0.2  # long enough for a thread that is not blocked to have finished
 PROMPT = 2.0  # generous bound on wake-up latency (loaded CI machines)

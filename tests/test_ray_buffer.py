@@ -23,19 +23,19 @@ from conftest import assert_aligned, chi2_bound, chi_square, coded_trajectory
 
 ray = pytest.importorskip("ray")
 
-from rlinf.data.ray_replay_buffer import (  # noqa: E402
+from rlinf_replay_buffer import (  # noqa: E402
     RayTrajectoryReplayBuffer,
     ShardRestartedWarning,
     ShardUnavailableError,
+    TrajectoryReplayBuffer,  # noqa: E402
 )
-from rlinf.data.replay.errors import (  # noqa: E402
+from rlinf_replay_buffer.errors import (  # noqa: E402
     BufferDirectoryError,
     BufferNotFoundError,
     EmptyBufferError,
     InvalidArgumentError,
     InvalidTrajectoryError,
 )
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer  # noqa: E402
 
 N, E, B = 4, 2, 2  # steps per epoch, epochs, envs of a coded trajectory: 16 transitions
 ACTOR = {"num_cpus": 0.25}
@@ -495,7 +495,7 @@ def test_stats_sum_over_shards(make):
 
 
 def test_split_is_exact_in_distribution():
-    from rlinf.data.replay.distributed.batches import split_draws
+    from rlinf_replay_buffer.distributed.batches import split_draws
 
     rng = np.random.default_rng(0)
     pops = np.array([1, 0, 3, 6])
@@ -510,7 +510,7 @@ def test_shards_that_cannot_be_scheduled_fail_with_a_clear_error(tmp_path):
 
 
 def test_the_prefetching_dataset_feeds_from_the_sharded_buffer(make):
-    from rlinf.data.replay_buffer import PreloadReplayBufferDataset
+    from rlinf_replay_buffer import PreloadReplayBufferDataset
 
     buf = make(2)
     buf.add_trajectories([coded_trajectory(i, n=N, e=E, num_envs=B) for i in range(4)])

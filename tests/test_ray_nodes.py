@@ -14,7 +14,7 @@ cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
-from rlinf.data.ray_replay_buffer import (  # noqa: E402
+from rlinf_replay_buffer import (  # noqa: E402
     RayTrajectoryReplayBuffer,
     ShardRestartedWarning,
     ShardUnavailableError,

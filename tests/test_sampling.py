@@ -29,7 +29,7 @@ import torch
 from conftest import CODED_DICT_FIELDS, CODED_STEP_FIELDS, POISON, assert_aligned, coded_trajectory
 from conftest import TrackedBuffer as TrajectoryReplayBuffer
 
-from rlinf.data.replay_buffer import Trajectory
+from rlinf_replay_buffer import Trajectory
 
 STORAGE = ("memory", "ring", "cached", "disk", "disk-ring", "nocache", "checkpoint")
 FORMATS = ("pt", "pkl", "segment")

@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import assert_aligned, coded_trajectory
 
-from rlinf.data.replay.cli import iter_leaves
 from rlinf.data.replay_buffer import Trajectory, TrajectoryReplayBuffer, main
+from rlinf_replay_buffer.cli import iter_leaves
 
 REPO = Path(__file__).resolve().parents[1]
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"

@@ -30,21 +30,21 @@ import torch
 from conftest import TrackedBuffer as TrajectoryReplayBuffer
 from conftest import assert_aligned, coded_trajectory
 
-from rlinf.data.replay.checkpoint import read_rows
-from rlinf.data.replay.directory import read_directory, read_index
-from rlinf.data.replay.tools.merge_split import merge_or_split
-from rlinf.data.replay_buffer import (
+from rlinf_replay_buffer import (
     BufferNotFoundError,
     CorruptBufferError,
     Trajectory,
     UnsafeFileError,
 )
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer as UntrackedBuffer
+from rlinf_replay_buffer import TrajectoryReplayBuffer as UntrackedBuffer
+from rlinf_replay_buffer.checkpoint import read_rows
+from rlinf_replay_buffer.directory import read_directory, read_index
+from rlinf_replay_buffer.tools.merge_split import merge_or_split
 
 N, E, B = 4, 2, 2  # coded_trajectory defaults
 PER_TRAJ = N * E * B  # transitions (= segment rows) per trajectory
 SEED = 31
-SEGMENT_BYTES = "rlinf.data.replay.formats.segment.DEFAULT_SEGMENT_BYTES"
+SEGMENT_BYTES = "rlinf_replay_buffer.formats.segment.DEFAULT_SEGMENT_BYTES"
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from conftest import TrackedBuffer as TrajectoryReplayBuffer
 from conftest import assert_aligned, chi_square, coded_trajectory
 from conftest import chi2_bound as bound
 
-from rlinf.data.replay_buffer import EmptyBufferError, InvalidArgumentError, Trajectory
+from rlinf_replay_buffer import EmptyBufferError, InvalidArgumentError, Trajectory
 
 SEED = 1234
 KINDS = ("memory", "ring", "disk-pt", "disk-segment", "pending")

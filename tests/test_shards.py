@@ -16,14 +16,14 @@ import pytest
 import torch
 from conftest import coded_trajectory
 
-from rlinf.data.replay.directory import read_directory
-from rlinf.data.replay.distributed import shares
-from rlinf.data.replay.distributed.batches import assemble
-from rlinf.data.replay.distributed.routing import shard_of_key
-from rlinf.data.replay.distributed.shard import ShardServer
-from rlinf.data.replay.distributed.wire import decode, decode_trajectory, encode, encode_trajectory
-from rlinf.data.replay.errors import BufferDirectoryError, InvalidArgumentError, InvalidTrajectoryError
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer.directory import read_directory
+from rlinf_replay_buffer.distributed import shares
+from rlinf_replay_buffer.distributed.batches import assemble
+from rlinf_replay_buffer.distributed.routing import shard_of_key
+from rlinf_replay_buffer.distributed.shard import ShardServer
+from rlinf_replay_buffer.distributed.wire import decode, decode_trajectory, encode, encode_trajectory
+from rlinf_replay_buffer.errors import BufferDirectoryError, InvalidArgumentError, InvalidTrajectoryError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,7 @@ def test_recovery_finishes_or_undoes_an_interrupted_replacement(tmp_path, state)
 CHILD = textwrap.dedent(
     """
     import sys
-    from rlinf.data.replay.distributed.shard import ShardServer
+    from rlinf_replay_buffer.distributed.shard import ShardServer
     root, a, b = sys.argv[1:4]
     shard = ShardServer(root, 0, 1, 7, {})
     while True:
@@ -220,7 +220,9 @@ def test_assembly_mixes_shards_and_refuses_different_fields():
 
 
 def test_string_keys_route_the_same_in_every_process():
-    code = "from rlinf.data.replay.distributed.routing import shard_of_key; print(shard_of_key('robot-7', 5))"
+    code = (
+        "from rlinf_replay_buffer.distributed.routing import shard_of_key; print(shard_of_key('robot-7', 5))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert int(out) == shard_of_key("robot-7", 5)
     with pytest.raises(InvalidArgumentError):

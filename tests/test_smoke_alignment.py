@@ -1,6 +1,6 @@
 from conftest import assert_aligned, coded_trajectory
 
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer import TrajectoryReplayBuffer
 
 
 def test_sample_from_rlinf_fixture_is_aligned(fixture_dir):

@@ -7,7 +7,7 @@ import threading
 import pytest
 from conftest import assert_aligned, coded_trajectory
 
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer import TrajectoryReplayBuffer
 
 
 @pytest.mark.parametrize("auto_save", [False, True])

@@ -1,4 +1,4 @@
-"""Unit tests of validation and row alignment (:mod:`rlinf.data.replay.trajectory`).
+"""Unit tests of validation and row alignment (:mod:`rlinf_replay_buffer.trajectory`).
 
 The coded trajectories of ``conftest`` carry in every row the code of the transition it belongs
 to, and poison (-7) in the extra rows of RLinf's layout, so "aligned correctly" means: the
@@ -15,8 +15,10 @@ import pytest
 import torch
 from conftest import POISON, coded_trajectory
 
-from rlinf.data.replay.errors import InvalidTrajectoryError
-from rlinf.data.replay.trajectory import (
+from rlinf_replay_buffer import Trajectory as PublicTrajectory
+from rlinf_replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer.errors import InvalidTrajectoryError
+from rlinf_replay_buffer.trajectory import (
     ACTION_LIKE,
     DONE_LIKE,
     NO_VERSIONS_WEIGHTS_ID,
@@ -28,8 +30,6 @@ from rlinf.data.replay.trajectory import (
     epochs_of,
     source_steps,
 )
-from rlinf.data.replay_buffer import Trajectory as PublicTrajectory
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer
 
 LAYOUTS = ("rlinf", "aligned", "done_only")
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import coded_trajectory
 
-from rlinf.data.replay.formats import pkl, pt
-from rlinf.data.replay_buffer import CorruptTrajectoryError, TrajectoryReplayBuffer, UnsafeFileError
+from rlinf_replay_buffer import CorruptTrajectoryError, TrajectoryReplayBuffer, UnsafeFileError
+from rlinf_replay_buffer.formats import pkl, pt
 
 MARKER = "rlinf_exploit_ran"
 

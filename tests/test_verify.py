@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, assert_aligned, coded_trajectory
 
-from rlinf.data.replay.cli import main
-from rlinf.data.replay.tools.verify import verify_directory
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer.cli import main
+from rlinf_replay_buffer.tools.verify import verify_directory
 
 IDS = [1, 2, 3, 4]
 FORMATS = ["pt", "pkl", "segment"]
@@ -88,7 +88,7 @@ def test_verify_runs_as_a_module_command(tmp_path):
     path = written_dir(tmp_path)
     traj_file(path, 2).unlink()
     proc = subprocess.run(
-        [sys.executable, "-m", "rlinf.data.replay_buffer", "verify", str(path)],
+        [sys.executable, "-m", "rlinf_replay_buffer", "verify", str(path)],
         capture_output=True,
         text=True,
         cwd=REPO,

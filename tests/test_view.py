@@ -1,4 +1,4 @@
-"""Pictures of trajectories (``rlinf.data.replay.tools.view``): the PNG exists, has the size the
+"""Pictures of trajectories (``rlinf_replay_buffer.tools.view``): the PNG exists, has the size the
 result reports (``dpi * inches``), is not blank, shows the frames' colours, and errors are clear.
 
 ``scene_trajectory`` is a realistic synthetic rollout (also used to draw
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from rlinf.data.replay.errors import BufferNotFoundError, InvalidArgumentError
-from rlinf.data.replay.tools import view
-from rlinf.data.replay.tools.view import (
+from rlinf_replay_buffer import Trajectory, TrajectoryReplayBuffer
+from rlinf_replay_buffer.errors import BufferNotFoundError, InvalidArgumentError
+from rlinf_replay_buffer.tools import view
+from rlinf_replay_buffer.tools.view import (
     RenderResult,
     ToolsNotInstalledError,
     find_cameras,
@@ -26,7 +27,6 @@ from rlinf.data.replay.tools.view import (
     render_sample,
     render_trajectory,
 )
-from rlinf.data.replay_buffer import Trajectory, TrajectoryReplayBuffer
 
 PIL_Image = pytest.importorskip("PIL.Image")
 pytest.importorskip("matplotlib")
@@ -373,7 +373,7 @@ def test_missing_extra_names_the_install(tmp_path, monkeypatch):
 
 # -- the camera rule --------------------------------------------------------------------------
 def test_camera_rule():
-    from rlinf.data.replay.schema import ColumnSpec
+    from rlinf_replay_buffer.schema import ColumnSpec
 
     spec = ColumnSpec
     schema = {

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlinf.data.replay.rate_limiter import RateLimiter
-from rlinf.data.replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer import TrajectoryReplayBuffer
+from rlinf_replay_buffer.rate_limiter import RateLimiter
 
 from ..measure import files_under
 from . import Store, StoreConfig, Unsupported

@@ -47,7 +47,7 @@ class RayStore(OursStore):
         try:
             import ray
 
-            from rlinf.data.ray_replay_buffer import RayTrajectoryReplayBuffer
+            from rlinf_replay_buffer import RayTrajectoryReplayBuffer
         except ImportError as exc:
             raise NotInstalled(
                 f"ray is not importable ({exc}); pip install -c constraints.txt -e '.[ray]'"

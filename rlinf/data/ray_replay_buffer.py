@@ -1,18 +1,9 @@
-"""Public entry point of the sharded buffer (``pip install 'rlinf-replay-buffer[ray]'``)::
+"""The sharded buffer under an ``rlinf.data`` name (this library's own: ``from rlinf_replay_buffer
+import RayTrajectoryReplayBuffer``).
 
-    import ray
-    from rlinf.data.ray_replay_buffer import RayTrajectoryReplayBuffer
-
-    ray.init()
-    buffer = RayTrajectoryReplayBuffer("/data/buffer", num_shards=4)
-
-The machinery lives in :mod:`rlinf.data.replay.distributed`.
+Served by :mod:`rlinf_replay_buffer.rlinf_compat.ray_replay_buffer` (this checkout's ``rlinf/`` is a namespace
+folder: an installed RLinf takes precedence over it; see docs/migration.md).
 """
 
-from __future__ import annotations
-
-from rlinf.data.replay.distributed.client import RayTrajectoryReplayBuffer
-from rlinf.data.replay.distributed.routing import shard_of_key
-from rlinf.data.replay.errors import ShardRestartedWarning, ShardUnavailableError
-
-__all__ = ["RayTrajectoryReplayBuffer", "ShardRestartedWarning", "ShardUnavailableError", "shard_of_key"]
+from rlinf_replay_buffer.rlinf_compat.ray_replay_buffer import *  # noqa: F403
+from rlinf_replay_buffer.rlinf_compat.ray_replay_buffer import __all__  # noqa: F401

@@ -1,35 +1,20 @@
-"""Public entry point: ``from rlinf.data.replay_buffer import TrajectoryReplayBuffer``.
+"""The seed's entry point (RLinf 0.3's layout): ``from rlinf.data.replay_buffer import
+TrajectoryReplayBuffer`` and ``python rlinf/data/replay_buffer.py --load-path PATH ...``.
 
-Also a command-line tool (the machinery lives in :mod:`rlinf.data.replay`)::
-
-    python rlinf/data/replay_buffer.py --load-path /path/to/buffer --num-chunks 1024 \\
-        --cache-size 10 --enable-cache
-
-loads a buffer directory, samples once and prints every key of the batch with its shape and
-dtype. ``python -m rlinf.data.replay_buffer`` is the same command.
+Served by :mod:`rlinf_replay_buffer.rlinf_compat.replay_buffer` (this checkout's
+``rlinf/`` is a namespace folder: an installed RLinf takes precedence over it; see docs/migration.md).
+As a script it runs the ``sample`` command of :mod:`rlinf_replay_buffer.cli` (the other tools:
+``rlinf-buffer --help``).
 """
-
-from __future__ import annotations
 
 import os
 import sys
 
-if __name__ == "__main__" and not __package__:  # run as a script: import the package instead
-    _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    sys.path[0] = _root
+if __name__ == "__main__" and not __package__:  # run as a script: import from this checkout
+    sys.path[0] = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 2))
 
-from rlinf.data.replay import *  # noqa: E402, F403 - the public names of the package
-from rlinf.data.replay import __all__ as _PUBLIC  # noqa: E402
-
-__all__ = [*_PUBLIC, "main"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line (see :mod:`rlinf.data.replay.cli`); returns the exit status."""
-    from rlinf.data.replay.cli import main as cli_main
-
-    return cli_main(argv)
-
+from rlinf_replay_buffer.rlinf_compat.replay_buffer import *  # noqa: E402, F403
+from rlinf_replay_buffer.rlinf_compat.replay_buffer import __all__, main  # noqa: E402, F401
 
 if __name__ == "__main__":
     sys.exit(main())

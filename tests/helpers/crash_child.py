@@ -35,7 +35,7 @@ if TESTS not in sys.path:
 
 from conftest import coded_trajectory  # noqa: E402
 
-from rlinf.data.replay_buffer import Trajectory, TrajectoryReplayBuffer  # noqa: E402
+from rlinf_replay_buffer import Trajectory, TrajectoryReplayBuffer  # noqa: E402
 
 CACHE_SIZE = 2
 LAYOUTS = ("rlinf", "aligned", "done_only")

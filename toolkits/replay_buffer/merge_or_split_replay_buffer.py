@@ -5,7 +5,7 @@
     python toolkits/replay_buffer/merge_or_split_replay_buffer.py \\
         --source-path /path/to/buffer --save-path /path/to/split --split-count 30 --copy
 
-The machinery is :func:`rlinf.data.replay.tools.merge_or_split`.
+The machinery is :func:`rlinf_replay_buffer.tools.merge_or_split`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 if __name__ == "__main__" and not __package__:  # run as a script from a checkout
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rlinf.data.replay.tools.merge_split_cli import main  # noqa: E402
+from rlinf_replay_buffer.tools.merge_split_cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -48,7 +48,9 @@ METADATA = "metadata.json"
 INDEX = "trajectory_index.json"
 INDEX_RLINF_MERGE = "trajector_index.json"  # sic: also written by RLinf's merge tool
 JOURNAL = "trajectory_index.journal"
-FILE_RE = re.compile(r"^trajectory_(\d+)_([A-Za-z0-9][A-Za-z0-9.\-_]*)\.(pt|pkl)\Z")
+#: ``trajectory_{id}_{rest}.{pt|pkl}``; ``rest`` may be empty (RLinf names ``trajectory_3_.pt`` a
+#: trajectory whose ``model_weights_id`` is ``""``)
+FILE_RE = re.compile(r"^trajectory_(\d+)_([A-Za-z0-9.\-_]*)\.(pt|pkl)\Z")
 
 
 def trajectory_file_name(trajectory_id: int, weights_id: str, update_count: int, fmt: str) -> str:

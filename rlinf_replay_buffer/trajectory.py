@@ -266,13 +266,66 @@ def default_weights_id(versions: torch.Tensor | None) -> str:
 
 
 def check_weights_id(value: Any, where: str = "") -> str:
-    """Validate a ``model_weights_id``: it becomes part of file names, so no path characters."""
+    """Validate a ``model_weights_id``: it becomes part of file names, so no path characters.
+
+    ``""`` is accepted: RLinf's ``Trajectory`` has it as its default and files it as such.
+    """
+    if value == "":
+        return value
     if not isinstance(value, str) or not _SAFE_ID.match(value) or ".." in value:
         raise InvalidTrajectoryError(
             f"{where}model_weights_id {value!r} is not a safe id: use letters, digits, '.', '_' and '-' "
             "(a uuid string), at most 128 characters"
         )
     return value
+
+
+def fields_of(traj: Any, where: str = "") -> Mapping[str, Any]:
+    """The fields of a trajectory given as a :class:`Trajectory`, a mapping, or another dataclass
+    (RLinf's own ``Trajectory``), as a mapping from field name to value."""
+    if isinstance(traj, Trajectory):
+        return traj.__dict__
+    if isinstance(traj, Mapping):
+        return traj
+    if is_dataclass(traj) and not isinstance(traj, type):  # e.g. RLinf's own Trajectory class
+        return {f.name: getattr(traj, f.name) for f in fields(traj)}
+    raise InvalidTrajectoryError(
+        f"{where}expected a Trajectory, got {type(traj).__name__}; build one with "
+        "Trajectory(rewards=..., actions=..., curr_obs={...}, ...)"
+    )
+
+
+def flatten_like_rlinf(traj: Any) -> dict[str, Any]:
+    """RLinf's flat view of a trajectory (what its buffer caches and its RLT worker indexes).
+
+    * done-like fields (``dones``, ``terminations``, ``truncations``) lose their extra first row
+      per epoch, so they have ``T`` rows (``T`` = rows of ``rewards``);
+    * then every tensor field with at least two dimensions, and every such tensor in
+      ``curr_obs``, ``next_obs`` and ``forward_inputs``, is reshaped ``[rows, B, ...]`` ->
+      ``[rows * B, ...]``: row ``t * B + b`` is step ``t`` of env ``b``. Action-like fields keep
+      their extra last row per epoch (``(T + e) * B`` rows), as in RLinf.
+
+    Other fields are left out. The tensors are views of the trajectory's where possible.
+    """
+    data = fields_of(traj)
+    rewards = data.get("rewards")
+    num_steps = int(rewards.shape[0]) if isinstance(rewards, torch.Tensor) and rewards.dim() else 0
+    flat: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in DICT_FIELDS:
+            if isinstance(value, Mapping) and value:
+                flat[name] = {
+                    k: v.reshape(-1, *v.shape[2:])
+                    for k, v in value.items()
+                    if isinstance(v, torch.Tensor) and v.dim() >= 2
+                }
+            continue
+        if not isinstance(value, torch.Tensor) or value.dim() < 2:
+            continue
+        if name in DONE_LIKE and value.shape[0] != num_steps:
+            value = align_column((name,), value, num_steps)
+        flat[name] = value.reshape(-1, *value.shape[2:])
+    return flat
 
 
 def align(
@@ -291,17 +344,7 @@ def align(
     Raises:
         InvalidTrajectoryError: with a message naming the field and what to fix.
     """
-    if isinstance(traj, Trajectory):
-        data: Mapping[str, Any] = traj.__dict__
-    elif isinstance(traj, Mapping):
-        data = traj
-    elif is_dataclass(traj) and not isinstance(traj, type):  # e.g. RLinf's own Trajectory class
-        data = {f.name: getattr(traj, f.name) for f in fields(traj)}
-    else:
-        raise InvalidTrajectoryError(
-            f"{where}expected a Trajectory, got {type(traj).__name__}; build one with "
-            "Trajectory(rewards=..., actions=..., curr_obs={...}, ...)"
-        )
+    data = fields_of(traj, where)
     raw = iter_columns(data, where)
     rewards = raw.get(("rewards",))
     if rewards is None:

@@ -122,7 +122,7 @@ class Camera:
 def find_cameras(schema: Mapping[Key, Any]) -> list[Camera]:
     """The cameras among the ``curr_obs`` columns of a schema (see the module docstring).
 
-    ``schema`` maps column keys to :class:`~rlinf.data.replay.schema.ColumnSpec` (``dtype``,
+    ``schema`` maps column keys to :class:`~rlinf_replay_buffer.schema.ColumnSpec` (``dtype``,
     ``row_shape``).
     """
     cameras: list[Camera] = []

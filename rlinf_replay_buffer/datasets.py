@@ -32,7 +32,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import EmptyBufferError, InvalidArgumentError, ReplayBufferError
 
-logger = logging.getLogger("rlinf.data.replay_buffer")
+logger = logging.getLogger("rlinf_replay_buffer")
 
 Batch = dict[str, Any]
 """A batch: ``{"actions": [N, ...], ..., "curr_obs": {"states": [N, ...], ...}, ...}``."""

@@ -1,4 +1,4 @@
-"""The command line: ``rlinf-buffer`` (also ``python -m rlinf.data.replay_buffer``).
+"""The command line: ``rlinf-buffer`` (also ``python -m rlinf_replay_buffer``).
 
 Subcommands, each a thin layer over one library function:
 
@@ -441,7 +441,7 @@ def _run(call: Callable[[], int]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``rlinf-buffer``, ``python -m rlinf.data.replay_buffer`` and the seed's
+    """Entry point of ``rlinf-buffer``, ``python -m rlinf_replay_buffer`` and the seed's
     ``python rlinf/data/replay_buffer.py``; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("--") and argv[0] not in ("--help",):  # the seed's form
@@ -457,7 +457,7 @@ def reference_markdown() -> str:
     parts = [
         "# Command-line reference",
         "",
-        'Generated from `--help` (`python -c "from rlinf.data.replay.cli import reference_markdown; '
+        'Generated from `--help` (`python -c "from rlinf_replay_buffer.cli import reference_markdown; '
         "print(reference_markdown(), end='')\" > docs/cli.md`); `tests/test_cli.py` checks it is current.",
         "",
     ]

@@ -63,7 +63,7 @@ def read(
     skip_corrupt: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[DirectoryContents, Schema | None]:
-    """Parse a buffer directory; see :func:`rlinf.data.replay.directory.read_directory`."""
+    """Parse a buffer directory; see :func:`rlinf_replay_buffer.directory.read_directory`."""
     return read_directory(load_path, share, skip_corrupt=skip_corrupt, progress=progress)
 
 

@@ -26,7 +26,7 @@ from .trajectory import (
     source_steps,
 )
 
-logger = logging.getLogger("rlinf.data.replay_buffer")
+logger = logging.getLogger("rlinf_replay_buffer")
 _READER_POOL = 64  # trajectory files kept mapped for reading
 
 

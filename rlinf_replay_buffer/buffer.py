@@ -11,6 +11,7 @@ directories.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -53,10 +54,11 @@ from .trajectory import (
     Trajectory,
     align,
     file_dict_from_columns,
+    flatten_like_rlinf,
 )
 from .writer import BackgroundWriter
 
-logger = logging.getLogger("rlinf.data.replay_buffer")
+logger = logging.getLogger("rlinf_replay_buffer")
 
 
 _GROUP_COMMIT_BYTES = 64 << 20  # segment rows appended before an fsync and journal entries
@@ -215,6 +217,7 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             self.auto_save_path = None
 
         self._lock = threading.RLock()
+        self._closing: threading.Thread | None = None  # a close(wait=False) in progress
         self._written = threading.Condition(self._lock)  # notified as background writes finish
         self._generator = torch.Generator().manual_seed(self.seed)
         self._sampler = UniformSampler(self._generator)
@@ -322,17 +325,33 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             _, ends, _ = self._index.window(self._window_size)
             return len(self._index) >= min_size and len(ends) > 0 and int(ends[-1]) > 0
 
-    def get_stats(self) -> dict[str, Any]:
-        """Counters for logging: sizes, window, cache, writer and eviction figures."""
+    async def is_ready_async(self, min_size: int = 1) -> bool:
+        """:meth:`is_ready` for asyncio code (RLinf's async SAC and DAgger workers ``await`` it);
+        it runs in a worker thread, so a long add or load never blocks the event loop."""
+        return await asyncio.to_thread(self.is_ready, min_size)
+
+    def get_stats(self) -> dict[str, int]:
+        """Counters for logging, every value an ``int`` (RLinf averages them with ``np.mean``).
+
+        RLinf's keys: ``num_trajectories``, ``total_samples``, ``cache_size`` (trajectories held in
+        memory). This library's: ``size`` (= ``num_trajectories``), ``trajectory_counter``,
+        ``window_trajectories``, ``window_transitions``, ``cached_trajectories``,
+        ``cached_bytes``, ``evicted_trajectories``, ``corrupt_skipped``, ``capacity_evicted``,
+        ``disk_bytes``, ``pending_writes``, ``files_written``. Settings (``auto_save``,
+        ``auto_save_path``, ``trajectory_format``) are attributes of the buffer, not stats.
+        """
         with self._lock:
             ids, ends, _ = self._index.window(self._window_size)
+            cached = len(self._cache) if self._cache is not None else 0
             return {
+                "num_trajectories": len(self._index),
+                "cache_size": cached,
                 "size": len(self._index),
                 "total_samples": self._index.total_transitions,
                 "trajectory_counter": self._counter,
                 "window_trajectories": len(ids),
                 "window_transitions": int(ends[-1]) if len(ends) else 0,
-                "cached_trajectories": len(self._cache) if self._cache is not None else 0,
+                "cached_trajectories": cached,
                 "cached_bytes": self._cache.nbytes if self._cache is not None else 0,
                 "evicted_trajectories": self._evicted,
                 "corrupt_skipped": self._corrupt_skipped,
@@ -340,9 +359,6 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
                 "disk_bytes": self._disk_bytes,
                 "pending_writes": len(self._unwritten),
                 "files_written": self._files_written,
-                "auto_save": self.auto_save,
-                "auto_save_path": self.auto_save_path,
-                "trajectory_format": self.trajectory_format,
             }
 
     @property
@@ -661,6 +677,15 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             if self._prio is not None:
                 return self._sampling(lambda ids, ends: self._draw_prioritized(ids, ends, num))
             return self._sampling(lambda ids, ends: self._draw_uniform(ids, ends, num))
+
+    def sample_chunks(self, num_chunks: int) -> Batch:
+        """RLinf's other name for :meth:`sample` (same arguments, same batch)."""
+        return self.sample(num_chunks)
+
+    def _flatten_trajectory(self, trajectory: Any) -> dict[str, Any]:
+        """RLinf's flat view of one trajectory, for code written against RLinf's buffer (its RLT
+        worker): see :func:`.trajectory.flatten_like_rlinf`. The buffer is not changed."""
+        return flatten_like_rlinf(trajectory)
 
     def sample_sequences(self, num_sequences: int, seq_len: int, pad: bool = False) -> Batch:
         """Draw runs of ``seq_len`` consecutive steps of one env column of one trajectory.
@@ -1081,12 +1106,34 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             self.rate_limiter.reset()
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         """Finish pending writes, write the full index and metadata, stop the writer thread.
 
         The buffer stays usable: a later add restarts the writer. Raises :class:`WriterError`
         if a background write failed.
+
+        Args:
+            wait: ``False`` returns at once and closes in a background thread (RLinf's
+                ``close(wait=False)``). The thread is not a daemon, so the interpreter still
+                finishes the writes before it exits; a failure is logged, and the next call
+                of ``close()`` waits for the thread first.
         """
+        previous, self._closing = self._closing, None
+        if previous is not None:
+            previous.join()
+        if not wait:
+            self._closing = threading.Thread(target=self._close_logged, name="replay-buffer-close")
+            self._closing.start()
+            return
+        self._close_now()
+
+    def _close_logged(self) -> None:
+        try:
+            self._close_now()
+        except Exception:  # noqa: BLE001 - reported, nobody waits for this thread
+            logger.exception("closing the replay buffer in the background failed")
+
+    def _close_now(self) -> None:
         self._retry_failed_writes()
         self._drain_writer()
         with self._lock, self._index_io():

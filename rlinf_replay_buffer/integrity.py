@@ -80,8 +80,8 @@ def mismatch(trajectory_id: int, path: str, expected: int, found: int) -> Corrup
     directory = os.path.dirname(path)  # a trajectory file or a segment: both in the buffer dir
     return CorruptTrajectoryError(
         f"{mismatch_text(trajectory_id, path, expected, found)}: the data is corrupt or "
-        f"truncated. Check the directory with `python -m "
-        f"rlinf.data.replay_buffer verify {directory}` (--repair quarantines bad trajectories), "
+        f"truncated. Check the directory with `rlinf-buffer verify {directory}` (--repair "
+        "quarantines bad trajectories), "
         "or construct the buffer with on_corrupt='skip' to leave damaged trajectories out",
         trajectory_id,
         path,

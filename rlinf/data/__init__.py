@@ -1,1 +1,0 @@
-"""Data structures for embodied RL training (see :mod:`rlinf.data.replay_buffer`)."""
