@@ -60,7 +60,7 @@ SKIP_MARK = re.compile(r"^<!--\s*skip(?::[^>]*)?\s*-->$")
 FENCE = re.compile(r"^```([\w-]*)\s*$")
 #: a command line that runs one of this project's command-line tools
 CLI_COMMAND = re.compile(
-    r"^(rlinf-buffer|python -m rlinf\.data\.replay_buffer"
+    r"^(rlinf-buffer|python -m rlinf_replay_buffer"
     r"|python rlinf/data/replay_buffer\.py|python toolkits/replay_buffer/merge_or_split_replay_buffer\.py)\b"
 )
 BLOCK_TIMEOUT = 120.0  # seconds, per block
