@@ -29,7 +29,7 @@ import torch
 from . import checkpoint, formats
 from .batch import Batch
 from .cache import TrajectoryCache
-from .directory import Record, refuse_link_out
+from .directory import Record, refuse_link_out, write_index
 from .errors import (
     CorruptBufferError,
     CorruptDataWarning,
@@ -245,6 +245,7 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
         self._counter = 0
         self._evicted = 0
         self._files_written = 0
+        self._published = -1  # own.journal.appended when flush() last wrote the index
         self._own: checkpoint.OwnDirectory | None = None
         if self.auto_save_path is not None:
             self._own = checkpoint.OwnDirectory.open(self.auto_save_path, self.trajectory_format, self.seed)
@@ -258,9 +259,12 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
     @classmethod
     def from_config(cls, cfg: Any, **overrides: Any) -> TrajectoryReplayBuffer:
         """Build a buffer from RLinf's YAML keys (a dict or an OmegaConf node: the whole config,
-        ``algorithm`` or ``algorithm.replay_buffer``); unknown keys raise
-        :class:`InvalidArgumentError` naming them. See :func:`.config.buffer_from_config`
-        (``section="demo_buffer"``, ``rank=k``) and ``docs/guide.md``. Keyword overrides win."""
+        ``algorithm`` or ``algorithm.replay_buffer``). Every key of RLinf's buffer sections is
+        accepted; keys that do not shape the buffer (``min_buffer_size``, ``max_num_samples``,
+        ...) are named in one warning, unknown keys in another (``unknown_keys="raise"`` makes
+        them an error); a bad value of a used key raises :class:`InvalidArgumentError` naming
+        it. See :func:`.config.buffer_from_config` (``section="demo_buffer"``, ``rank=k``) and
+        ``docs/guide.md``. Keyword overrides win."""
         from .config import buffer_from_config
 
         return buffer_from_config(cfg, **overrides)
@@ -829,16 +833,38 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
         """Return once every trajectory added before the call is durable on disk.
 
         With ``auto_save``: every trajectory file and the index entry naming it are fsync'd
-        under their final names. Without ``auto_save`` there is nothing to write. Writes that
-        failed earlier are retried first. Raises :class:`WriterError` if a write failed (the
-        trajectory stays in memory; fix the cause and call ``flush()`` again).
+        under their final names. In the ``pt`` and ``pkl`` formats ``trajectory_index.json``
+        and ``metadata.json`` then list every trajectory of the directory, so RLinf's own loader
+        (which reads no journal) sees them too; see :meth:`_publish_index`. Without
+        ``auto_save`` there is nothing to write. Writes that failed earlier are retried first.
+        Raises :class:`WriterError` if a write failed (the trajectory stays in memory; fix the
+        cause and call ``flush()`` again).
         """
         self._retry_failed_writes()
         self._drain_writer()
         self._writer.check()  # a failed trajectory write is the error to report first
         with self._lock, self._index_io():
             if self._own is not None:
+                self._publish_index(self._own)
                 self._own.sync(self._counter, self._schema)
+
+    def _publish_index(self, own: checkpoint.OwnDirectory) -> None:
+        """Rewrite ``trajectory_index.json`` whole (atomically) if the journal holds lines it
+        lacks, keeping the journal: the journal stays what reopening reads after the index (its
+        entries already listed are skipped), and the index stays RLinf-readable.
+
+        Skipped when nothing was appended since the index was last written (by this or by a
+        compaction, which empties the journal), and for the ``segment`` format, which RLinf
+        cannot read: there the index is written at compaction only. Costs O(trajectories) per
+        flush that has something new (call under the lock, after the writer is drained).
+        """
+        journal = own.journal
+        if own.fmt == formats.SEGMENT or not journal.lines or journal.appended == self._published:
+            return
+        journal.sync()  # every entry (and so every file) it lists is durable before the index names it
+        entries = sorted(own.entries.values(), key=lambda e: e["trajectory_id"])
+        write_index(own.path, entries, keep_journal=True)
+        self._published = journal.appended
 
     @contextlib.contextmanager
     def _index_io(self) -> Iterator[None]:
@@ -869,11 +895,18 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             records = list(self._index)
             unwritten = dict(self._unwritten)
             cache = self._cache
+            schema = self._schema
             # rows only in memory are copied one trajectory at a time while writing; the pin
             # copies out any that are evicted before their turn
             pin = cache.pin([r.trajectory_id for r in records if r.path is None]) if cache else {}
+            # files in RLinf's flattened checkpoint layout are written again from their aligned
+            # rows (as [T, B, ...]), never linked or copied: RLinf cannot read them back itself
+            flat_files = {r.trajectory_id: r for r in records if r.rlinf_flat and r.path is not None}
 
             def rows_of(tid: int) -> dict[Key, torch.Tensor] | None:
+                original = flat_files.get(tid)
+                if original is not None:
+                    return self._read_aligned(original, schema)
                 with self._lock:
                     if cache is not None and tid in pin:
                         return cache.take(pin, tid)
@@ -881,7 +914,12 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
 
             saved = self._saved_priorities()
             snapshot = checkpoint.Snapshot(
-                records=records,
+                records=[
+                    replace(r, directory=None, file=None, row=None, rlinf_flat=False)
+                    if r.trajectory_id in flat_files
+                    else r
+                    for r in records
+                ],
                 rows_of=rows_of,
                 schema=self._schema,
                 counter=self._counter,
@@ -906,11 +944,14 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
         with self._lock:
             for record in snapshot.records:
                 new = renamed.get(record.trajectory_id)
+                record = flat_files.get(record.trajectory_id, record)  # the index's own record
                 # the files of a checkpoint we just replaced are gone: point at the new ones;
                 # records with a file elsewhere keep it (the export may be deleted or reused)
                 stale = record.directory is not None and (os.path.realpath(record.directory) == replaced)
                 if new is not None and stale and self._index_holds(record):
                     record.directory, record.file, record.row = new.directory, new.file, new.row
+                    if record.rlinf_flat:  # written again, in layout: a new file, a new checksum
+                        record.rlinf_flat, record.checksum = False, new.checksum
                     seg = self._record_segment(record)
                     self._index.set_location(record.trajectory_id, seg, record.row if seg >= 0 else -1)
             self._readers.clear()
@@ -1181,6 +1222,73 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             self._readers.clear()
         self._writer.close()
 
+    # -- RLinf's private names ----------------------------------------------------------------
+    # RLinf's own tools read these on its buffer (toolkits/replay_buffer/visualize.py reads all
+    # three). Read-only views of this buffer's state: changing what they return changes nothing.
+    @property
+    def _trajectory_id_list(self) -> list[int]:
+        """The ids of the trajectories the buffer holds, oldest first (a new list each time)."""
+        with self._lock:
+            return self._index.ids().tolist()
+
+    @property
+    def _trajectory_index(self) -> Mapping[int, dict[str, Any]]:
+        """``{trajectory_id: entry}`` in RLinf's index form, oldest first: each entry a new dict
+        with ``num_samples`` (``T * B``), ``trajectory_id``, ``max_episode_length``, ``shape``
+        (of ``rewards``, ``(T, B, ...)``) and ``model_weights_id``. A read-only mapping that
+        looks entries up when asked (no copy of the whole index)."""
+        return _RLinfIndexView(self)
+
+    def _load_trajectory(self, trajectory_id: int, model_weights_id: str | None = None) -> Trajectory:
+        """One stored trajectory, wherever its rows are (memory, pending write, file or segment),
+        as a :class:`Trajectory` of ``[T, B, ...]`` tensors (new memory; aligned rows: every
+        field has ``T`` rows) with ``curr_obs``, ``next_obs`` and ``forward_inputs`` dicts
+        (empty when absent). Data read from disk is checked against its checksum first.
+
+        ``model_weights_id`` is what RLinf passes (the entry's ``model_weights_id``); ``None``
+        skips the check. A file-name form (``{uuid}_{count}``, as written in
+        ``trajectory_index.json``) is accepted too.
+
+        Raises:
+            InvalidArgumentError (a ``ValueError``, as RLinf): the id is not in the buffer, or
+                ``model_weights_id`` is not the trajectory's.
+            CorruptTrajectoryError: its file or rows fail their checksum or cannot be read.
+        """
+        from .directory import rlinf_weights_id
+        from .trajectory import DICT_FIELDS
+
+        if isinstance(trajectory_id, bool) or not isinstance(trajectory_id, int | np.integer):
+            raise InvalidArgumentError(f"trajectory_id must be an int, got {trajectory_id!r}")
+        tid = int(trajectory_id)
+        with self._lock:
+            if tid not in self._index:
+                raise InvalidArgumentError(
+                    f"trajectory {tid} is not in the buffer (it holds {len(self._index)} "
+                    "trajectories; _trajectory_id_list lists their ids)"
+                )
+            record = self._index[tid]
+            if model_weights_id is not None:
+                known = {record.model_weights_id}
+                if record.file is not None and record.row is None:
+                    known.add(rlinf_weights_id(record.file))
+                if model_weights_id not in known:
+                    raise InvalidArgumentError(
+                        f"trajectory {tid} has model_weights_id {record.model_weights_id!r}, "
+                        f"not {model_weights_id!r}"
+                    )
+            assert self._schema is not None
+            t, b = record.num_steps, record.num_envs
+            columns = {
+                key: self._trajectory_column(record, key).reshape(t, b, *spec.row_shape).clone()
+                for key, spec in self._schema.items()
+            }
+        data = file_dict_from_columns(
+            columns, record.max_episode_length, record.model_weights_id, record.model_update_count
+        )
+        for name in DICT_FIELDS:
+            data.setdefault(name, {})
+        return Trajectory.from_dict(data)
+
     def __enter__(self) -> TrajectoryReplayBuffer:
         return self
 
@@ -1193,6 +1301,45 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             f"window={self._window_size}, auto_save={self.auto_save}, "
             f"format={self.trajectory_format!r})"
         )
+
+
+class _RLinfIndexView(Mapping):
+    """``TrajectoryReplayBuffer._trajectory_index``: the buffer's index in RLinf's entry form,
+    read-only, each entry built when it is looked up."""
+
+    def __init__(self, buffer: TrajectoryReplayBuffer) -> None:
+        self._buffer = buffer
+
+    def __getitem__(self, trajectory_id: object) -> dict[str, Any]:
+        if isinstance(trajectory_id, bool) or not isinstance(trajectory_id, int | np.integer):
+            raise KeyError(trajectory_id)
+        with self._buffer._lock:
+            index = self._buffer._index
+            if int(trajectory_id) not in index:
+                raise KeyError(trajectory_id)
+            record = index[int(trajectory_id)]
+            return {
+                "num_samples": record.num_transitions,
+                "trajectory_id": record.trajectory_id,
+                "max_episode_length": record.max_episode_length,
+                "shape": tuple(record.shape),
+                "model_weights_id": record.model_weights_id,
+            }
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._buffer._trajectory_id_list)
+
+    def __len__(self) -> int:
+        return len(self._buffer._index)
+
+    def __contains__(self, trajectory_id: object) -> bool:
+        if isinstance(trajectory_id, bool) or not isinstance(trajectory_id, int | np.integer):
+            return False
+        with self._buffer._lock:
+            return int(trajectory_id) in self._buffer._index
+
+    def __repr__(self) -> str:
+        return f"<RLinf index view of {len(self)} trajectories>"
 
 
 __all__ = ["Batch", "Trajectory", "TrajectoryReplayBuffer"]

@@ -14,20 +14,27 @@ under ``algorithm.demo_buffer``)::
         trajectory_format: pt                          # optional
 
 :func:`buffer_from_config` accepts the whole configuration, the ``algorithm`` node or the buffer
-node itself, checks every key, and builds the buffer. Keys fall in four groups:
+node itself, checks every key, and builds the buffer. Every key found under a buffer section of
+RLinf's configurations (0.3 and main) is accepted. Keys fall in five groups:
 
 * constructor arguments: ``seed``, ``enable_cache``, ``cache_size``, ``sample_window_size``,
   ``auto_save``, ``auto_save_path``, ``trajectory_format`` (what RLinf's workers pass) and every
   keyword-only extra of this library's constructor (``cache_max_bytes``, ``check_finite``,
   ``reserve_bytes``, ``max_pending_bytes``, ``on_corrupt``, ...; read from its signature).
-  Their values are checked by the constructor.
-* keys RLinf reads elsewhere, returned as :class:`BufferConfigExtras`: ``min_buffer_size``
-  (trajectories before training starts), ``enable_preload`` and ``prefetch_size`` (which
-  dataset feeds the learner), ``load_path`` (a checkpoint RLinf loads into the demo buffer).
+  Their values are checked by the constructor: a bad one raises :class:`InvalidArgumentError`
+  naming the key.
+* keys RLinf's *worker* reads, not its buffer constructor, returned as
+  :class:`BufferConfigExtras`: ``min_buffer_size`` (trajectories before training starts),
+  ``enable_preload`` and ``prefetch_size`` (which dataset feeds the learner), ``load_path`` (a
+  checkpoint RLinf loads into the demo buffer after building it; not loaded here). Their
+  values are checked.
+* keys RLinf itself reads nowhere (``max_num_samples``, in its RLT configurations): accepted,
+  named with the reason in one :class:`IgnoredConfigKeysWarning`, and dropped.
 * RLinf's earlier names, translated: ``save_trajectories`` -> ``auto_save``, ``storage_dir`` ->
   ``auto_save_path``, ``storage_format`` -> ``trajectory_format``.
-* anything else: an :class:`InvalidArgumentError` that names every unknown key, suggests the
-  closest accepted key, and lists the accepted ones.
+* anything else: an :class:`UnknownConfigKeysWarning` naming every unknown key with the closest
+  accepted one (``unknown_keys="raise"`` makes it an :class:`InvalidArgumentError`), and the key
+  is dropped. Keyword overrides are code, not configuration: an unknown one always raises.
 
 omegaconf is optional: it is never imported here. A ``DictConfig`` can only exist if the caller
 imported omegaconf, so it is recognised through ``sys.modules``.
@@ -39,6 +46,7 @@ import difflib
 import inspect
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -52,9 +60,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXTRA_KEYS",
+    "IGNORED_KEYS",
     "LEGACY_KEYS",
     "RLINF_CONSTRUCTOR_KEYS",
     "BufferConfigExtras",
+    "ConfigKeyWarning",
+    "IgnoredConfigKeysWarning",
+    "UnknownConfigKeysWarning",
     "accepted_keys",
     "attach_extras",
     "buffer_from_config",
@@ -74,6 +86,11 @@ RLINF_CONSTRUCTOR_KEYS = (
 )
 #: keys RLinf reads from the buffer node that are not constructor arguments
 EXTRA_KEYS = ("min_buffer_size", "enable_preload", "prefetch_size", "load_path")
+#: keys found in RLinf's buffer sections that RLinf's code never reads, and why they are dropped
+IGNORED_KEYS = {
+    "max_num_samples": "RLinf reads it nowhere (its buffer has no sample cap); dropped; for a cap "
+    "use max_transitions",
+}
 #: RLinf's earlier key names and the constructor argument each one means
 LEGACY_KEYS = {
     "save_trajectories": "auto_save",
@@ -82,6 +99,22 @@ LEGACY_KEYS = {
 }
 
 _SECTIONS = ("replay_buffer", "demo_buffer")
+_UNKNOWN_MODES = ("warn", "raise")
+
+
+class ConfigKeyWarning(UserWarning):
+    """Base class of the warnings about the keys of a buffer configuration."""
+
+
+class IgnoredConfigKeysWarning(ConfigKeyWarning):
+    """The configuration holds keys RLinf itself reads nowhere (``max_num_samples``); the
+    message names each with the reason. Silence it with
+    ``warnings.filterwarnings("ignore", category=IgnoredConfigKeysWarning)``."""
+
+
+class UnknownConfigKeysWarning(ConfigKeyWarning):
+    """The configuration holds keys neither RLinf nor this library knows; the message names each,
+    with the closest accepted key. The keys are dropped."""
 
 
 @dataclass(frozen=True)
@@ -113,12 +146,12 @@ class BufferConfigExtras:
 
 
 def accepted_keys() -> tuple[str, ...]:
-    """Every key a buffer configuration may hold, sorted."""
-    return tuple(sorted({*_constructor_keys(), *EXTRA_KEYS, *LEGACY_KEYS}))
+    """Every key a buffer configuration may hold without an unknown-key warning, sorted."""
+    return tuple(sorted({*_constructor_keys(), *EXTRA_KEYS, *IGNORED_KEYS, *LEGACY_KEYS}))
 
 
 def buffer_kwargs_from_config(
-    cfg: Any, *, section: str = "replay_buffer", rank: int | None = None
+    cfg: Any, *, section: str = "replay_buffer", rank: int | None = None, unknown_keys: str = "raise"
 ) -> tuple[dict[str, Any], BufferConfigExtras]:
     """Constructor keyword arguments and extras from a buffer configuration.
 
@@ -130,32 +163,45 @@ def buffer_kwargs_from_config(
             ``"demo_buffer"``. Ignored when ``cfg`` is the buffer node itself.
         rank: as RLinf does for each actor rank, write to ``<auto_save_path>/rank_<rank>``.
             ``None`` (default) uses ``auto_save_path`` as it is.
+        unknown_keys: ``"raise"`` (default here: this lower-level call stays strict) or
+            ``"warn"`` (:func:`buffer_from_config`'s default): what a key nobody knows does.
 
-    Only keys present in the configuration are returned (the constructor's defaults apply to
-    the rest), plus what the whole configuration implies the way RLinf reads it: ``seed`` from
+    Keys RLinf reads nowhere are named in one :class:`IgnoredConfigKeysWarning`. Only keys
+    present in the configuration are returned (the constructor's defaults apply to the rest),
+    plus what the whole configuration implies the way RLinf reads it: ``seed`` from
     ``actor.seed`` when the buffer node has none, and, with ``auto_save`` on and no
-    ``auto_save_path``, ``<runner.logger.log_path>/<section>``. A null ``auto_save_path`` counts
-    as absent.
+    ``auto_save_path``, ``<runner.logger.log_path>/<section>``. A null
+    ``auto_save_path`` counts as absent.
 
     Raises:
         InvalidArgumentError: ``cfg`` is not a mapping, the section is missing, a key is
-            unknown (all are named, with suggestions), an interpolation cannot be resolved, or
-            an extra has a bad value. Constructor values are checked by the constructor.
+            unknown and ``unknown_keys="raise"`` (all are named, with suggestions), an
+            interpolation cannot be resolved, or an extra has a bad value. Constructor values
+            are checked by the constructor.
     """
-    return _kwargs_and_extras(cfg, section, rank, {})
+    return _kwargs_and_extras(cfg, section, rank, {}, unknown_keys)
 
 
 def buffer_from_config(
-    cfg: Any, *, section: str = "replay_buffer", rank: int | None = None, **overrides: Any
+    cfg: Any,
+    *,
+    section: str = "replay_buffer",
+    rank: int | None = None,
+    unknown_keys: str = "warn",
+    **overrides: Any,
 ) -> TrajectoryReplayBuffer:
     """Build a :class:`TrajectoryReplayBuffer` from a configuration (see
     :func:`buffer_kwargs_from_config` for ``cfg``, ``section`` and ``rank``).
 
-    ``overrides`` take precedence over the configuration; they accept the same keys (an
-    unknown one is an error). The extras are attached to the buffer: ``buffer.config_extras``
-    (a :class:`BufferConfigExtras`) and ``buffer.min_buffer_size`` (``None`` if not configured).
+    A key nobody knows is named in an :class:`UnknownConfigKeysWarning` and dropped
+    (``unknown_keys="raise"``: an :class:`InvalidArgumentError`); keys RLinf reads nowhere are
+    named in an :class:`IgnoredConfigKeysWarning`; a bad value of a key that is used
+    raises :class:`InvalidArgumentError` naming it. ``overrides`` take precedence over the
+    configuration; they accept the same keys (an unknown one is always an error). The extras
+    are attached to the buffer: ``buffer.config_extras`` (a :class:`BufferConfigExtras`) and
+    ``buffer.min_buffer_size`` (``None`` if not configured).
     """
-    kwargs, extras = _kwargs_and_extras(cfg, section, rank, overrides)
+    kwargs, extras = _kwargs_and_extras(cfg, section, rank, overrides, unknown_keys)
     from .buffer import TrajectoryReplayBuffer
 
     buffer = TrajectoryReplayBuffer(**kwargs)
@@ -250,18 +296,56 @@ def _select(cfg: Any, section: str) -> tuple[Any, str, Any]:
     return cfg, "the buffer config", None
 
 
-def _check_keys(keys: list[Any], accepted: tuple[str, ...], where: str) -> None:
+def _check_keys(keys: list[Any], accepted: tuple[str, ...], where: str, mode: str = "raise") -> list[Any]:
+    """The unknown keys among ``keys``: raised as one :class:`InvalidArgumentError` (``mode``
+    ``"raise"``) or warned about as one :class:`UnknownConfigKeysWarning` and returned."""
     unknown = [k for k in keys if not isinstance(k, str) or k not in accepted]
     if not unknown:
-        return
+        return []
     parts = []
     for key in unknown:
         close = difflib.get_close_matches(key, accepted, n=1) if isinstance(key, str) else []
         parts.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
     noun = "key" if len(unknown) == 1 else "keys"
-    raise InvalidArgumentError(
-        f"unknown {noun} in {where}: {', '.join(parts)}. Accepted keys: {', '.join(accepted)}"
+    message = f"unknown {noun} in {where}: {', '.join(parts)}"
+    if mode == "raise":
+        raise InvalidArgumentError(f"{message}. Accepted keys: {', '.join(accepted)}")
+    they = "it is" if len(unknown) == 1 else "they are"
+    warnings.warn(
+        f"{message}; {they} ignored. Accepted keys: {', '.join(accepted)}",
+        UnknownConfigKeysWarning,
+        stacklevel=_stacklevel(),
     )
+    return unknown
+
+
+def _warn_ignored(keys: list[str], where: str) -> None:
+    """One :class:`IgnoredConfigKeysWarning` naming the keys RLinf reads nowhere."""
+    if not keys:
+        return
+    reasons = IGNORED_KEYS
+    noun = "key" if len(keys) == 1 else "keys"
+    named = "; ".join(f"{key} ({reasons[key]})" for key in keys)
+    warnings.warn(
+        f"{where}: {noun} not used to build the buffer: {named}",
+        IgnoredConfigKeysWarning,
+        stacklevel=_stacklevel(),
+    )
+
+
+def _stacklevel() -> int:
+    """``stacklevel`` for :func:`warnings.warn` that names the first caller outside this package
+    (the line that called ``from_config``), whichever entry point was used."""
+    package = __name__.rpartition(".")[0]
+    frame = sys._getframe(1)  # the function about to warn
+    level = 1
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name != package and not name.startswith(package + "."):
+            return level
+        frame = frame.f_back
+        level += 1
+    return 1
 
 
 def _canonical(values: dict[str, Any], where: str) -> dict[str, Any]:
@@ -306,15 +390,22 @@ def _extras(values: dict[str, Any], source: str) -> BufferConfigExtras:
 
 
 def _kwargs_and_extras(
-    cfg: Any, section: str, rank: int | None, overrides: dict[str, Any]
+    cfg: Any, section: str, rank: int | None, overrides: dict[str, Any], unknown_keys: str
 ) -> tuple[dict[str, Any], BufferConfigExtras]:
+    if unknown_keys not in _UNKNOWN_MODES:
+        raise InvalidArgumentError(f"unknown_keys must be 'warn' or 'raise', got {unknown_keys!r}")
     if rank is not None:
         rank = _int_or_none("rank", rank, 0)
     node, where, whole = _select(cfg, section)
     values = _to_dict(node, where)
     accepted = accepted_keys()
-    _check_keys(list(values), accepted, where)
     _check_keys(list(overrides), accepted, "the overrides")
+    for key in _check_keys(list(values), accepted, where, unknown_keys):
+        del values[key]
+    _warn_ignored([k for k in values if k in IGNORED_KEYS], where)
+    for key in IGNORED_KEYS:
+        values.pop(key, None)
+        overrides.pop(key, None)
     values = _canonical(values, where)
     values.update(_canonical(overrides, "the overrides"))
     if values.get("auto_save_path") is None:

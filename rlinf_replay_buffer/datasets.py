@@ -261,18 +261,22 @@ class _BatchSource:
 
     def __init__(
         self,
-        parts: list[tuple[str, SampleSource, int, int]],
+        parts: list[tuple[str, SampleSource, int]],
+        min_sizes: dict[str, int],
         transform: BatchTransform | None,
         pin: bool,
         device: torch.device | None,
     ) -> None:
-        self.parts = parts  # (name, buffer, rows, min_size) of every buffer with rows > 0
+        self.parts = parts  # (name, buffer, rows) of every buffer with rows > 0
+        # name -> trajectories the buffer must hold; the dataset's own dict, so a change of
+        # dataset.min_replay_buffer_size reaches the next readiness check (also in the thread)
+        self.min_sizes = min_sizes
         self.transform = transform
         self.pin = pin
         self.device = device
 
     def ready(self) -> bool:
-        return all(buffer.is_ready(min_size) for _, buffer, _, min_size in self.parts)
+        return all(buffer.is_ready(self.min_sizes[name]) for name, buffer, _ in self.parts)
 
     def wait_ready(self, stop: threading.Event) -> bool:
         """Block until every buffer is ready (True) or ``stop`` is set (False), sleeping between
@@ -284,7 +288,10 @@ class _BatchSource:
                 return True
             if not logged:
                 logged = True
-                wanted = [f"the {name} buffer to hold {m} trajectories" for name, _, _, m in self.parts]
+                wanted = [
+                    f"the {name} buffer to hold {self.min_sizes[name]} trajectories"
+                    for name, _, _ in self.parts
+                ]
                 logger.info("waiting for %s", " and ".join(wanted))
             if stop.wait(delay):
                 break
@@ -294,7 +301,7 @@ class _BatchSource:
     def make(self) -> Batch | None:
         """Sample one batch; ``None`` if a buffer was emptied since the readiness check."""
         try:
-            batches = [buffer.sample(rows) for _, buffer, rows, _ in self.parts]
+            batches = [buffer.sample(rows) for _, buffer, rows in self.parts]
         except EmptyBufferError:
             return None
         if len(batches) == 1:
@@ -331,8 +338,10 @@ class ReplayBufferDataset(IterableDataset):
     Before each batch the iterator waits until ``replay_buffer.is_ready(min_replay_buffer_size)``
     and ``demo_buffer.is_ready(min_demo_buffer_size)`` (sizes in trajectories; a buffer that gets
     no rows, because ``demo_ratio`` is 0 or 1 or the batch is too small, is neither waited for nor
-    sampled). The wait sleeps between checks, so it costs no CPU, and ends at once on
-    :meth:`close`.
+    sampled). Both sizes are read again before every batch, so setting
+    ``dataset.min_replay_buffer_size`` after construction (RLinf's RLT worker sets it to 1 once
+    the loader's iterator exists) applies to the next batch. The wait sleeps between checks, so
+    it costs no CPU, and ends at once on :meth:`close`.
 
     Use it with ``DataLoader(dataset, batch_size=1, num_workers=0,
     collate_fn=replay_buffer_collate_fn)``. The dataset must stay in the process that owns the
@@ -376,8 +385,9 @@ class ReplayBufferDataset(IterableDataset):
         self.replay_buffer = _buffer_arg("replay_buffer", replay_buffer)
         self.demo_buffer = None if demo_buffer is None else _buffer_arg("demo_buffer", demo_buffer)
         self.batch_size = _int_arg("batch_size", batch_size, 1)
-        self.min_replay_buffer_size = _int_arg("min_replay_buffer_size", min_replay_buffer_size, 0)
-        self.min_demo_buffer_size = _int_arg("min_demo_buffer_size", min_demo_buffer_size, 0)
+        self._min_sizes: dict[str, int] = {}
+        self.min_replay_buffer_size = min_replay_buffer_size
+        self.min_demo_buffer_size = min_demo_buffer_size
         ratio = _ratio_arg(demo_ratio)
         self.demo_ratio = float(ratio)
         if prefetch_size is not None:
@@ -393,14 +403,37 @@ class ReplayBufferDataset(IterableDataset):
             self.batch_size, ratio if self.demo_buffer is not None else 0
         )
 
-        parts = [("replay", self.replay_buffer, self.replay_batch_size, self.min_replay_buffer_size)]
+        parts = [("replay", self.replay_buffer, self.replay_batch_size)]
         if self.demo_buffer is not None:
-            parts.append(("demo", self.demo_buffer, self.demo_batch_size, self.min_demo_buffer_size))
+            parts.append(("demo", self.demo_buffer, self.demo_batch_size))
         pin = pin_memory and torch.cuda.is_available()
         if pin_memory and not pin:
             logger.info("pin_memory=True has no effect without CUDA: batches stay in ordinary memory")
-        self._source = _BatchSource([p for p in parts if p[2] > 0], batch_transform, pin, self.device)
+        self._source = _BatchSource(
+            [p for p in parts if p[2] > 0], self._min_sizes, batch_transform, pin, self.device
+        )
         self._stop = threading.Event()
+
+    @property
+    def min_replay_buffer_size(self) -> int:
+        """Trajectories ``replay_buffer`` must hold before a batch is sampled. Settable at any
+        time (RLinf's RLT worker sets it to 1 after building the dataset): the next readiness
+        check uses the new value, also in a prefetch thread that is already waiting."""
+        return self._min_sizes["replay"]
+
+    @min_replay_buffer_size.setter
+    def min_replay_buffer_size(self, value: int) -> None:
+        self._min_sizes["replay"] = _int_arg("min_replay_buffer_size", value, 0)
+
+    @property
+    def min_demo_buffer_size(self) -> int:
+        """Trajectories ``demo_buffer`` must hold before a batch is sampled; settable like
+        :attr:`min_replay_buffer_size`."""
+        return self._min_sizes["demo"]
+
+    @min_demo_buffer_size.setter
+    def min_demo_buffer_size(self, value: int) -> None:
+        self._min_sizes["demo"] = _int_arg("min_demo_buffer_size", value, 0)
 
     @property
     def closed(self) -> bool:

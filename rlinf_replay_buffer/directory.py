@@ -41,7 +41,15 @@ from .formats import segment
 from .fsio import atomic_write_json, fsync_dir
 from .integrity import check_entry_crc
 from .schema import Schema, combine, schema_from_json
-from .trajectory import AlignedTrajectory, Key, align, check_weights_id, iter_columns
+from .trajectory import (
+    AlignedTrajectory,
+    Key,
+    align,
+    check_weights_id,
+    iter_columns,
+    nest_columns,
+    unflatten_rlinf,
+)
 
 FORMAT_VERSION = 1
 METADATA = "metadata.json"
@@ -81,6 +89,10 @@ class Record:
         row: for the ``segment`` format, the first row of the trajectory in segment ``file``.
         checksum: CRC-32 of the file (``pt``/``pkl``) or of the rows (``segment``), see
             :mod:`.integrity`; ``None`` for data written without one (RLinf's directories).
+        rlinf_flat: the file holds RLinf's flattened checkpoint layout (some columns
+            ``[rows * B, ...]``, see :func:`~.trajectory.unflatten_rlinf`): readable here, but
+            written into a checkpoint from its rows, never linked or copied. Recorded in the
+            index entry (``"rlinf_flat": true``) of a directory that links such a file.
     """
 
     trajectory_id: int
@@ -95,6 +107,7 @@ class Record:
     file: str | None = None
     row: int | None = None
     checksum: int | None = None
+    rlinf_flat: bool = False
 
     @property
     def num_transitions(self) -> int:
@@ -140,6 +153,8 @@ class Record:
             entry = {**self._common_entry(), "model_weights_id": rlinf_weights_id(name), "file": name}
         if self.checksum is not None:
             entry["crc32"] = self.checksum
+        if self.rlinf_flat:
+            entry["rlinf_flat"] = True
         return entry
 
     def _common_entry(self) -> dict[str, Any]:
@@ -426,6 +441,27 @@ def removed_ids(path: str) -> list[int]:
     ]
 
 
+def in_layout(
+    data: dict[str, Any],
+    where: str = "",
+    num_envs: int | None = None,
+    ref_rows: int | None = None,
+    num_steps: int | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """A trajectory file's dict with every column ``[rows, B, ...]``, and whether any column had
+    to be reshaped: RLinf's ``save_checkpoint`` leaves some flat, see
+    :func:`~.trajectory.unflatten_rlinf` (which the arguments are passed to). Call this, not
+    :func:`~.trajectory.align` alone, on any file read from a buffer directory.
+
+    Raises:
+        InvalidTrajectoryError: a column of a flattened file fits no layout.
+    """
+    raw = iter_columns(data, where=where)
+    cols = unflatten_rlinf(raw, num_envs, ref_rows, num_steps, where=where)
+    changed = any(cols[k] is not v for k, v in raw.items())
+    return (nest_columns(data, cols) if changed else data), changed
+
+
 def open_file_record(
     path: str, name: str, tid: int, fmt: str, entry: dict[str, Any]
 ) -> tuple[Record, Schema]:
@@ -435,8 +471,16 @@ def open_file_record(
     where = f"{fpath}: "
     if data.get("model_weights_id") is not None:  # it becomes part of file names: check it first
         checked_weights_id(data["model_weights_id"], fpath)
+    # RLinf's entry: shape is that of prev_logprobs (else rewards), which its checkpoint keeps in
+    # layout; an index that agrees with neither is not trusted (the file alone decides)
+    num_envs, ref_rows = _index_shape(entry)
+    refs = (data.get("prev_logprobs"), data.get("rewards"))
+    shapes = [list(t.shape) for t in refs if isinstance(t, torch.Tensor)]
+    if "num_steps" in entry or entry.get("shape") not in shapes:
+        num_envs = ref_rows = None
     try:
-        traj = align(data, where=where)
+        layout, flattened = in_layout(data, where, num_envs, ref_rows)
+        traj = align(layout, where=where)
     except InvalidTrajectoryError as exc:
         raise CorruptBufferError(str(exc)) from None
     schema = Schema.of_columns(traj.columns)
@@ -459,8 +503,19 @@ def open_file_record(
         directory=path,
         file=name,
         checksum=check_entry_crc(entry.get("crc32"), fpath),
+        rlinf_flat=flattened,
     )
     return record, schema
+
+
+def _index_shape(entry: dict[str, Any]) -> tuple[int | None, int | None]:
+    """``(B, T')`` from an index entry's ``shape`` (``None`` for what it does not tell)."""
+    shape = entry.get("shape")
+    if not isinstance(shape, list | tuple) or len(shape) < 2:
+        return None, None
+    rows, envs = shape[0], shape[1]
+    ok = [isinstance(d, int) and not isinstance(d, bool) and 0 < d < _MAX_INT for d in (rows, envs)]
+    return (envs if ok[1] else None), (rows if ok[0] and ok[1] else None)
 
 
 def _record_from_entry(path: str, entry: dict[str, Any], name: str, where: str = "") -> Record:
@@ -482,6 +537,7 @@ def _record_from_entry(path: str, entry: dict[str, Any], name: str, where: str =
         directory=path,
         file=name,
         checksum=check_entry_crc(entry.get("crc32"), f"{where}: trajectory {tid}"),
+        rlinf_flat=entry.get("rlinf_flat") is True,
     )
 
 
@@ -636,7 +692,12 @@ def read_directory(
     if records and schema is None:
         newest = records[-1]
         data = formats.read(safe_file(path, newest.file or ""), newest.fmt or fmt, mmap=True)
-        schema = Schema.of_columns(align(data, where=f"{newest.path}: ").columns)
+        where = f"{newest.path}: "
+        try:
+            layout, _ = in_layout(data, where, newest.num_envs, num_steps=newest.num_steps)
+            schema = Schema.of_columns(align(layout, where=where).columns)
+        except InvalidTrajectoryError as exc:
+            raise CorruptBufferError(str(exc)) from None
     counter = max(
         [max(ids, default=-1) + 1, max(files, default=-1) + 1]
         + [meta["trajectory_counter"]] * isinstance(meta.get("trajectory_counter"), int)
@@ -657,7 +718,11 @@ def read_directory(
 
 
 def load_columns(record: Record, mmap: bool = True) -> dict[Key, torch.Tensor]:
-    """The raw columns ``[rows, B, ...]`` of a record's file (extra rows not yet dropped)."""
+    """The raw columns ``[rows, B, ...]`` of a record's file (extra rows not yet dropped).
+
+    Columns RLinf's ``save_checkpoint`` left flat (``[rows * B, ...]``) come back reshaped
+    (:func:`~.trajectory.unflatten_rlinf`, with the record's ``B`` and ``T``).
+    """
     path = safe_file(record.directory or "", record.file or "")
     try:
         data = formats.read(path, record.fmt or "pt", mmap=mmap)
@@ -666,10 +731,14 @@ def load_columns(record: Record, mmap: bool = True) -> dict[Key, torch.Tensor]:
             f"{path}: the file of trajectory {record.trajectory_id} has disappeared; restore it "
             "or reload the buffer directory"
         ) from None
-    cols = iter_columns(data, where=f"{path}: ")
-    for key, value in cols.items():
-        if not isinstance(value, torch.Tensor):
-            raise CorruptBufferError(f"{path}: {'.'.join(key)} is not a tensor")
+    try:
+        cols = iter_columns(data, where=f"{path}: ")
+        for key, value in cols.items():
+            if not isinstance(value, torch.Tensor):
+                raise CorruptBufferError(f"{path}: {'.'.join(key)} is not a tensor")
+        cols = unflatten_rlinf(cols, record.num_envs, num_steps=record.num_steps, where=f"{path}: ")
+    except InvalidTrajectoryError as exc:
+        raise CorruptBufferError(str(exc)) from None
     if ("rewards",) not in cols or int(cols[("rewards",)].shape[0]) != record.num_steps:
         raise CorruptBufferError(
             f"{path}: its rewards do not have the {record.num_steps} rows the index records"
@@ -710,8 +779,12 @@ def write_metadata(
     )
 
 
-def write_index(path: str, entries: Iterable[dict[str, Any]]) -> None:
-    """Atomically write the whole index (entries in order), then drop the journal it contains."""
+def write_index(path: str, entries: Iterable[dict[str, Any]], keep_journal: bool = False) -> None:
+    """Atomically write the whole index (entries in order), then drop the journal it contains.
+
+    ``keep_journal``: leave the journal in place (``flush()`` publishes the index for RLinf's
+    loader this way; the journal's entries are then all listed, and reading skips them).
+    """
     entries = list(entries)
     atomic_write_json(
         os.path.join(path, INDEX),
@@ -721,6 +794,8 @@ def write_index(path: str, entries: Iterable[dict[str, Any]]) -> None:
             "trajectory_id_list": [e["trajectory_id"] for e in entries],
         },
     )
+    if keep_journal:
+        return
     jpath = os.path.join(path, JOURNAL)
     if os.path.exists(jpath):
         os.unlink(jpath)
@@ -759,12 +834,18 @@ def _trim_torn_tail(path: str) -> None:
 
 
 class Journal:
-    """Append-only index journal: one JSON entry per line; ``sync()`` makes appends durable."""
+    """Append-only index journal: one JSON entry per line; ``sync()`` makes appends durable.
+
+    Attributes:
+        lines: lines appended since the journal was last folded into the index (:meth:`reset`).
+        appended: lines appended in this process, ever (never reset): a change counter.
+    """
 
     def __init__(self, directory: str) -> None:
         self.path = os.path.join(directory, JOURNAL)
         self._file: IO[bytes] | None = None
         self.lines = 0
+        self.appended = 0
 
     def append(self, entry: dict[str, Any]) -> None:
         """Append one entry (flushed to the OS, durable after :meth:`sync`)."""
@@ -780,6 +861,7 @@ class Journal:
         self._file.write(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
         self._file.flush()
         self.lines += 1
+        self.appended += 1
 
     def sync(self) -> None:
         """fsync the journal."""

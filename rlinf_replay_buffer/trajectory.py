@@ -232,6 +232,140 @@ def align_column(key: Key, tensor: torch.Tensor, num_steps: int, where: str = ""
     return kept.reshape(num_steps, *tensor.shape[1:])
 
 
+def rows_fit(key: Key, rows: int, num_steps: int) -> bool:
+    """Whether ``rows`` is a row count ``key`` may have beside ``num_steps`` rows of rewards
+    (``T``, or ``n + 1`` per epoch for done- and action-like fields; see :func:`epochs_of`)."""
+    extra = rows - num_steps
+    if extra == 0:
+        return num_steps > 0
+    return role_of(key) != "step" and extra > 0 and num_steps % extra == 0
+
+
+def unflatten_rlinf(
+    columns: Mapping[Key, Any],
+    num_envs: int | None = None,
+    ref_rows: int | None = None,
+    num_steps: int | None = None,
+    where: str = "",
+) -> dict[Key, Any]:
+    """A file's raw columns in the ``[rows, B, ...]`` layout, undoing RLinf's checkpoint flattening.
+
+    RLinf's ``save_checkpoint`` without ``auto_save`` writes each trajectory from its flattened
+    cache (:func:`flatten_like_rlinf`): done-like fields lose their extra first row per epoch,
+    every tensor field and every tensor of ``curr_obs``/``next_obs`` (and, in RLinf 0.3.0,
+    ``forward_inputs``) becomes ``[rows * B, ...]``, and is reshaped back to ``[T', B, ...]``
+    only when it has exactly ``T' * B`` rows, ``T'`` being ``shape[0]`` of the index entry (rows
+    of ``prev_logprobs`` if the trajectory has it, else of ``rewards``). The other columns stay
+    flat, possibly 1-D (``rewards`` ``[T * B]``). Auto-saved files (RLinf's and this library's)
+    hold every column as ``[rows, B, ...]`` already; they come back unchanged.
+
+    Each column is read as ``[rows, B, ...]`` (its shape as stored) or as flat ``[rows * B, ...]``
+    (reshaped to ``[rows, B, ...]``), whichever gives a row count it may have beside ``T``, the
+    rows of ``rewards`` (:func:`rows_fit`). When both fit, which happens for ``B = 1``, where
+    ``[R, 1, ...]`` is both a layout column and the flattening of an ``[R, 1, 1, ...]`` one (and
+    for ``B = 2`` with one step per epoch), the file decides. It is a flattened checkpoint if
+    some column can only be flat (1-D, or its second dimension is not ``B``), or, for ``B = 1``,
+    if its done-like fields have ``T`` rows while an action-like field has more (RLinf's
+    flattened cache drops the extra done rows and keeps the extra action rows; nothing else
+    does). In a flattened checkpoint such a column is flat unless it has ``T'`` rows (RLinf
+    reshaped exactly those); in any other file it is kept as it is. So the one file read wrongly
+    is a flattened ``B = 1`` file that shows none of these signs (say, no done-like field) and
+    whose flattened columns all end in a dimension of size 1: its rows and their alignment are
+    still right, but those columns lose that trailing size-1 dimension (``rewards``
+    ``[T, 1, 1]`` reads as ``[T, 1]``).
+
+    Args:
+        columns: column name -> value, as from :func:`iter_columns` (non-tensors pass through).
+        num_envs: ``B`` (``shape[1]`` of the index entry); if ``None``, ``shape[1]`` of
+            ``prev_logprobs`` if present, else of ``rewards`` (RLinf always keeps that column in
+            layout, having taken ``T'`` from it).
+        ref_rows: ``T'`` (``shape[0]`` of RLinf's index entry); if ``None``, the rows of
+            ``prev_logprobs`` if present in layout, else of ``rewards``.
+        num_steps: ``T`` if already known (this library's index records it), else derived from
+            ``rewards``.
+        where: prefix for error messages (the file).
+
+    Returns:
+        A new dict: the same keys, tensors ``[rows, B, ...]`` (views of the input). Columns that
+        fit no reading are left as they are for :func:`align` to report; in a file that is
+        certainly flattened they raise instead.
+
+    Raises:
+        InvalidTrajectoryError: a column of a flattened file fits neither reading (the message
+            names the field and its shape).
+    """
+    out = dict(columns)
+    tensors = {k: v for k, v in columns.items() if isinstance(v, torch.Tensor) and v.dim() >= 1}
+    ref_keys = [k for k in (("prev_logprobs",), ("rewards",)) if k in tensors]
+    b = num_envs if isinstance(num_envs, int) and num_envs > 0 else None
+    if b is None:
+        b = next((int(tensors[k].shape[1]) for k in ref_keys if tensors[k].dim() >= 2), None)
+    rewards = tensors.get(("rewards",))
+    if b is None or rewards is None:
+        return out  # nothing to go by: align reports what is wrong
+
+    def as_layout(t: torch.Tensor) -> int | None:
+        return int(t.shape[0]) if t.dim() >= 2 and int(t.shape[1]) == b else None
+
+    def as_flat(t: torch.Tensor) -> int | None:
+        return int(t.shape[0]) // b if int(t.shape[0]) % b == 0 and int(t.shape[0]) > 0 else None
+
+    if ref_rows is None or ref_rows <= 0:
+        ref_rows = next((as_layout(tensors[k]) for k in ref_keys if as_layout(tensors[k]) is not None), None)
+    flat_file = any(as_layout(t) is None and as_flat(t) is not None for t in tensors.values())
+    if not flat_file and b == 1:
+        # RLinf's flattened cache, and nothing else, drops the extra done rows but keeps the
+        # extra action rows: done-like fields with T rows beside action-like ones with more
+        t_rows = int(rewards.shape[0])
+        done_rows = {int(t.shape[0]) for k, t in tensors.items() if role_of(k) == "done"}
+        action_rows = {int(t.shape[0]) for k, t in tensors.items() if role_of(k) == "action"}
+        flat_file = done_rows == {t_rows} and any(r > t_rows for r in action_rows)
+
+    def flat_wins(t: torch.Tensor) -> bool:
+        """Both readings fit: flat only in a flattened file, for a column RLinf did not reshape."""
+        return flat_file and as_layout(t) != ref_rows
+
+    if num_steps is None:
+        options = {r for r in (as_layout(rewards), as_flat(rewards)) if r is not None and r > 0}
+        if ref_rows is not None:  # T' is T, or T + e with e | T
+            options = {r for r in options if rows_fit(("prev_logprobs",), ref_rows, r)} or options
+        if len(options) > 1:
+            options = {as_flat(rewards) if flat_wins(rewards) else as_layout(rewards)}
+        if len(options) != 1:
+            return out
+        num_steps = options.pop()
+    for key, t in tensors.items():
+        lay, flat = as_layout(t), as_flat(t)
+        lay_ok = lay is not None and rows_fit(key, lay, num_steps)
+        flat_ok = flat is not None and rows_fit(key, flat, num_steps)
+        if flat_ok and (not lay_ok or flat_wins(t)):
+            out[key] = t.reshape(flat, b, *t.shape[1:])
+        elif not lay_ok and flat_file:
+            raise InvalidTrajectoryError(
+                f"{where}{key_name(key)} has shape {tuple(t.shape)}, which is neither [rows, B={b}, ...] "
+                f"nor RLinf's flattened [rows * {b}, ...] for rows = {num_steps} (the rows of "
+                f"rewards) or n + 1 per rollout epoch; the file is damaged or B={b} is wrong"
+            )
+    return out
+
+
+def nest_columns(data: Mapping[str, Any], columns: Mapping[Key, Any]) -> dict[str, Any]:
+    """A copy of the trajectory dict ``data`` with its column values replaced by ``columns``'
+    (the inverse of :func:`iter_columns`; ``data`` and its dicts are not modified)."""
+    out = dict(data)
+    copied: set[str] = set()
+    for key, value in columns.items():
+        if len(key) == 1:
+            out[key[0]] = value
+            continue
+        if key[0] not in copied:
+            inner = out.get(key[0])
+            out[key[0]] = dict(inner) if isinstance(inner, Mapping) else {}
+            copied.add(key[0])
+        out[key[0]][key[1]] = value
+    return out
+
+
 def iter_columns(data: Mapping[str, Any], where: str = "") -> dict[Key, Any]:
     """Collect the tensor-valued columns of a trajectory dict (``None`` and empty dicts skipped)."""
     cols: dict[Key, Any] = {}

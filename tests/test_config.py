@@ -1,12 +1,14 @@
 """Building a buffer from RLinf-shaped configuration: plain dicts and OmegaConf nodes, the whole
 config or the buffer node, extras (``min_buffer_size`` ...), RLinf's earlier key names, overrides,
-and the errors for unknown keys, bad values and non-mappings."""
+the warnings for keys that do not shape the buffer and for unknown keys, the errors for bad
+values and non-mappings, and every buffer section of RLinf's own configurations."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,12 @@ from conftest import coded_trajectory
 from rlinf_replay_buffer import TrajectoryReplayBuffer
 from rlinf_replay_buffer.config import (
     EXTRA_KEYS,
+    IGNORED_KEYS,
     LEGACY_KEYS,
     RLINF_CONSTRUCTOR_KEYS,
     BufferConfigExtras,
+    IgnoredConfigKeysWarning,
+    UnknownConfigKeysWarning,
     accepted_keys,
     buffer_from_config,
     buffer_kwargs_from_config,
@@ -330,20 +335,42 @@ def test_unknown_override_is_an_error():
 # -- unknown keys and other errors -------------------------------------------------------------
 
 
-def test_unknown_key_is_named_with_suggestion_and_accepted_keys():
+def test_unknown_key_is_warned_with_suggestion_and_dropped(close_after):
+    with pytest.warns(UnknownConfigKeysWarning) as record:
+        buf = buffer_from_config(rlinf_node(cache_sise=10))
+    close_after(buf)
+    assert buf.cache_size == 50  # the configured value; the typo is dropped, not applied
+    (warning,) = [w for w in record if w.category is UnknownConfigKeysWarning]
+    message = str(warning.message)
+    assert message.startswith(
+        "unknown key in the buffer config: 'cache_sise' (did you mean 'cache_size'?); it is ignored."
+    )
+    assert warning.filename == __file__  # points at the caller's line
+    accepted = message.split("Accepted keys: ")[1]
+    for key in (*RLINF_CONSTRUCTOR_KEYS, *EXTRA_KEYS, *IGNORED_KEYS, "cache_max_bytes", "on_corrupt"):
+        assert key in accepted
+
+
+def test_unknown_key_raises_when_asked(tmp_path):
     with pytest.raises(InvalidArgumentError) as info:
-        buffer_from_config(rlinf_node(cache_sise=10))
+        buffer_from_config(rlinf_node(cache_sise=10), unknown_keys="raise")
     message = str(info.value)
     assert "unknown key in the buffer config: 'cache_sise' (did you mean 'cache_size'?)" in message
-    accepted = message.split("Accepted keys: ")[1]
-    for key in (*RLINF_CONSTRUCTOR_KEYS, *EXTRA_KEYS, "cache_max_bytes", "on_corrupt"):
-        assert key in accepted
+    assert "Accepted keys: " in message
+    # the lower-level call is strict by default
+    with pytest.raises(InvalidArgumentError, match="unknown key in the buffer config: 'cache_sise'"):
+        buffer_kwargs_from_config(rlinf_node(cache_sise=10))
+    with pytest.warns(UnknownConfigKeysWarning, match="'cache_sise'"):
+        kwargs, _ = buffer_kwargs_from_config(rlinf_node(cache_sise=10), unknown_keys="warn")
+    assert "cache_sise" not in kwargs
+    with pytest.raises(InvalidArgumentError, match="unknown_keys must be 'warn' or 'raise'"):
+        buffer_kwargs_from_config(rlinf_node(), unknown_keys="ignore")
 
 
 def test_several_unknown_keys_are_all_named(tmp_path):
     cfg = OmegaConf.create(rlinf_config(tmp_path, rlinf_node(cache_sise=1, sample_windw_size=2, zzz=3)))
     with pytest.raises(InvalidArgumentError) as info:
-        buffer_from_config(cfg)
+        buffer_from_config(cfg, unknown_keys="raise")
     message = str(info.value)
     assert message.startswith("unknown keys in algorithm.replay_buffer:")
     assert "'cache_sise' (did you mean 'cache_size'?)" in message
@@ -455,8 +482,251 @@ def test_classmethod_builds_from_plain_node(close_after):
 
 
 @needs_classmethod
-def test_classmethod_rejects_unknown_keys():
+def test_classmethod_warns_about_unknown_keys(close_after):
+    with pytest.warns(UnknownConfigKeysWarning, match=r"'cache_sise' \(did you mean 'cache_size'\?\)"):
+        close_after(TrajectoryReplayBuffer.from_config(rlinf_node(cache_sise=1)))
     with pytest.raises(InvalidArgumentError, match=r"'cache_sise' \(did you mean 'cache_size'\?\)"):
-        TrajectoryReplayBuffer.from_config(rlinf_node(cache_sise=1))
+        TrajectoryReplayBuffer.from_config(rlinf_node(cache_sise=1), unknown_keys="raise")
     with pytest.raises(InvalidArgumentError, match="must be a mapping"):
         TrajectoryReplayBuffer.from_config([1])
+
+
+# -- every buffer section of RLinf's own YAML configurations -----------------------------------
+#
+# What RLinf's configurations hold under buffer sections (main and the v0.3 tag, every *.yaml):
+# only `algorithm.replay_buffer` (44 files on main) and `algorithm.demo_buffer` (8 files); no other
+# buffer section configures a replay buffer. The sections come in the shapes below; values are
+# realistic (the ones those files use), the rest of each configuration is reduced to what the
+# buffer reads (runner.logger.log_path, actor.seed).
+
+RLINF_REPLAY_KEYS = {
+    "enable_cache",
+    "cache_size",
+    "sample_window_size",
+    "min_buffer_size",
+    "auto_save",
+    "max_num_samples",  # RLT stage-2 configs only; RLinf's code never reads it
+    "enable_preload",  # one e2e config (frankasim_sac_cnn_async)
+    "prefetch_size",  # same file
+}
+RLINF_DEMO_KEYS = {
+    "enable_cache",
+    "cache_size",
+    "sample_window_size",
+    "min_buffer_size",
+    "auto_save",
+    "load_path",
+}
+
+_RUN = """
+runner:
+  logger:
+    log_path: {log_path}
+actor:
+  seed: 1234
+"""
+
+RLINF_CONFIGS = {
+    # examples/embodiment/config/maniskill_sac_mlp.yaml: SAC on states
+    "sac_state": """
+algorithm:
+  loss_type: embodied_sac
+  replay_buffer:
+    enable_cache: True
+    cache_size: 10000 # number of trajectories cached in memory
+    sample_window_size: 10000
+    min_buffer_size: 0
+    auto_save: False
+""",
+    # examples/embodiment/config/realworld_peginsertion_rlpd_cnn_async.yaml: SAC on camera
+    # images with a demonstration buffer (RLPD)
+    "sac_images_with_demo": """
+algorithm:
+  loss_type: embodied_sac
+  replay_buffer:
+    enable_cache: True
+    cache_size: 200
+    min_buffer_size: 2
+    sample_window_size: 200
+    auto_save: False
+  demo_buffer:
+    enable_cache: True
+    cache_size: 200
+    min_buffer_size: 1
+    sample_window_size: 200
+    load_path: "/path/to/demo_data"
+    auto_save: False
+""",
+    # examples/embodiment/config/maniskill_rlt_stage2_ac_mlp.yaml: RLT, with max_num_samples
+    "rlt_max_num_samples": """
+algorithm:
+  loss_type: rlt_ac
+  replay_buffer:
+    enable_cache: True
+    cache_size: 10000
+    sample_window_size: 50000
+    max_num_samples: 50000
+    min_buffer_size: 1000
+    auto_save: False
+  rlt_schedule:
+    enable: True
+    warmup_min_size: 10000
+""",
+    # tests/e2e_tests/embodied/frankasim_sac_cnn_async.yaml: the preloading dataset
+    "sac_preload": """
+algorithm:
+  loss_type: embodied_sac
+  replay_buffer:
+    enable_preload: True
+    prefetch_size: 5
+    enable_cache: True
+    cache_size: 20000
+    sample_window_size: 20000
+    min_buffer_size: 1
+    auto_save: False
+""",
+    # tests/e2e_tests/embodied/dosw1_dummy_sac_mlp_pick.yaml: the one config with auto_save on
+    # (no auto_save_path: RLinf writes to <log_path>/replay_buffer/rank_<r>)
+    "sac_auto_save": """
+algorithm:
+  loss_type: embodied_sac
+  replay_buffer:
+    enable_cache: True
+    cache_size: 100
+    sample_window_size: 100
+    min_buffer_size: 0
+    auto_save: True
+""",
+    # examples/embodiment/config/libero_spatial_dagger_openpi.yaml: DAgger's buffer of
+    # intervened trajectories
+    "dagger": """
+algorithm:
+  loss_type: embodied_dagger
+  replay_buffer:
+    enable_cache: True
+    cache_size: 2000
+    min_buffer_size: 16
+    sample_window_size: 2000
+    auto_save: False
+""",
+}
+
+#: the keys from_config warns about: RLinf reads them nowhere (RLinf's worker keys are silent)
+_NOT_FOR_THE_BUFFER = {"max_num_samples"}
+
+
+def rlinf_sections(log_path: Path) -> list[tuple[str, str, object]]:
+    """(config name, section, whole DictConfig) for every buffer section of every config."""
+    out = []
+    for name, text in RLINF_CONFIGS.items():
+        cfg = OmegaConf.create(text + _RUN.format(log_path=log_path / name))
+        for section in ("replay_buffer", "demo_buffer"):
+            if cfg.algorithm.get(section) is not None:
+                out.append((name, section, cfg))
+    return out
+
+
+def test_embedded_sections_cover_every_key_rlinf_configs_use(tmp_path):
+    replay_keys: set[str] = set()
+    demo_keys: set[str] = set()
+    for _, section, cfg in rlinf_sections(tmp_path):
+        (replay_keys if section == "replay_buffer" else demo_keys).update(cfg.algorithm[section])
+    assert replay_keys == RLINF_REPLAY_KEYS
+    assert demo_keys == RLINF_DEMO_KEYS
+    assert (RLINF_REPLAY_KEYS | RLINF_DEMO_KEYS) <= set(accepted_keys())
+
+
+@pytest.mark.parametrize(
+    ("name", "section"),
+    [(name, section) for name, section, _ in rlinf_sections(Path("/unused"))],
+)
+def test_every_rlinf_buffer_section_builds_and_names_the_keys_it_does_not_use(
+    tmp_path, close_after, name, section
+):
+    cfg = next(c for n, s, c in rlinf_sections(tmp_path) if (n, s) == (name, section))
+    node = cfg.algorithm[section]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        buf = TrajectoryReplayBuffer.from_config(cfg, section=section, rank=0)
+    close_after(buf)
+
+    # a warning only for keys RLinf reads nowhere, naming each with the reason
+    assert not [w for w in record if issubclass(w.category, UnknownConfigKeysWarning)]
+    ignored = [w for w in record if issubclass(w.category, IgnoredConfigKeysWarning)]
+    expected = sorted(_NOT_FOR_THE_BUFFER & set(node))
+    assert len(ignored) == (1 if expected else 0)
+    if expected:
+        message = str(ignored[0].message)
+        assert message.startswith(f"algorithm.{section}: ")
+        assert "max_num_samples (RLinf reads it nowhere" in message
+
+    # the buffer is built as RLinf's worker builds it
+    assert buf.seed == 1234  # actor.seed
+    assert (buf.enable_cache, buf.cache_size, buf.sample_window_size, buf.auto_save) == (
+        node.enable_cache,
+        node.cache_size,
+        node.sample_window_size,
+        node.auto_save,
+    )
+    assert buf.trajectory_format == "pt"
+    extras = buf.config_extras
+    assert extras.source == f"algorithm.{section}"
+    assert buf.min_buffer_size == extras.min_buffer_size == node.min_buffer_size
+    assert extras.enable_preload == node.get("enable_preload")
+    assert extras.prefetch_size == node.get("prefetch_size")
+    assert extras.load_path == node.get("load_path")
+    assert not hasattr(buf, "max_num_samples")
+
+    # auto_save_path: RLinf's default <log_path>/<section>/rank_<r>; none without auto_save
+    if node.auto_save:
+        assert buf.auto_save_path == str(tmp_path / name / section / "rank_0")
+    else:
+        assert buf.auto_save_path is None
+
+    # and it works
+    buf.add_trajectories([coded_trajectory(i, images=False) for i in range(2)])
+    assert buf.sample(16)["rewards"].shape[0] == 16
+    if node.auto_save:
+        buf.flush()
+        assert (tmp_path / name / section / "rank_0" / "trajectory_index.json").is_file()
+
+
+def test_explicit_auto_save_path_gets_the_rank_directory_like_rlinf(tmp_path, close_after):
+    text = RLINF_CONFIGS["sac_auto_save"].replace(
+        "auto_save: True", f"auto_save: True\n    auto_save_path: {tmp_path / 'explicit'}"
+    )
+    cfg = OmegaConf.create(text + _RUN.format(log_path=tmp_path / "logs"))
+    buf = TrajectoryReplayBuffer.from_config(cfg, rank=3)
+    close_after(buf)
+    assert buf.auto_save_path == str(tmp_path / "explicit" / "rank_3")
+    buf.add_trajectories([coded_trajectory(0, images=False)])
+    buf.flush()
+    assert (tmp_path / "explicit" / "rank_3" / "metadata.json").is_file()
+    assert not (tmp_path / "logs").exists()
+
+
+def test_bad_value_of_a_used_key_in_an_rlinf_config_fails_naming_it(tmp_path):
+    for key, bad in (("cache_size", "big"), ("sample_window_size", -1), ("min_buffer_size", "2")):
+        text = RLINF_CONFIGS["rlt_max_num_samples"]
+        old = next(line for line in text.splitlines() if line.strip().startswith(f"{key}:"))
+        cfg = OmegaConf.create(text.replace(old, f"    {key}: {bad!r}") + _RUN.format(log_path=tmp_path))
+        with pytest.raises(InvalidArgumentError, match=key):
+            TrajectoryReplayBuffer.from_config(cfg)
+
+
+def test_value_of_a_key_rlinf_ignores_is_not_checked(tmp_path, close_after):
+    text = RLINF_CONFIGS["rlt_max_num_samples"].replace("max_num_samples: 50000", "max_num_samples: lots")
+    cfg = OmegaConf.create(text + _RUN.format(log_path=tmp_path))
+    with pytest.warns(IgnoredConfigKeysWarning, match="max_num_samples"):
+        buf = TrajectoryReplayBuffer.from_config(cfg)
+    close_after(buf)
+    assert buf.sample_window_size == 50000
+
+
+def test_unknown_key_in_an_rlinf_config_is_warned_not_fatal(tmp_path, close_after):
+    text = RLINF_CONFIGS["dagger"].replace("auto_save: False", "auto_save: False\n    future_knob: 3")
+    cfg = OmegaConf.create(text + _RUN.format(log_path=tmp_path))
+    with pytest.warns(UnknownConfigKeysWarning, match="unknown key in algorithm.replay_buffer: 'future_knob"):
+        buf = TrajectoryReplayBuffer.from_config(cfg)
+    close_after(buf)
+    assert buf.cache_size == 2000

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import math
 import pickle
+import queue
 import threading
 import time
 from fractions import Fraction
@@ -426,3 +427,109 @@ def test_arguments_are_checked_and_rlinf_positional_order_works():
         ReplayBufferDataset(None, None, 4)
     with pytest.raises(InvalidArgumentError, match="demo_buffer"):
         ReplayBufferDataset(buf, object(), 4)
+
+
+# -- what RLinf's learners rely on -------------------------------------------------------------------
+@pytest.mark.parametrize("cls", DATASETS)
+def test_both_datasets_are_iterable_datasets(cls):
+    from torch.utils.data import IterableDataset
+
+    assert issubclass(cls, IterableDataset)
+    with cls(make_buffer([0]), None, 2) as ds:
+        assert isinstance(ds, IterableDataset)
+
+
+def test_plain_dataset_accepts_prefetch_size_and_does_not_prefetch():
+    replay = make_buffer([0])
+    with ReplayBufferDataset(replay, None, 4, 1, 0, prefetch_size=10) as ds:
+        assert not hasattr(ds, "sample_thread")
+        assert next(iter(ds))["actions"].shape == (4, 2)
+    with pytest.raises(InvalidArgumentError, match="prefetch_size must be an int >= 1"):
+        ReplayBufferDataset(replay, None, 4, prefetch_size=0)
+
+
+@pytest.mark.parametrize("cls", DATASETS)
+def test_min_replay_buffer_size_set_after_the_loader_iterator_applies_to_the_next_batch(cls):
+    # RLinf's RLT worker: build the dataset and iter(DataLoader(...)), then set the size to 1
+    replay = make_buffer([0])
+    ds = cls(
+        replay_buffer=replay,
+        demo_buffer=None,
+        batch_size=4,
+        min_replay_buffer_size=1000,
+        min_demo_buffer_size=0,
+        prefetch_size=2,
+    )
+    it = iter(DataLoader(ds, batch_size=1, num_workers=0, collate_fn=replay_buffer_collate_fn))
+    thread, out = next_in_thread(it)
+    time.sleep(0.15)
+    assert not out, "one trajectory is not enough for min_replay_buffer_size=1000"
+    ds.min_replay_buffer_size = 1
+    thread.join(2.0)
+    assert out["batch"]["actions"].shape == (4, 2)
+    assert ds.min_replay_buffer_size == 1
+    ds.close()
+
+
+@pytest.mark.parametrize("cls", DATASETS)
+def test_min_demo_buffer_size_set_after_construction_applies_to_the_next_batch(cls):
+    ds = cls(make_buffer(range(2)), make_buffer([DEMO_BASE]), 4, 1, 5)
+    thread, out = next_in_thread(iter(ds))
+    time.sleep(0.15)
+    assert not out, "one demo trajectory is not enough for min_demo_buffer_size=5"
+    ds.min_demo_buffer_size = 1
+    thread.join(2.0)
+    assert out["batch"]["actions"].shape == (4, 2)
+    ds.close()
+
+
+@pytest.mark.parametrize("cls", DATASETS)
+def test_raising_the_min_size_makes_the_next_batch_wait(cls):
+    replay = make_buffer([0])
+    ds = cls(replay, None, 2, 1, 0, prefetch_size=1)
+    it = iter(ds)
+    next(it)
+    ds.min_replay_buffer_size = 3
+    if cls is PreloadReplayBufferDataset:  # drop what was sampled before: the queued batch and
+        time.sleep(0.2)  # the one the thread may have been putting
+        for _ in range(3):
+            try:
+                ds.preload_queue.get(timeout=0.2)
+            except queue.Empty:
+                break
+    thread, out = next_in_thread(it)
+    time.sleep(0.15)
+    assert not out, "the new minimum must hold the next batch back"
+    replay.add_trajectories([coded_trajectory(1), coded_trajectory(2)])
+    thread.join(2.0)
+    assert out["batch"]["actions"].shape == (2, 2)
+    ds.close()
+
+
+@pytest.mark.parametrize("cls", DATASETS)
+@pytest.mark.parametrize("name", ["min_replay_buffer_size", "min_demo_buffer_size"])
+def test_bad_min_size_set_later_fails_naming_it_and_keeps_the_old_value(cls, name):
+    with cls(make_buffer([0]), make_buffer([DEMO_BASE]), 2, 1, 1) as ds:
+        for bad in (-1, "2", 1.5, True):
+            with pytest.raises(InvalidArgumentError, match=f"{name} must be an int >= 0"):
+                setattr(ds, name, bad)
+        assert getattr(ds, name) == 1
+
+
+@pytest.mark.parametrize("cls", DATASETS)
+def test_close_before_iteration_is_safe_repeatable_and_quiet_at_collection(cls, monkeypatch):
+    unraisable: list = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+    ds = cls(make_buffer([0]), None, 2)
+    ds.close()
+    ds.close()
+    if cls is PreloadReplayBufferDataset:
+        assert ds.sample_thread is None
+    del ds
+    gc.collect()
+    assert unraisable == []  # __del__ after close() reports nothing
+
+
+def test_collate_fn_returns_the_one_batch_a_loader_of_batch_size_1_collects():
+    batch = rows(5)
+    assert replay_buffer_collate_fn([batch]) is batch

@@ -372,12 +372,25 @@ def test_explicit_weights_id_and_update_count_are_kept():
     assert got.max_episode_length == 4
 
 
-@pytest.mark.parametrize("bad", ["../x", "/abs", "a/b", "..", "", "a\\b", "x" * 200, ".hidden", "a b", 5])
+@pytest.mark.parametrize("bad", ["../x", "/abs", "a/b", "..", "a\\b", "x" * 200, ".hidden", "a b", 5])
 def test_unsafe_model_weights_id_is_rejected(bad):
     traj = coded_trajectory(0)
     traj.model_weights_id = bad
     with pytest.raises(InvalidTrajectoryError, match="is not a safe id"):
         align(traj)
+
+
+def test_an_empty_model_weights_id_is_kept_as_rlinf_files_it(tmp_path):
+    """RLinf's Trajectory defaults to model_weights_id="" and names its file trajectory_{id}_.pt."""
+    traj = coded_trajectory(0, weights_id="")
+    assert align(traj).model_weights_id == ""
+    with TrajectoryReplayBuffer(auto_save=True, auto_save_path=str(tmp_path / "buf")) as buf:
+        buf.add_trajectories([traj])
+    names = sorted(p.name for p in (tmp_path / "buf").glob("trajectory_*.pt"))
+    assert names == ["trajectory_0__1.pt"]  # the update count comes from versions
+    reloaded = TrajectoryReplayBuffer(sample_window_size=0)
+    reloaded.load_checkpoint(str(tmp_path / "buf"))
+    assert reloaded.size == 1 and reloaded.sample(4)["rewards"].shape[0] == 4
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])

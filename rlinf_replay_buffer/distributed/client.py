@@ -224,7 +224,7 @@ class RayTrajectoryReplayBuffer:
         **client: Any,
     ) -> RayTrajectoryReplayBuffer:
         """Build a sharded buffer from RLinf's buffer configuration (the keys of
-        ``TrajectoryReplayBuffer.from_config``; unknown keys raise, naming them).
+        ``TrajectoryReplayBuffer.from_config``; unknown keys are warned about, naming them, and dropped).
 
         ``auto_save_path`` (or ``path``, which wins) is the sharded buffer's directory;
         ``auto_save`` is implied. ``seed``, ``sample_window_size``, ``enable_cache``,
@@ -235,7 +235,7 @@ class RayTrajectoryReplayBuffer:
         """
         from ..config import buffer_kwargs_from_config
 
-        kwargs, extras = buffer_kwargs_from_config(cfg, section=section)
+        kwargs, extras = buffer_kwargs_from_config(cfg, section=section, unknown_keys="warn")
         kwargs.pop("auto_save", None)
         where = path if path is not None else kwargs.pop("auto_save_path", None)
         kwargs.pop("auto_save_path", None)

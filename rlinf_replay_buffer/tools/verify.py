@@ -45,6 +45,7 @@ from ..directory import (
     _record_from_entry,
     apply_journal,
     check_directory,
+    in_layout,
     list_trajectory_files,
     open_file_record,
     parse_journal,
@@ -307,7 +308,8 @@ class _Checker:
                 return False
         try:
             data = formats.read(fpath, name.rsplit(".", 1)[1])
-            traj = align(data, where=f"{fpath}: ")
+            layout, _ = in_layout(data, f"{fpath}: ", record.num_envs, num_steps=record.num_steps)
+            traj = align(layout, where=f"{fpath}: ")
         except UnsafeFileError as exc:
             self.bad_files.append((self.problem("unsafe", str(exc), tid, fpath), name))
             return False

@@ -582,6 +582,7 @@ def render_trajectory(
     max_frames: int = 12,
     dpi: int = 100,
     width_inches: float = 16.0,
+    cameras: Sequence[str] | None = None,
 ) -> RenderResult:
     """Draw one env column of one trajectory of a buffer directory into a PNG.
 
@@ -595,6 +596,8 @@ def render_trajectory(
             than 12 wrap onto further rows.
         dpi: pixels per inch; the picture is ``round(width_inches * dpi)`` pixels wide.
         width_inches: figure width; the height follows from the content.
+        cameras: the ``curr_obs`` fields to draw frames of (e.g. ``["main_images"]``);
+            ``None`` (default) draws every camera. A name that is not a camera draws nothing.
 
     Returns:
         A :class:`RenderResult`.
@@ -619,8 +622,11 @@ def render_trajectory(
     picks = torch.arange(t) * b + env  # row = step * B + env
     columns = {k: v[picks] for k, v in rows.items() if k[0] != "curr_obs" and k[0] != "next_obs"}
     steps = _frame_steps(t, max_frames)
+    wanted = None if cameras is None else set(cameras)
     cameras = []
     for camera in find_cameras(schema):
+        if wanted is not None and camera.key[1] not in wanted:
+            continue
         frames = frame_array(camera, rows[camera.key][torch.tensor(steps) * b + env])
         cameras.append((camera, _header(camera, frames, schema[camera.key].dtype), frames))
     facts = [
