@@ -28,24 +28,13 @@ import torch
 from conftest import TrackedBuffer, assert_aligned, coded_trajectory
 
 from rlinf_replay_buffer import CorruptBufferError, Trajectory, TrajectoryReplayBuffer
-from rlinf_replay_buffer.trajectory import align, iter_columns, unflatten_rlinf
+from rlinf_replay_buffer.trajectory import STEP_FIELDS, align, iter_columns, unflatten_rlinf
 
 N = 3  # steps per epoch
 IDS = [0, 1, 2]
 RLINF_META_KEYS = {"trajectory_format", "size", "total_samples", "trajectory_counter", "seed"}
 RLINF_ENTRY_KEYS = {"num_samples", "trajectory_id", "max_episode_length", "shape", "model_weights_id"}
 DONE_LIKE = ("dones", "terminations", "truncations")
-STEP_FIELDS = (
-    "actions",
-    "intervene_flags",
-    "rewards",
-    "terminations",
-    "truncations",
-    "dones",
-    "prev_logprobs",
-    "prev_values",
-    "versions",
-)
 
 
 # -- RLinf's checkpoint layout, written by hand -------------------------------------------------

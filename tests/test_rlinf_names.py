@@ -171,26 +171,9 @@ def test_every_switched_module_names_a_module_of_ours_that_defines_its_replaceme
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            str(REPO),
-            "-w",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (path,) = out.glob("rlinf_replay_buffer-*.whl")
-    return path
+    import rlinf_env
+
+    return rlinf_env.shared_wheel(tmp_path_factory)
 
 
 def test_the_wheel_holds_our_package_the_start_up_file_and_nothing_under_rlinf(wheel):
