@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint, formats
+from . import checkpoint, config, formats
 from .batch import Batch
 from .cache import TrajectoryCache
 from .directory import Record, refuse_link_out, write_index
@@ -56,24 +56,13 @@ from .trajectory import (
     file_dict_from_columns,
     flatten_like_rlinf,
 )
+from .validate import check_bool, check_int
 from .writer import BackgroundWriter
 
 logger = logging.getLogger("rlinf_replay_buffer")
 
 
 _GROUP_COMMIT_BYTES = 64 << 20  # segment rows appended before an fsync and journal entries
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
@@ -117,7 +106,7 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             least the newest one's minus ``max_staleness`` (uniform and sequence sampling).
         rate_limiter: a :class:`~.rate_limiter.RateLimiter` counting transitions: adds wait
             while sampling lags, samples wait while adding lags (``rate_limit_timeout``
-            seconds at most, then :class:`~.rate_limiter.RateLimitTimeout`). ``close()``
+            seconds at most, then :class:`~.errors.RateLimitTimeout`). ``close()``
             closes it, which wakes every waiter.
     """
 
@@ -149,39 +138,29 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
     ) -> None:
         if seed is None:
             seed = random.SystemRandom().randrange(2**63)
-        self.seed = _check_int("seed", seed, 0)
-        self.enable_cache = _check_bool("enable_cache", enable_cache)
-        self.cache_size = _check_int("cache_size", cache_size, 0)
-        self._window_size = _check_int("sample_window_size", sample_window_size, 0)
-        self.auto_save = _check_bool("auto_save", auto_save)
+        self.seed = check_int("seed", seed, 0)
+        self.enable_cache = check_bool("enable_cache", enable_cache)
+        self.cache_size = check_int("cache_size", cache_size, 0)
+        self._window_size = check_int("sample_window_size", sample_window_size, 0)
+        self.auto_save = check_bool("auto_save", auto_save)
         self.trajectory_format = formats.check_format(trajectory_format)
-        self.check_finite = _check_bool("check_finite", check_finite)
-        if cache_max_bytes is not None:
-            cache_max_bytes = _check_int("cache_max_bytes", cache_max_bytes, 1)
-        self.cache_max_bytes = cache_max_bytes
-        if reserve_bytes is not None:
-            reserve_bytes = _check_int("reserve_bytes", reserve_bytes, 1)
-        self._reserve_bytes = reserve_bytes
-        self._max_pending = _check_int("max_pending_bytes", max_pending_bytes, 1)
+        self.check_finite = check_bool("check_finite", check_finite)
+        self.cache_max_bytes = check_int("cache_max_bytes", cache_max_bytes, 1, allow_none=True)
+        self._reserve_bytes = check_int("reserve_bytes", reserve_bytes, 1, allow_none=True)
+        self._max_pending = check_int("max_pending_bytes", max_pending_bytes, 1)
         if on_corrupt not in ("raise", "skip"):
             raise InvalidArgumentError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
         self.on_corrupt = on_corrupt
         self._corrupt_skipped = 0
-        self.max_trajectories = (
-            None if max_trajectories is None else _check_int("max_trajectories", max_trajectories, 1)
-        )
-        self.max_transitions = (
-            None if max_transitions is None else _check_int("max_transitions", max_transitions, 1)
-        )
-        self.max_disk_bytes = (
-            None if max_disk_bytes is None else _check_int("max_disk_bytes", max_disk_bytes, 1)
-        )
+        self.max_trajectories = check_int("max_trajectories", max_trajectories, 1, allow_none=True)
+        self.max_transitions = check_int("max_transitions", max_transitions, 1, allow_none=True)
+        self.max_disk_bytes = check_int("max_disk_bytes", max_disk_bytes, 1, allow_none=True)
         self._capacity_evicted = 0
         self._disk_sizes: dict[int, int] = {}  # bytes on disk of trajectories this buffer wrote
         self._disk_bytes = 0
         self._gone: set[int] = set()  # evicted while their write was pending
-        self.max_staleness = None if max_staleness is None else _check_int("max_staleness", max_staleness, 0)
-        self.prioritized = _check_bool("prioritized", prioritized)
+        self.max_staleness = check_int("max_staleness", max_staleness, 0, allow_none=True)
+        self.prioritized = check_bool("prioritized", prioritized)
         if self.prioritized and self.max_staleness is not None:
             raise InvalidArgumentError(
                 "prioritized=True and max_staleness cannot be combined; use sample_window_size to "
@@ -257,17 +236,39 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
 
     # -- configuration ------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: Any, **overrides: Any) -> TrajectoryReplayBuffer:
+    def from_config(
+        cls,
+        cfg: Any,
+        *,
+        section: str = "replay_buffer",
+        rank: int | None = None,
+        unknown_keys: str = "warn",
+        **overrides: Any,
+    ) -> TrajectoryReplayBuffer:
         """Build a buffer from RLinf's YAML keys (a dict or an OmegaConf node: the whole config,
-        ``algorithm`` or ``algorithm.replay_buffer``). Every key of RLinf's buffer sections is
-        accepted; keys that do not shape the buffer (``min_buffer_size``, ``max_num_samples``,
-        ...) are named in one warning, unknown keys in another (``unknown_keys="raise"`` makes
-        them an error); a bad value of a used key raises :class:`InvalidArgumentError` naming
-        it. See :func:`.config.buffer_from_config` (``section="demo_buffer"``, ``rank=k``) and
-        ``docs/guide.md``. Keyword overrides win."""
-        from .config import buffer_from_config
+        ``algorithm`` or ``algorithm.replay_buffer``).
 
-        return buffer_from_config(cfg, **overrides)
+        Every key of RLinf's buffer sections is accepted. A key nobody knows is named in a
+        :class:`~.errors.UnknownConfigKeysWarning` and dropped (``unknown_keys="raise"``: an
+        :class:`InvalidArgumentError`); keys RLinf reads nowhere (``max_num_samples``) are named
+        in an :class:`~.errors.IgnoredConfigKeysWarning`; a bad value of a key that is used
+        raises :class:`InvalidArgumentError` naming it. ``overrides`` take precedence over the
+        configuration; they accept the same keys (an unknown one is always an error).
+        ``section`` (``"replay_buffer"`` or ``"demo_buffer"``) and ``rank`` (write to
+        ``<auto_save_path>/rank_<rank>``) are those of
+        :func:`.config.buffer_kwargs_from_config`, which reads the configuration; see also
+        ``docs/guide.md``.
+
+        The extras (keys RLinf's worker reads, not its constructor) are attached to the
+        buffer: ``buffer.config_extras`` (a :class:`~.config.BufferConfigExtras`) and
+        ``buffer.min_buffer_size`` (``None`` if not configured).
+        """
+        kwargs, extras = config.buffer_kwargs_from_config(
+            cfg, section=section, rank=rank, unknown_keys=unknown_keys, **overrides
+        )
+        buffer = cls(**kwargs)
+        config.attach_extras(buffer, extras)
+        return buffer
 
     def _new_cache(self) -> TrajectoryCache | None:
         if not self.auto_save:
@@ -286,7 +287,7 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
     @sample_window_size.setter
     def sample_window_size(self, value: int) -> None:
         with self._lock:
-            self._window_size = _check_int("sample_window_size", value, 0)
+            self._window_size = check_int("sample_window_size", value, 0)
             if not self.auto_save and self._cache is not None:
                 self._cache.max_trajectories = self._window_size or None
                 self._forget_evicted(self._cache.enforce_bounds())
@@ -324,7 +325,7 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
 
     def is_ready(self, min_size: int = 1) -> bool:
         """Whether at least ``min_size`` trajectories are held and the window can be sampled."""
-        min_size = _check_int("min_size", min_size, 0)
+        min_size = check_int("min_size", min_size, 0)
         with self._lock:
             _, ends, _ = self._index.window(self._window_size)
             return len(self._index) >= min_size and len(ends) > 0 and int(ends[-1]) > 0
@@ -675,7 +676,7 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             InvalidArgumentError: ``num_chunks`` < 1.
             EmptyBufferError: the window holds no transition.
         """
-        num = _check_int("num_chunks", num_chunks, 1)
+        num = check_int("num_chunks", num_chunks, 1)
         with self._limited_sample(num), self._lock:
             self._writer.check()
             if self._prio is not None:
@@ -714,9 +715,9 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             EmptyBufferError: no valid start in the window (e.g. every trajectory or episode is
                 shorter than ``seq_len`` and ``pad`` is false).
         """
-        num = _check_int("num_sequences", num_sequences, 1)
-        length = _check_int("seq_len", seq_len, 1)
-        pad = _check_bool("pad", pad)
+        num = check_int("num_sequences", num_sequences, 1)
+        length = check_int("seq_len", seq_len, 1)
+        pad = check_bool("pad", pad)
         with self._limited_sample(num * length), self._lock:
             self._writer.check()
             return self._sampling(lambda ids, ends: self._draw_sequences(ids, ends, num, length, pad))
@@ -736,8 +737,8 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
                 "sampling_population counts uniform draws; a prioritized buffer's sample() draws by "
                 "priority (see priority_mass())"
             )
-        length = None if seq_len is None else _check_int("seq_len", seq_len, 1)
-        pad = _check_bool("pad", pad)
+        length = check_int("seq_len", seq_len, 1, allow_none=True)
+        pad = check_bool("pad", pad)
 
         def count(ids: np.ndarray, ends: np.ndarray) -> int:
             if length is not None:
@@ -984,9 +985,9 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
             BufferNotFoundError, CorruptBufferError, UnsafeFileError: missing, inconsistent or
                 unsafe files (the buffer is left as it was).
         """
-        is_distributed = _check_bool("is_distributed", is_distributed)
-        world_size = _check_int("world_size", world_size, 1)
-        local_rank = _check_int("local_rank", local_rank, 0)
+        is_distributed = check_bool("is_distributed", is_distributed)
+        world_size = check_int("world_size", world_size, 1)
+        local_rank = check_int("local_rank", local_rank, 0)
         if local_rank >= world_size:
             raise InvalidArgumentError(
                 f"local_rank {local_rank} is out of range for world_size {world_size} "
@@ -1257,9 +1258,7 @@ class TrajectoryReplayBuffer(SamplingStrategies, RowReader):
         from .directory import rlinf_weights_id
         from .trajectory import DICT_FIELDS
 
-        if isinstance(trajectory_id, bool) or not isinstance(trajectory_id, int | np.integer):
-            raise InvalidArgumentError(f"trajectory_id must be an int, got {trajectory_id!r}")
-        tid = int(trajectory_id)
+        tid = check_int("trajectory_id", trajectory_id)
         with self._lock:
             if tid not in self._index:
                 raise InvalidArgumentError(
@@ -1342,4 +1341,19 @@ class _RLinfIndexView(Mapping):
         return f"<RLinf index view of {len(self)} trajectories>"
 
 
-__all__ = ["Batch", "Trajectory", "TrajectoryReplayBuffer"]
+def buffer_from_config(
+    cfg: Any,
+    *,
+    section: str = "replay_buffer",
+    rank: int | None = None,
+    unknown_keys: str = "warn",
+    **overrides: Any,
+) -> TrajectoryReplayBuffer:
+    """:meth:`TrajectoryReplayBuffer.from_config` as a function (also importable from
+    :mod:`.config`, its earlier home)."""
+    return TrajectoryReplayBuffer.from_config(
+        cfg, section=section, rank=rank, unknown_keys=unknown_keys, **overrides
+    )
+
+
+__all__ = ["Batch", "Trajectory", "TrajectoryReplayBuffer", "buffer_from_config"]

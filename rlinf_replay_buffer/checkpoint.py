@@ -1,7 +1,8 @@
 """Checkpoint I/O: saving whole buffer directories, loading them, and the auto-save directory.
 
-* :func:`save` writes a snapshot into a temporary sibling directory and renames it into place
-  only when complete, so an interrupted save never looks like a checkpoint.
+* :func:`save` writes a snapshot into a temporary sibling directory and publishes it in place
+  only when complete (:func:`~.fsio.publish_directory`), so an interrupted save never looks
+  like a checkpoint.
 * :func:`read` parses a directory (ours or RLinf's), optionally one rank's share.
 * :class:`OwnDirectory` is the auto-save directory a buffer writes to: it appends index entries
   to a journal as files land and compacts them into ``trajectory_index.json``.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -44,7 +44,8 @@ from .errors import (
     UnsafeFileError,
 )
 from .formats.segment import SEGMENT_RE, SegmentStore, truncate_segment
-from .fsio import fsync_dir, link_or_copy, remove_tmp_files
+from .fsio import fsync_dir, link_or_copy, remove_tmp_files, staged_directory
+from .fsio import publish_directory as publish  # save's last step, by this name
 from .integrity import file_checksum, mismatch, rows_checksum, verify_file, verify_rows
 from .schema import Schema, combine
 from .trajectory import Key, file_dict_from_columns, source_steps
@@ -260,32 +261,6 @@ def prepare_destination(save_path: str) -> str:
     return dest
 
 
-def new_staging_dir(dest: str) -> str:
-    """A fresh hidden sibling of ``dest`` to assemble a directory in."""
-    staging = os.path.join(
-        os.path.dirname(dest), f".{os.path.basename(dest)}.partial-{uuid.uuid4().hex[:12]}"
-    )
-    os.mkdir(staging)
-    return staging
-
-
-def publish(staging: str, dest: str) -> None:
-    """Rename a complete staging directory to ``dest``, replacing an old buffer directory."""
-    fsync_dir(staging)
-    parent = os.path.dirname(dest)
-    if os.path.isdir(dest) and not os.listdir(dest):
-        os.rmdir(dest)
-    if os.path.lexists(dest):
-        old = os.path.join(parent, f".{os.path.basename(dest)}.old-{uuid.uuid4().hex[:12]}")
-        os.rename(dest, old)
-        os.rename(staging, dest)
-        fsync_dir(parent)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, dest)
-        fsync_dir(parent)
-
-
 @contextlib.contextmanager
 def writing(dest: str, what: str = "the buffer directory") -> Iterator[None]:
     """Report an OS refusal to write a directory (permissions, disk full) as
@@ -309,20 +284,14 @@ def save(snapshot: Snapshot, save_path: str) -> dict[int, Record]:
         ``{trajectory_id: record re-homed in save_path}`` of the trajectories written.
     """
     dest = prepare_destination(save_path)
-    with writing(dest):
-        staging = new_staging_dir(dest)
-    try:
-        with writing(dest):
-            placed = place_records(snapshot.records, snapshot.rows_of, staging, snapshot.fmt, snapshot.schema)
-            if snapshot.extra is not None:
-                snapshot.extra(staging)
-            entries = [placed[r.trajectory_id].to_entry() for r in snapshot.records]
-            write_index(staging, entries)
-            write_metadata(staging, snapshot.fmt, entries, snapshot.counter, snapshot.seed, snapshot.schema)
-            publish(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with writing(dest), staged_directory(dest) as staging:
+        placed = place_records(snapshot.records, snapshot.rows_of, staging, snapshot.fmt, snapshot.schema)
+        if snapshot.extra is not None:
+            snapshot.extra(staging)
+        entries = [placed[r.trajectory_id].to_entry() for r in snapshot.records]
+        write_index(staging, entries)
+        write_metadata(staging, snapshot.fmt, entries, snapshot.counter, snapshot.seed, snapshot.schema)
+        publish(staging, dest)
     return {tid: replace(r, directory=dest) for tid, r in placed.items()}
 
 

@@ -1,4 +1,4 @@
-"""Build a :class:`TrajectoryReplayBuffer` from a configuration: a plain mapping or an OmegaConf node.
+"""Read a buffer configuration (a plain mapping or an OmegaConf node) into constructor arguments.
 
 RLinf's YAML describes a buffer under ``algorithm.replay_buffer`` (and a demonstration buffer
 under ``algorithm.demo_buffer``)::
@@ -13,14 +13,21 @@ under ``algorithm.demo_buffer``)::
         auto_save_path: ${runner.output_dir}/buffer   # optional
         trajectory_format: pt                          # optional
 
-:func:`buffer_from_config` accepts the whole configuration, the ``algorithm`` node or the buffer
-node itself, checks every key, and builds the buffer. Every key found under a buffer section of
-RLinf's configurations (0.3 and main) is accepted. Keys fall in five groups:
+:func:`buffer_kwargs_from_config` accepts the whole configuration, the ``algorithm`` node or the
+buffer node itself, checks every key, and returns the constructor's keyword arguments and the
+extras; :meth:`TrajectoryReplayBuffer.from_config <.buffer.TrajectoryReplayBuffer.from_config>`
+(and :func:`buffer_from_config`, its function form) builds the buffer from them. This module
+uses nothing of :mod:`.buffer` and does not import it at module level: the dependency is
+one-way, buffer -> config. (``buffer_from_config`` is defined in :mod:`.buffer`; the name is
+forwarded from here, on first use, so ``from rlinf_replay_buffer.config import
+buffer_from_config`` keeps working.) Every key found under a buffer section of RLinf's
+configurations (0.3 and main) is accepted. Keys fall in five groups:
 
-* constructor arguments: ``seed``, ``enable_cache``, ``cache_size``, ``sample_window_size``,
-  ``auto_save``, ``auto_save_path``, ``trajectory_format`` (what RLinf's workers pass) and every
-  keyword-only extra of this library's constructor (``cache_max_bytes``, ``check_finite``,
-  ``reserve_bytes``, ``max_pending_bytes``, ``on_corrupt``, ...; read from its signature).
+* constructor arguments (:data:`CONSTRUCTOR_KEYS`): ``seed``, ``enable_cache``, ``cache_size``,
+  ``sample_window_size``, ``auto_save``, ``auto_save_path``, ``trajectory_format`` (what RLinf's
+  workers pass) and every keyword-only extra of this library's constructor
+  (``cache_max_bytes``, ``check_finite``, ``reserve_bytes``, ``max_pending_bytes``,
+  ``on_corrupt``, ...; :mod:`.buffer` checks at import that the list matches its signature).
   Their values are checked by the constructor: a bad one raises :class:`InvalidArgumentError`
   naming the key.
 * keys RLinf's *worker* reads, not its buffer constructor, returned as
@@ -43,22 +50,26 @@ imported omegaconf, so it is recognised through ``sys.modules``.
 from __future__ import annotations
 
 import difflib
-import inspect
+import importlib
 import os
 import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .errors import InvalidArgumentError
-
-if TYPE_CHECKING:
-    from .buffer import TrajectoryReplayBuffer
+from .errors import (
+    ConfigKeyWarning,
+    IgnoredConfigKeysWarning,
+    InvalidArgumentError,
+    UnknownConfigKeysWarning,
+)
+from .validate import check_bool, check_int
 
 __all__ = [
+    "CONSTRUCTOR_KEYS",
     "EXTRA_KEYS",
     "IGNORED_KEYS",
     "LEGACY_KEYS",
@@ -69,7 +80,7 @@ __all__ = [
     "UnknownConfigKeysWarning",
     "accepted_keys",
     "attach_extras",
-    "buffer_from_config",
+    "buffer_from_config",  # noqa: F822 - defined in .buffer, loaded by __getattr__ below
     "buffer_kwargs_from_config",
 ]
 
@@ -83,6 +94,26 @@ RLINF_CONSTRUCTOR_KEYS = (
     "auto_save",
     "auto_save_path",
     "trajectory_format",
+)
+#: every keyword argument of ``TrajectoryReplayBuffer(...)``: RLinf's, then this library's
+#: keyword-only extras (:mod:`.buffer` checks at import that they match its signature)
+CONSTRUCTOR_KEYS = (
+    *RLINF_CONSTRUCTOR_KEYS,
+    "cache_max_bytes",
+    "check_finite",
+    "reserve_bytes",
+    "max_pending_bytes",
+    "on_corrupt",
+    "max_trajectories",
+    "max_transitions",
+    "max_disk_bytes",
+    "prioritized",
+    "priority_alpha",
+    "priority_beta",
+    "priority_eps",
+    "max_staleness",
+    "rate_limiter",
+    "rate_limit_timeout",
 )
 #: keys RLinf reads from the buffer node that are not constructor arguments
 EXTRA_KEYS = ("min_buffer_size", "enable_preload", "prefetch_size", "load_path")
@@ -102,21 +133,6 @@ _SECTIONS = ("replay_buffer", "demo_buffer")
 _UNKNOWN_MODES = ("warn", "raise")
 
 
-class ConfigKeyWarning(UserWarning):
-    """Base class of the warnings about the keys of a buffer configuration."""
-
-
-class IgnoredConfigKeysWarning(ConfigKeyWarning):
-    """The configuration holds keys RLinf itself reads nowhere (``max_num_samples``); the
-    message names each with the reason. Silence it with
-    ``warnings.filterwarnings("ignore", category=IgnoredConfigKeysWarning)``."""
-
-
-class UnknownConfigKeysWarning(ConfigKeyWarning):
-    """The configuration holds keys neither RLinf nor this library knows; the message names each,
-    with the closest accepted key. The keys are dropped."""
-
-
 @dataclass(frozen=True)
 class BufferConfigExtras:
     """The keys of a buffer configuration that are not constructor arguments.
@@ -134,7 +150,7 @@ class BufferConfigExtras:
         prefetch_size: batches the preloading dataset keeps ready.
         load_path: a checkpoint to load after construction (RLinf does this for the demo
             buffer: ``load_checkpoint(load_path, is_distributed=True, local_rank=rank,
-            world_size=world_size)``). The buffer is not loaded by :func:`buffer_from_config`.
+            world_size=world_size)``). The buffer is not loaded by ``from_config``.
         source: where the buffer settings were found, e.g. ``"algorithm.replay_buffer"``.
     """
 
@@ -147,11 +163,16 @@ class BufferConfigExtras:
 
 def accepted_keys() -> tuple[str, ...]:
     """Every key a buffer configuration may hold without an unknown-key warning, sorted."""
-    return tuple(sorted({*_constructor_keys(), *EXTRA_KEYS, *IGNORED_KEYS, *LEGACY_KEYS}))
+    return tuple(sorted({*CONSTRUCTOR_KEYS, *EXTRA_KEYS, *IGNORED_KEYS, *LEGACY_KEYS}))
 
 
 def buffer_kwargs_from_config(
-    cfg: Any, *, section: str = "replay_buffer", rank: int | None = None, unknown_keys: str = "raise"
+    cfg: Any,
+    *,
+    section: str = "replay_buffer",
+    rank: int | None = None,
+    unknown_keys: str = "raise",
+    **overrides: Any,
 ) -> tuple[dict[str, Any], BufferConfigExtras]:
     """Constructor keyword arguments and extras from a buffer configuration.
 
@@ -164,7 +185,9 @@ def buffer_kwargs_from_config(
         rank: as RLinf does for each actor rank, write to ``<auto_save_path>/rank_<rank>``.
             ``None`` (default) uses ``auto_save_path`` as it is.
         unknown_keys: ``"raise"`` (default here: this lower-level call stays strict) or
-            ``"warn"`` (:func:`buffer_from_config`'s default): what a key nobody knows does.
+            ``"warn"`` (``from_config``'s default): what a key nobody knows does.
+        overrides: keys that take precedence over the configuration; they accept the same
+            keys (an unknown one is always an error: overrides are code, not configuration).
 
     Keys RLinf reads nowhere are named in one :class:`IgnoredConfigKeysWarning`. Only keys
     present in the configuration are returned (the constructor's defaults apply to the rest),
@@ -179,52 +202,33 @@ def buffer_kwargs_from_config(
             interpolation cannot be resolved, or an extra has a bad value. Constructor values
             are checked by the constructor.
     """
-    return _kwargs_and_extras(cfg, section, rank, {}, unknown_keys)
+    return _kwargs_and_extras(cfg, section, rank, overrides, unknown_keys)
 
 
-def buffer_from_config(
-    cfg: Any,
-    *,
-    section: str = "replay_buffer",
-    rank: int | None = None,
-    unknown_keys: str = "warn",
-    **overrides: Any,
-) -> TrajectoryReplayBuffer:
-    """Build a :class:`TrajectoryReplayBuffer` from a configuration (see
-    :func:`buffer_kwargs_from_config` for ``cfg``, ``section`` and ``rank``).
-
-    A key nobody knows is named in an :class:`UnknownConfigKeysWarning` and dropped
-    (``unknown_keys="raise"``: an :class:`InvalidArgumentError`); keys RLinf reads nowhere are
-    named in an :class:`IgnoredConfigKeysWarning`; a bad value of a key that is used
-    raises :class:`InvalidArgumentError` naming it. ``overrides`` take precedence over the
-    configuration; they accept the same keys (an unknown one is always an error). The extras
-    are attached to the buffer: ``buffer.config_extras`` (a :class:`BufferConfigExtras`) and
-    ``buffer.min_buffer_size`` (``None`` if not configured).
-    """
-    kwargs, extras = _kwargs_and_extras(cfg, section, rank, overrides, unknown_keys)
-    from .buffer import TrajectoryReplayBuffer
-
-    buffer = TrajectoryReplayBuffer(**kwargs)
-    attach_extras(buffer, extras)
-    return buffer
-
-
-def attach_extras(buffer: TrajectoryReplayBuffer, extras: BufferConfigExtras) -> None:
+def attach_extras(buffer: Any, extras: BufferConfigExtras) -> None:
     """Store ``extras`` on ``buffer`` as ``config_extras`` and ``min_buffer_size``."""
     buffer.config_extras = extras
     buffer.min_buffer_size = extras.min_buffer_size
 
 
+#: public names of this module defined in another one (which imports this one): loaded on first use
+_ELSEWHERE = {"buffer_from_config": "buffer"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _ELSEWHERE.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__package__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ELSEWHERE))
+
+
 # -- implementation ---------------------------------------------------------------------------
-
-
-def _constructor_keys() -> tuple[str, ...]:
-    """The constructor's keyword arguments (read from its signature, so new ones are accepted)."""
-    from .buffer import TrajectoryReplayBuffer
-
-    params = inspect.signature(TrajectoryReplayBuffer.__init__).parameters.values()
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return tuple(p.name for p in params if p.name != "self" and p.kind in kinds)
 
 
 def _omegaconf() -> Any:
@@ -363,27 +367,17 @@ def _canonical(values: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def _int_or_none(name: str, value: Any, minimum: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _extras(values: dict[str, Any], source: str) -> BufferConfigExtras:
-    preload = values.get("enable_preload")
-    if preload is not None and not isinstance(preload, bool | np.bool_):
-        raise InvalidArgumentError(f"enable_preload must be True or False, got {preload!r}")
+    preload = check_bool("enable_preload", values.get("enable_preload"), allow_none=True)
     load_path = values.get("load_path")
     if load_path is not None:
         if not isinstance(load_path, str | os.PathLike) or not os.fspath(load_path):
             raise InvalidArgumentError(f"load_path must be a non-empty path, got {load_path!r}")
         load_path = os.fspath(load_path)
     return BufferConfigExtras(
-        min_buffer_size=_int_or_none("min_buffer_size", values.get("min_buffer_size"), 0),
-        enable_preload=None if preload is None else bool(preload),
-        prefetch_size=_int_or_none("prefetch_size", values.get("prefetch_size"), 1),
+        min_buffer_size=check_int("min_buffer_size", values.get("min_buffer_size"), 0, allow_none=True),
+        enable_preload=preload,
+        prefetch_size=check_int("prefetch_size", values.get("prefetch_size"), 1, allow_none=True),
         load_path=load_path,
         source=source,
     )
@@ -394,8 +388,7 @@ def _kwargs_and_extras(
 ) -> tuple[dict[str, Any], BufferConfigExtras]:
     if unknown_keys not in _UNKNOWN_MODES:
         raise InvalidArgumentError(f"unknown_keys must be 'warn' or 'raise', got {unknown_keys!r}")
-    if rank is not None:
-        rank = _int_or_none("rank", rank, 0)
+    rank = check_int("rank", rank, 0, allow_none=True)
     node, where, whole = _select(cfg, section)
     values = _to_dict(node, where)
     accepted = accepted_keys()

@@ -30,7 +30,8 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .errors import EmptyBufferError, InvalidArgumentError, ReplayBufferError
+from .errors import DatasetClosedError, EmptyBufferError, InvalidArgumentError, PrefetchError
+from .validate import check_bool, check_int
 
 logger = logging.getLogger("rlinf_replay_buffer")
 
@@ -47,18 +48,6 @@ _MAX_DELAY = 0.05
 _QUEUE_POLL = 0.05
 
 
-class DatasetClosedError(ReplayBufferError, RuntimeError):
-    """``iter()`` was called on a dataset after its ``close()``."""
-
-
-class PrefetchError(ReplayBufferError, RuntimeError):
-    """The prefetch thread of a :class:`PreloadReplayBufferDataset` failed.
-
-    The exception raised in the thread is the ``__cause__``. The dataset stays failed: every later
-    ``next()`` (of any of its iterators) raises a new ``PrefetchError`` with the same cause.
-    """
-
-
 class SampleSource(Protocol):
     """What the datasets need of a buffer (``TrajectoryReplayBuffer`` has both)."""
 
@@ -68,12 +57,6 @@ class SampleSource(Protocol):
 
 
 # -- arguments ----------------------------------------------------------------------------------
-def _int_arg(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _buffer_arg(name: str, value: Any) -> SampleSource:
     if not (callable(getattr(value, "sample", None)) and callable(getattr(value, "is_ready", None))):
         raise InvalidArgumentError(
@@ -130,7 +113,7 @@ def split_batch_size(batch_size: int, demo_ratio: float | Fraction = 0.5) -> tup
     Returns:
         ``(replay_rows, demo_rows)``, both >= 0.
     """
-    batch_size = _int_arg("batch_size", batch_size, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     ratio = _ratio_arg(demo_ratio)
     demo_rows = math.floor(batch_size * ratio)
     return batch_size - demo_rows, demo_rows
@@ -384,20 +367,18 @@ class ReplayBufferDataset(IterableDataset):
     ) -> None:
         self.replay_buffer = _buffer_arg("replay_buffer", replay_buffer)
         self.demo_buffer = None if demo_buffer is None else _buffer_arg("demo_buffer", demo_buffer)
-        self.batch_size = _int_arg("batch_size", batch_size, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         self._min_sizes: dict[str, int] = {}
         self.min_replay_buffer_size = min_replay_buffer_size
         self.min_demo_buffer_size = min_demo_buffer_size
         ratio = _ratio_arg(demo_ratio)
         self.demo_ratio = float(ratio)
         if prefetch_size is not None:
-            _int_arg("prefetch_size", prefetch_size, 1)
+            check_int("prefetch_size", prefetch_size, 1)
         if batch_transform is not None and not callable(batch_transform):
             raise InvalidArgumentError(f"batch_transform must be callable, got {batch_transform!r}")
         self.batch_transform = batch_transform
-        if not isinstance(pin_memory, bool):
-            raise InvalidArgumentError(f"pin_memory must be True or False, got {pin_memory!r}")
-        self.pin_memory = pin_memory
+        self.pin_memory = check_bool("pin_memory", pin_memory)
         self.device = _device_arg(device)
         self.replay_batch_size, self.demo_batch_size = split_batch_size(
             self.batch_size, ratio if self.demo_buffer is not None else 0
@@ -423,7 +404,7 @@ class ReplayBufferDataset(IterableDataset):
 
     @min_replay_buffer_size.setter
     def min_replay_buffer_size(self, value: int) -> None:
-        self._min_sizes["replay"] = _int_arg("min_replay_buffer_size", value, 0)
+        self._min_sizes["replay"] = check_int("min_replay_buffer_size", value, 0)
 
     @property
     def min_demo_buffer_size(self) -> int:
@@ -433,7 +414,7 @@ class ReplayBufferDataset(IterableDataset):
 
     @min_demo_buffer_size.setter
     def min_demo_buffer_size(self, value: int) -> None:
-        self._min_sizes["demo"] = _int_arg("min_demo_buffer_size", value, 0)
+        self._min_sizes["demo"] = check_int("min_demo_buffer_size", value, 0)
 
     @property
     def closed(self) -> bool:
@@ -573,7 +554,7 @@ class PreloadReplayBufferDataset(ReplayBufferDataset):
         pin_memory: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
-        self.prefetch_size = _int_arg("prefetch_size", prefetch_size, 1)
+        self.prefetch_size = check_int("prefetch_size", prefetch_size, 1)
         super().__init__(
             replay_buffer,
             demo_buffer,

@@ -368,7 +368,8 @@ def _read_journal(path: str) -> list[dict[str, Any]]:
 _MAX_INT = 1 << 48  # ids, counts and rows beyond this are corrupt (and would overflow int64 math)
 
 
-def _int_field(entry: dict[str, Any], key: str, where: str) -> int:
+def int_field(entry: dict[str, Any], key: str, where: str) -> int:
+    """``entry[key]``, an int in ``[0, 2**48)``, or :class:`CorruptBufferError` naming ``where``."""
     value = entry.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_INT:
         raise CorruptBufferError(f"{where}: index entry has {key}={value!r}, expected an int in [0, 2**48)")
@@ -518,20 +519,22 @@ def _index_shape(entry: dict[str, Any]) -> tuple[int | None, int | None]:
     return (envs if ok[1] else None), (rows if ok[0] and ok[1] else None)
 
 
-def _record_from_entry(path: str, entry: dict[str, Any], name: str, where: str = "") -> Record:
+def record_from_entry(path: str, entry: dict[str, Any], name: str, where: str = "") -> Record:
+    """The :class:`Record` of one index entry of the directory ``path`` (file ``name``); a
+    malformed entry is a :class:`CorruptBufferError` naming ``where`` (default: the index)."""
     where = where or os.path.join(path, INDEX)
-    tid = _int_field(entry, "trajectory_id", where)
+    tid = int_field(entry, "trajectory_id", where)
     shape = entry.get("shape")
     if not isinstance(shape, list) or len(shape) < 2:
         raise CorruptBufferError(f"{where}: trajectory {tid} has shape {shape!r}")
     weights = checked_weights_id(entry.get("model_weights_uuid"), f"{where}: trajectory {tid}")
     return Record(
         trajectory_id=tid,
-        num_steps=_int_field(entry, "num_steps", where),
-        num_envs=_int_field(entry, "num_envs", where),
+        num_steps=int_field(entry, "num_steps", where),
+        num_envs=int_field(entry, "num_envs", where),
         max_episode_length=entry.get("max_episode_length"),
         model_weights_id=weights,
-        model_update_count=_int_field(entry, "model_update_count", where),
+        model_update_count=int_field(entry, "model_update_count", where),
         uuid=str(entry.get("uuid", "")),
         shape=[int(d) for d in shape],
         directory=path,
@@ -595,7 +598,7 @@ def _segment_records(
                     "restore it or repair the directory with the verify tool"
                 )
             continue
-        record = _record_from_entry(path, entry, name, where)
+        record = record_from_entry(path, entry, name, where)
         record.row = row
         records.append(record)
     return records, (schema if records else None)
@@ -676,7 +679,7 @@ def read_directory(
             )
         name = names[0]
         if ours and named is not None and "num_steps" in entry:
-            records.append(_record_from_entry(path, entry, name, index_path))  # name: checked above
+            records.append(record_from_entry(path, entry, name, index_path))  # name: checked above
         else:
             try:
                 record, file_schema = open_file_record(path, name, tid, fmt, entry)

@@ -3,7 +3,12 @@
 Every error the library raises on purpose is a :class:`ReplayBufferError`. Each subclass also
 derives from the built-in exception a caller would naturally catch (``ValueError`` for bad
 arguments, ``FileNotFoundError`` for missing paths, ...), so existing ``except`` clauses keep
-working. Messages say what was wrong and what to do about it.
+working. Messages say what was wrong and what to do about it. Every warning the library issues
+is a :class:`ReplayBufferWarning` (a ``UserWarning``).
+
+Every exception and warning class of the package is defined here; the modules that raise them
+re-export them under their earlier import paths (``rlinf_replay_buffer.datasets.PrefetchError``,
+``rlinf_replay_buffer.rate_limiter.RateLimitTimeout``, ...).
 """
 
 from __future__ import annotations
@@ -64,7 +69,44 @@ class CorruptTrajectoryError(CorruptBufferError):
         self.path = path
 
 
-class CorruptDataWarning(UserWarning):
+class MissingDependencyError(ReplayBufferError, ImportError):
+    """An optional dependency is not installed: pyarrow, Pillow or matplotlib (the ``tools``
+    extra, ``pip install rlinf-replay-buffer[tools]``) or Ray (the ``ray`` extra). The message
+    names the package and the command that installs it."""
+
+
+#: the earlier name of :class:`MissingDependencyError` in :mod:`.tools.view` (the same class)
+ToolsNotInstalledError = MissingDependencyError
+
+
+class DatasetClosedError(ReplayBufferError, RuntimeError):
+    """``iter()`` was called on a dataset after its ``close()``."""
+
+
+class PrefetchError(ReplayBufferError, RuntimeError):
+    """The prefetch thread of a ``PreloadReplayBufferDataset`` failed.
+
+    The exception raised in the thread is the ``__cause__``. The dataset stays failed: every later
+    ``next()`` (of any of its iterators) raises a new ``PrefetchError`` with the same cause.
+    """
+
+
+class RateLimitTimeout(ReplayBufferError, TimeoutError):
+    """A wait for the right to insert or sample ran out of time; the counts are unchanged."""
+
+
+class RateLimiterClosedError(ReplayBufferError, RuntimeError):
+    """The rate limiter was closed while (or before) waiting on it."""
+
+
+# -- warnings -----------------------------------------------------------------------------------
+
+
+class ReplayBufferWarning(UserWarning):
+    """Base class of every warning issued by this library."""
+
+
+class CorruptDataWarning(ReplayBufferWarning):
     """A damaged trajectory was skipped (``on_corrupt="skip"``); the message names it."""
 
 
@@ -78,6 +120,21 @@ class ShardUnavailableError(ReplayBufferError, RuntimeError):
         self.added: list[tuple[int, int, int]] = []  # for add_trajectories: (index, shard, id) added
 
 
-class ShardRestartedWarning(UserWarning):
+class ShardRestartedWarning(ReplayBufferWarning):
     """A shard of a sharded buffer restarted since the client last heard from it; trajectories
     added to it after its last flush may be lost. The message names the shard."""
+
+
+class ConfigKeyWarning(ReplayBufferWarning):
+    """Base class of the warnings about the keys of a buffer configuration."""
+
+
+class IgnoredConfigKeysWarning(ConfigKeyWarning):
+    """The configuration holds keys RLinf itself reads nowhere (``max_num_samples``); the
+    message names each with the reason. Silence it with
+    ``warnings.filterwarnings("ignore", category=IgnoredConfigKeysWarning)``."""
+
+
+class UnknownConfigKeysWarning(ConfigKeyWarning):
+    """The configuration holds keys neither RLinf nor this library knows; the message names each,
+    with the closest accepted key. The keys are dropped."""

@@ -2,20 +2,31 @@
 
 A reader therefore sees either the old file or the complete new one, never a torn write.
 Temporary names start with ``.tmp-`` so directory scans skip them and recovery can remove them.
+
+Whole directories (checkpoints, merges, imports) are assembled in a hidden sibling
+``.NAME.partial-<random>`` (:func:`staged_directory`) and published at ``NAME`` by
+:func:`publish_directory`, which swaps them in one atomic step where the system can.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import json
 import os
 import shutil
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 TMP_PREFIX = ".tmp-"
+STAGING_MARK = ".partial-"
+"""``.NAME.partial-<random>``: a directory being assembled (or, after a crash, left over)."""
+OLD_MARK = ".old-"
+"""``.NAME.old-<random>``: a replaced directory set aside before its deletion (no atomic swap)."""
 
 
 def fsync_dir(path: str) -> None:
@@ -42,6 +53,35 @@ class _CrcWriter:
         self._file.flush()
 
 
+@contextlib.contextmanager
+def atomic_file(path: str, sync: bool = True, sync_dir: bool = True) -> Iterator[IO[bytes]]:
+    """Write ``path`` atomically: the block fills the binary file it gets, which is then renamed.
+
+    The file is a temporary ``.tmp-<random>-NAME`` in the same directory, removed if the block
+    raises (``path`` is then untouched).
+
+    Args:
+        path: final file path.
+        sync: fsync the file before the rename (durability of the content).
+        sync_dir: fsync the directory after the rename (durability of the name).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
+    try:
+        with open(tmp, "xb") as f:
+            yield f
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync_dir:
+        fsync_dir(directory)
+
+
 def atomic_write(
     path: str, write: Callable[[IO[bytes]], None], sync: bool = True, sync_dir: bool = True
 ) -> int:
@@ -57,22 +97,9 @@ def atomic_write(
     Returns:
         The CRC-32 of the bytes written.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
-    try:
-        with open(tmp, "xb") as f:
-            sink = _CrcWriter(f)
-            write(sink)  # type: ignore[arg-type]
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if sync_dir:
-        fsync_dir(directory)
+    with atomic_file(path, sync=sync, sync_dir=sync_dir) as f:
+        sink = _CrcWriter(f)
+        write(sink)  # type: ignore[arg-type]
     return sink.crc
 
 
@@ -110,3 +137,122 @@ def remove_tmp_files(directory: str) -> list[str]:
                     os.unlink(entry.path)
                     removed.append(entry.name)
     return removed
+
+
+# -- whole directories --------------------------------------------------------------------------
+def _hidden_sibling(dest: str, mark: str) -> str:
+    return os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}{mark}{uuid.uuid4().hex[:12]}")
+
+
+def new_staging_dir(dest: str) -> str:
+    """Create a fresh hidden sibling of ``dest``, ``.NAME.partial-<random>``, to assemble a
+    directory in (same file system, so it can be renamed into place)."""
+    staging = _hidden_sibling(os.path.abspath(dest), STAGING_MARK)
+    os.mkdir(staging)
+    return staging
+
+
+def remove_tree(path: str) -> None:
+    """Delete what ``path`` names, best effort: a directory tree, or a file or a link (never the
+    target of a link)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+@contextlib.contextmanager
+def staged_directory(dest: str) -> Iterator[str]:
+    """A fresh staging directory for ``dest`` (:func:`new_staging_dir`), gone when the block ends.
+
+    The block fills it and ends with ``publish_directory(staging, dest)``. If the block raises
+    (or ends without publishing) the staging directory is removed and ``dest`` is untouched.
+    """
+    staging = new_staging_dir(dest)
+    try:
+        yield staging
+    finally:
+        if os.path.lexists(staging):  # not published, or the replaced directory swapped into it
+            remove_tree(staging)
+
+
+def sync_tree(path: str) -> None:
+    """fsync every directory of the tree at ``path``, deepest first, ``path`` last (links are
+    not followed). Files are not fsync'd here: their writers do it (:func:`atomic_write`)."""
+    for root, _dirs, _files in os.walk(path, topdown=False):
+        fsync_dir(root)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """libc's ``renameat2`` (Linux, glibc 2.28+), or ``None``."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError, TypeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def exchange(a: str, b: str) -> bool:
+    """Swap the entries ``a`` and ``b`` of one file system in one atomic step
+    (``renameat2(RENAME_EXCHANGE)``); ``False`` (nothing done) where the system or the file
+    system cannot, e.g. outside Linux or on some network file systems.
+
+    Raises:
+        OSError: the swap is supported but was refused (permissions, a missing path, ...).
+    """
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_EXCHANGE:
+        return False
+    raise OSError(err, os.strerror(err), a, None, b)
+
+
+def publish_directory(staging: str, dest: str) -> None:
+    """Publish the complete directory ``staging`` at ``dest``, replacing whatever is there.
+
+    Every directory of ``staging`` is fsync'd (its files must be durable already), then it
+    takes ``dest``'s place and the parent directory is fsync'd; the replaced directory is
+    deleted last. At every instant ``dest`` holds the complete old directory or the complete
+    new one (nothing, if there was none): an existing ``dest`` is swapped with ``staging`` in
+    one atomic step (:func:`exchange`), the old one then sits at the hidden staging name until
+    it is deleted. Where the file system cannot swap, the old one is first renamed to a hidden
+    ``.NAME.old-<random>``: between that rename and the next ``dest`` is missing, and the old
+    directory is complete at that name. A crash leaves at most these hidden siblings behind.
+
+    Raises:
+        OSError: a rename or an fsync failed; ``dest`` holds the old directory or the new one.
+    """
+    dest = os.path.abspath(dest)
+    parent = os.path.dirname(dest)
+    sync_tree(staging)
+    if os.path.lexists(dest) and exchange(staging, dest):
+        fsync_dir(parent)
+        remove_tree(staging)  # now the replaced directory
+        return
+    old = None
+    if os.path.lexists(dest):  # no atomic swap here: the old one goes aside first
+        old = _hidden_sibling(dest, OLD_MARK)
+        os.rename(dest, old)
+    try:
+        os.rename(staging, dest)
+    except BaseException:
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.rename(old, dest)
+        raise
+    fsync_dir(parent)
+    if old is not None:
+        remove_tree(old)

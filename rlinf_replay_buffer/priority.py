@@ -28,7 +28,6 @@ allocated after it.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Sequence
 from typing import Union
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from .errors import EmptyBufferError, InvalidArgumentError
+from .validate import check_float, check_int
 
 #: what the public calls accept as a 1-D array
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[float], Sequence[int]]
@@ -88,24 +88,6 @@ def _as_values(x: ArrayLike, name: str) -> np.ndarray:
     return arr
 
 
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidArgumentError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_float(value: object, name: str, low: float, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidArgumentError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not (math.isfinite(v) and low <= v <= high):
-        bound = f"in [{low}, {high}]" if math.isfinite(high) else f"finite and >= {low}"
-        raise InvalidArgumentError(f"{name} must be {bound}, got {value!r}")
-    return v
-
-
 class SumTree:
     """Sums and maxima over ``capacity`` non-negative float64 leaves.
 
@@ -122,7 +104,7 @@ class SumTree:
         capacity: number of leaves wanted (>= 1); rounded up to a power of two. All leaves
             start at 0.
         """
-        cap = _next_pow2(_check_int(capacity, "capacity", 1))
+        cap = _next_pow2(check_int("capacity", capacity, 1))
         self._cap = cap
         self._depth = cap.bit_length() - 1  # levels above the leaves
         self._sum = np.zeros(2 * cap, dtype=np.float64)
@@ -224,7 +206,7 @@ class SumTree:
 
         Leaf ``i`` keeps its index and value; the new leaves are 0. Costs ``O(new capacity)``.
         """
-        target = 2 * self._cap if min_capacity is None else _check_int(min_capacity, "min_capacity", 1)
+        target = 2 * self._cap if min_capacity is None else check_int("min_capacity", min_capacity, 1)
         if target <= self._cap:
             return
         cap = self._cap
@@ -332,9 +314,9 @@ class PrioritizedSampler:
             (lower-variance batches) and shuffle the batch, instead of ``num`` independent
             draws. Either way each row's marginal distribution is ``P``.
         """
-        self._alpha = _check_float(alpha, "alpha", 0.0)
-        self._beta = _check_float(beta, "beta", 0.0, 1.0)
-        self._eps = _check_float(eps, "eps", 0.0)
+        self._alpha = check_float("alpha", alpha, 0.0)
+        self._beta = check_float("beta", beta, 0.0, 1.0)
+        self._eps = check_float("eps", eps, 0.0)
         if not isinstance(generator, torch.Generator):
             raise InvalidArgumentError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         if generator.device.type != "cpu":
@@ -362,7 +344,7 @@ class PrioritizedSampler:
 
     @beta.setter
     def beta(self, value: float) -> None:
-        self._beta = _check_float(value, "beta", 0.0, 1.0)
+        self._beta = check_float("beta", value, 0.0, 1.0)
 
     @property
     def eps(self) -> float:
@@ -412,7 +394,7 @@ class PrioritizedSampler:
     def restore_max_priority(self, value: float) -> None:
         """Set the running maximum given to new slots (restoring a saved sampler; priorities
         restored through :meth:`update_priorities` may have nudged it by a rounding error)."""
-        value = _check_float(value, "max_priority", 0.0)
+        value = check_float("max_priority", value, 0.0)
         with self._lock:
             self._max_raw = value
 
@@ -474,7 +456,7 @@ class PrioritizedSampler:
         Returns:
             ``start``: the slots are ``start .. start + n - 1``, valid until removed.
         """
-        n = _check_int(n, "n", 0)
+        n = check_int("n", n, 0)
         with self._lock:
             start = self._next
             if n == 0:
@@ -496,8 +478,8 @@ class PrioritizedSampler:
             InvalidArgumentError: one of them is not live (never allocated or already removed);
                 nothing is changed then.
         """
-        start = _check_int(start, "start", 0)
-        n = _check_int(n, "n", 0)
+        start = check_int("start", start, 0)
+        n = check_int("n", n, 0)
         with self._lock:
             if n == 0:
                 return
@@ -551,7 +533,7 @@ class PrioritizedSampler:
         Raises:
             EmptyBufferError: no live slot has a positive priority.
         """
-        num = _check_int(num, "num", 1)
+        num = check_int("num", num, 1)
         with self._lock:
             total = self._tree.total
             if self._live == 0 or not total > 0:

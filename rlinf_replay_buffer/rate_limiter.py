@@ -47,38 +47,10 @@ import threading
 import time
 from collections.abc import Callable
 
-import numpy as np
+from .errors import InvalidArgumentError, RateLimiterClosedError, RateLimitTimeout
+from .validate import check_float, check_int
 
-from .errors import InvalidArgumentError, ReplayBufferError
-
-
-class RateLimitTimeout(ReplayBufferError, TimeoutError):
-    """A wait for the right to insert or sample ran out of time; the counts are unchanged."""
-
-
-class RateLimiterClosedError(ReplayBufferError, RuntimeError):
-    """The rate limiter was closed while (or before) waiting on it."""
-
-
-def _check_count(n: object, name: str = "n", minimum: int = 0) -> int:
-    if isinstance(n, np.integer):
-        n = int(n)
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise InvalidArgumentError(f"{name} must be an int, got {type(n).__name__} {n!r}")
-    if n < minimum:
-        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {n}")
-    return n
-
-
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise InvalidArgumentError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    t = float(timeout)
-    if math.isnan(t) or t < 0:
-        raise InvalidArgumentError(f"timeout must be >= 0 seconds (or None: no limit), got {timeout!r}")
-    return None if math.isinf(t) else t
+__all__ = ["RateLimitTimeout", "RateLimiter", "RateLimiterClosedError"]
 
 
 class RateLimiter:
@@ -124,7 +96,7 @@ class RateLimiter:
             raise InvalidArgumentError(
                 f"samples_per_insert must be finite and > 0, got {samples_per_insert!r}"
             )
-        min_size = _check_count(min_size_to_sample, "min_size_to_sample", 1)
+        min_size = check_int("min_size_to_sample", min_size_to_sample, 1)
         if isinstance(error_buffer, tuple):
             if len(error_buffer) != 2:
                 raise InvalidArgumentError(
@@ -223,13 +195,13 @@ class RateLimiter:
 
     def can_insert(self, n: int = 1) -> bool:
         """Whether inserting ``n`` transitions is allowed now (does not record anything)."""
-        n = _check_count(n)
+        n = check_int("n", n, 0)
         with self._cond:
             return self._can_insert(n)
 
     def can_sample(self, n: int = 1) -> bool:
         """Whether sampling ``n`` transitions is allowed now (does not record anything)."""
-        n = _check_count(n)
+        n = check_int("n", n, 0)
         with self._cond:
             return self._can_sample(n)
 
@@ -241,8 +213,8 @@ class RateLimiter:
             InvalidArgumentError: the band is too narrow for these batch sizes; the message says
                 how wide it must be.
         """
-        a = _check_count(insert_size, "insert_size", 1)
-        b = _check_count(sample_size, "sample_size", 1)
+        a = check_int("insert_size", insert_size, 1)
+        b = check_int("sample_size", sample_size, 1)
         need = self._spi * a + b
         if self._max_diff - self._min_diff < need:
             raise InvalidArgumentError(
@@ -256,14 +228,14 @@ class RateLimiter:
 
     def on_insert(self, n: int) -> None:
         """Record ``n`` inserted transitions (>= 0) and wake the waiters."""
-        n = _check_count(n)
+        n = check_int("n", n, 0)
         with self._cond:
             self._inserts += n
             self._cond.notify_all()
 
     def on_sample(self, n: int) -> None:
         """Record ``n`` sampled transitions (>= 0) and wake the waiters."""
-        n = _check_count(n)
+        n = check_int("n", n, 0)
         with self._cond:
             self._samples += n
             self._cond.notify_all()
@@ -271,7 +243,7 @@ class RateLimiter:
     def on_remove(self, n: int) -> None:
         """Record ``n`` transitions that left the buffer (>= 0, at most ``size``): they no
         longer count towards ``min_size_to_sample``. ``diff`` is unaffected."""
-        n = _check_count(n)
+        n = check_int("n", n, 0)
         with self._cond:
             if n > self._inserts - self._removes:
                 raise InvalidArgumentError(
@@ -284,7 +256,7 @@ class RateLimiter:
     def cancel_sample(self, n: int) -> None:
         """Give back ``n`` samples recorded by :meth:`acquire_sample` for a sample that then
         failed (nothing was returned), and wake the waiters."""
-        n = _check_count(n)
+        n = check_int("n", n, 0)
         with self._cond:
             self._samples = max(0, self._samples - n)
             self._cond.notify_all()
@@ -294,7 +266,7 @@ class RateLimiter:
         they count as inserted, and inserts and samples as in balance (``diff`` at
         ``samples_per_insert * min(size, min_size_to_sample)``, the middle of a symmetric
         band). Wakes the waiters."""
-        size = _check_count(size, "size")
+        size = check_int("size", size, 0)
         with self._cond:
             self._inserts, self._removes = size, 0
             self._samples = self._spi * (size - min(size, self._min_size))
@@ -310,7 +282,7 @@ class RateLimiter:
 
     def _wait(self, rule: Callable[[int], bool], n: int, timeout: float | None, what: str) -> None:
         """Wait, holding the lock on return, until ``rule(n)``; raise on close or timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None or math.isinf(timeout) else time.monotonic() + timeout
         while True:
             if self._closed:
                 raise RateLimiterClosedError(f"the rate limiter was closed while waiting to {what} {n}")
@@ -368,8 +340,8 @@ class RateLimiter:
             RateLimitTimeout: still not allowed after ``timeout`` seconds.
             RateLimiterClosedError: the limiter is, or gets, closed.
         """
-        n = _check_count(n)
-        timeout = _check_timeout(timeout)
+        n = check_int("n", n, 0)
+        timeout = check_float("timeout", timeout, 0, allow_none=True, finite=False)
         with self._cond:
             self._wait(self._can_insert, n, timeout, "insert")
 
@@ -377,15 +349,15 @@ class RateLimiter:
         """Block until sampling ``n`` transitions is allowed (records nothing: follow with
         :meth:`on_sample`, or use :meth:`acquire_sample`). Arguments and errors as
         :meth:`await_can_insert`."""
-        n = _check_count(n)
-        timeout = _check_timeout(timeout)
+        n = check_int("n", n, 0)
+        timeout = check_float("timeout", timeout, 0, allow_none=True, finite=False)
         with self._cond:
             self._wait(self._can_sample, n, timeout, "sample")
 
     def acquire_insert(self, n: int, timeout: float | None = None) -> None:
         """:meth:`await_can_insert` and :meth:`on_insert` in one atomic step."""
-        n = _check_count(n)
-        timeout = _check_timeout(timeout)
+        n = check_int("n", n, 0)
+        timeout = check_float("timeout", timeout, 0, allow_none=True, finite=False)
         with self._cond:
             self._wait(self._can_insert, n, timeout, "insert")
             self._inserts += n
@@ -393,8 +365,8 @@ class RateLimiter:
 
     def acquire_sample(self, n: int, timeout: float | None = None) -> None:
         """:meth:`await_can_sample` and :meth:`on_sample` in one atomic step."""
-        n = _check_count(n)
-        timeout = _check_timeout(timeout)
+        n = check_int("n", n, 0)
+        timeout = check_float("timeout", timeout, 0, allow_none=True, finite=False)
         with self._cond:
             self._wait(self._can_sample, n, timeout, "sample")
             self._samples += n

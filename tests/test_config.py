@@ -730,3 +730,13 @@ def test_unknown_key_in_an_rlinf_config_is_warned_not_fatal(tmp_path, close_afte
         buf = TrajectoryReplayBuffer.from_config(cfg)
     close_after(buf)
     assert buf.cache_size == 2000
+
+
+def test_config_knows_every_constructor_argument_and_only_those():
+    """config.py does not import the buffer, so it lists the constructor's arguments itself."""
+    import inspect
+
+    from rlinf_replay_buffer.config import CONSTRUCTOR_KEYS
+
+    own = set(inspect.signature(TrajectoryReplayBuffer.__init__).parameters) - {"self"}
+    assert own == set(CONSTRUCTOR_KEYS)

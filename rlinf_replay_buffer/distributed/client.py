@@ -14,6 +14,7 @@ Ray restarts a shard whose process dies (``max_restarts``); the restarted shard 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -26,20 +27,22 @@ import numpy as np
 import torch
 
 from ..batch import Batch
-from ..buffer import _check_bool, _check_int
 from ..directory import is_buffer_directory
 from ..errors import (
     BufferDirectoryError,
     EmptyBufferError,
     InvalidArgumentError,
+    MissingDependencyError,
     ReplayBufferError,
     ShardRestartedWarning,
     ShardUnavailableError,
 )
 from ..formats import check_format
+from ..fsio import publish_directory, staged_directory
 from ..priority import PrioritizedSampler
 from ..schema import Schema, schema_from_json
 from ..trajectory import Trajectory, align
+from ..validate import check_bool, check_int
 from . import shares
 from .batches import assemble, globalize_indices, importance_weights, split_draws
 from .routing import shard_of_key
@@ -57,7 +60,7 @@ _EMPTY_RETRIES = 3  # draws again after a shard found its window emptied since t
 
 def _require_ray() -> None:
     if ray is None:
-        raise ImportError(
+        raise MissingDependencyError(
             "RayTrajectoryReplayBuffer needs Ray: install the extra, pip install 'rlinf-replay-buffer[ray]'"
         )
 
@@ -131,8 +134,8 @@ class RayTrajectoryReplayBuffer:
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
             raise InvalidArgumentError(f"path must be a directory path, got {path!r}")
         self.path = os.path.abspath(os.fspath(path))
-        self.num_shards = _check_int("num_shards", num_shards, 1)
-        self.seed = _check_int("seed", seed, 0)
+        self.num_shards = check_int("num_shards", num_shards, 1)
+        self.seed = check_int("seed", seed, 0)
         if route_by is not None and not callable(route_by):
             raise InvalidArgumentError(f"route_by must be a function of a trajectory, got {route_by!r}")
         self.route_by = route_by
@@ -142,8 +145,7 @@ class RayTrajectoryReplayBuffer:
             ):
                 raise InvalidArgumentError(f"{label} must be None or seconds > 0, got {seconds!r}")
         self.call_timeout = call_timeout
-        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < -1:
-            raise InvalidArgumentError(f"max_restarts must be an int >= -1, got {max_restarts!r}")
+        max_restarts = check_int("max_restarts", max_restarts, -1)
         options = dict(shard_options or {})
         reserved = sorted(RESERVED_OPTIONS & set(options))
         if reserved:
@@ -156,7 +158,7 @@ class RayTrajectoryReplayBuffer:
                 raise InvalidArgumentError(
                     f"pass {key} to RayTrajectoryReplayBuffer itself, not in shard_options"
                 )
-        self.prioritized = _check_bool("prioritized", prioritized)
+        self.prioritized = check_bool("prioritized", prioritized)
         if self.prioritized:
             options.update(
                 prioritized=True,
@@ -169,9 +171,9 @@ class RayTrajectoryReplayBuffer:
             )  # checks
         self._beta = float(priority_beta)
         options.update(
-            sample_window_size=_check_int("sample_window_size", sample_window_size, 0),
-            enable_cache=_check_bool("enable_cache", enable_cache),
-            cache_size=_check_int("cache_size", cache_size, 0),
+            sample_window_size=check_int("sample_window_size", sample_window_size, 0),
+            enable_cache=check_bool("enable_cache", enable_cache),
+            cache_size=check_int("cache_size", cache_size, 0),
             trajectory_format=check_format(trajectory_format),
         )
         self._check_finite = bool(options.get("check_finite", False))
@@ -483,7 +485,7 @@ class RayTrajectoryReplayBuffer:
             EmptyBufferError: no shard holds a transition in its window.
             ShardUnavailableError: a shard is down (no partial batch is returned).
         """
-        return self._draw(_check_int("num_chunks", num_chunks, 1), None)
+        return self._draw(check_int("num_chunks", num_chunks, 1), None)
 
     def sample_sequences(self, num_sequences: int, seq_len: int, pad: bool = False) -> Batch:
         """Draw runs of ``seq_len`` steps, uniform over the valid starts of all shards.
@@ -492,8 +494,8 @@ class RayTrajectoryReplayBuffer:
             The batch of ``TrajectoryReplayBuffer.sample_sequences``: ``[N, L, ...]`` tensors
             and ``mask`` (bool ``[N, L]``).
         """
-        num = _check_int("num_sequences", num_sequences, 1)
-        kind = (_check_int("seq_len", seq_len, 1), _check_bool("pad", pad))
+        num = check_int("num_sequences", num_sequences, 1)
+        kind = (check_int("seq_len", seq_len, 1), check_bool("pad", pad))
         return self._draw(num, kind)
 
     def _refresh(self, kind: tuple[int, bool] | None) -> np.ndarray:
@@ -643,7 +645,7 @@ class RayTrajectoryReplayBuffer:
 
     def is_ready(self, min_size: int = 1) -> bool:
         """Whether the shards hold at least ``min_size`` trajectories and a draw is possible."""
-        min_size = _check_int("min_size", min_size, 0)
+        min_size = check_int("min_size", min_size, 0)
         stats = self.get_stats()
         return stats["size"] >= min_size and stats["window_transitions"] > 0
 
@@ -682,10 +684,10 @@ class RayTrajectoryReplayBuffer:
                 f"{dest}: a checkpoint cannot be inside the buffer's directory {self.path} or contain it"
             )
         _check_checkpoint_destination(dest)
-        with checkpoint.writing(dest):
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            staging = checkpoint.new_staging_dir(dest)
-        try:
+        with contextlib.ExitStack() as stack:
+            with checkpoint.writing(dest):
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                staging = stack.enter_context(staged_directory(dest))
             self._call("save", {k: (staging,) for k in range(self.num_shards)})
             missing = [
                 k for k in range(self.num_shards) if not is_buffer_directory(shares.live_dir(staging, k))
@@ -696,12 +698,7 @@ class RayTrajectoryReplayBuffer:
                     "wrote; save_checkpoint needs a file system shared by the client and the shards"
                 )
             with checkpoint.writing(dest):
-                checkpoint.publish(staging, dest)
-        except BaseException:
-            import shutil
-
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+                publish_directory(staging, dest)
         self._unflushed = [0] * self.num_shards
 
     def load_checkpoint(self, load_path: str) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ..validate import check_int
+
 Tree = dict[str, Any]
 """A flattened trajectory: ``str`` -> tensor ``[rows, ...]``, nested dict, or another value."""
 
@@ -44,9 +46,7 @@ class PriorityStore:
     """
 
     def __init__(self, maxsize: int) -> None:
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
-            raise ValueError(f"maxsize must be an int >= 1, got {maxsize!r}")
-        self.maxsize = maxsize
+        self.maxsize = check_int("maxsize", maxsize, 1)  # InvalidArgumentError: a ValueError
         self._keys: list[tuple[Any, int]] = []  # (priority, sequence number), ascending
         self._items: dict[int, Any] = {}  # sequence number -> item
         self._used: set[int] = set()  # sequence numbers returned by topn
@@ -148,9 +148,7 @@ class TrajectoryCache:
     """
 
     def __init__(self, max_size: int = 5) -> None:
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-            raise ValueError(f"max_size must be an int >= 1, got {max_size!r}")
-        self.max_size = max_size
+        self.max_size = check_int("max_size", max_size, 1)  # InvalidArgumentError: a ValueError
         self.cache: dict[int, int] = {}
         self._buffer: Tree | None = None
         self._slot_length: int | None = None

@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..checkpoint import new_staging_dir, publish, read_rows
+from ..checkpoint import read_rows
 from ..directory import (
     INDEX,
     INDEX_RLINF_MERGE,
@@ -36,9 +36,10 @@ from ..directory import (
 from ..errors import BufferDirectoryError, CorruptBufferError, InvalidArgumentError
 from ..formats import SEGMENT
 from ..formats.segment import SegmentStore
-from ..fsio import atomic_copy, fsync_dir, link_or_copy
+from ..fsio import atomic_copy, fsync_dir, link_or_copy, publish_directory, staged_directory
 from ..integrity import file_checksum, mismatch
 from ..schema import Schema, combine
+from ..validate import check_int
 
 _RANK_DIR = re.compile(r"^rank_(\d+)$")
 
@@ -174,10 +175,7 @@ def merge_or_split(
         BufferDirectoryError: the destination exists and is not empty, or lies in a source.
         CorruptBufferError, BufferNotFoundError: a source is inconsistent (nothing is changed).
     """
-    if split_count is not None and (
-        isinstance(split_count, bool) or not isinstance(split_count, int) or split_count < 1
-    ):
-        raise InvalidArgumentError(f"--split-count must be an int >= 1, got {split_count!r}")
+    split_count = check_int("--split-count", split_count, 1, allow_none=True)
     sources = find_sources(source_path)
     contents: list[DirectoryContents] = []
     schema: Schema | None = None
@@ -194,10 +192,9 @@ def merge_or_split(
     fmt = fmts.pop()
     chosen = plan(contents, split_count)
     dest = _check_destination(save_path, sources)
-    staging = new_staging_dir(dest)
     placed: list[tuple[Record, Record]] = []  # (source record, record in the output)
-    store = SegmentStore(staging, schema) if fmt == SEGMENT and schema is not None else None
-    try:
+    with staged_directory(dest) as staging:
+        store = SegmentStore(staging, schema) if fmt == SEGMENT and schema is not None else None
         for new_id, (_, record) in enumerate(chosen):
             renumbered = dataclasses.replace(record, trajectory_id=new_id, directory=staging)
             if store is not None:  # segments: copy the rows into the output's own segments
@@ -223,12 +220,8 @@ def merge_or_split(
         entries = [r.to_entry() for _, r in placed]
         write_index(staging, entries)
         write_metadata(staging, fmt, entries, len(entries), contents[0].seed, schema)
-        fsync_dir(staging)
         _verify(staging, placed)
-        publish(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        publish_directory(staging, dest)
     if not copy:
         _release_sources(contents, {(src, r.trajectory_id) for src, r in chosen}, schema)
     return MergeSplitResult(

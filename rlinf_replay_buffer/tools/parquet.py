@@ -30,9 +30,7 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import struct
-import uuid
 import zlib
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -42,7 +40,7 @@ import numpy as np
 import torch
 
 from .. import formats
-from ..checkpoint import new_staging_dir, place_records, publish, read_rows, writing
+from ..checkpoint import place_records, read_rows, writing
 from ..directory import Record, read_directory, write_index, write_metadata
 from ..errors import (
     BufferDirectoryError,
@@ -50,12 +48,13 @@ from ..errors import (
     CorruptBufferError,
     InvalidArgumentError,
     InvalidTrajectoryError,
-    ReplayBufferError,
+    MissingDependencyError,
 )
 from ..formats.segment import SegmentStore
-from ..fsio import TMP_PREFIX, fsync_dir
+from ..fsio import atomic_file, publish_directory, staged_directory
 from ..schema import ColumnSpec, Schema, schema_from_json
 from ..trajectory import Key, align, file_dict_from_columns, key_name
+from ..validate import check_int
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``, called after each trajectory is written."""
@@ -71,10 +70,6 @@ INSTALL_HINT = "pip install rlinf-replay-buffer[tools]"
 PNG, LIST, SCALAR, EMPTY = "png", "list", "scalar", "empty"
 _CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _COMPRESSIONS = ("none", "snappy", "gzip", "brotli", "lz4", "zstd")
-
-
-class MissingDependencyError(ReplayBufferError, ImportError):
-    """An optional dependency (pyarrow, Pillow) of the Parquet tools is not installed."""
 
 
 def _pyarrow() -> tuple[Any, Any]:
@@ -296,12 +291,6 @@ class ExportResult:
     source_format: str = ""
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # grayscale, RGB, RGBA
 _PNG_FILTER_UP = 2
@@ -435,8 +424,8 @@ def export_parquet(
         InvalidArgumentError: bad options.
         MissingDependencyError: pyarrow is not installed.
     """
-    row_group_trajectories = _check_positive_int("row_group_trajectories", row_group_trajectories)
-    row_group_bytes = _check_positive_int("row_group_bytes", row_group_bytes)
+    row_group_trajectories = check_int("row_group_trajectories", row_group_trajectories, 1)
+    row_group_bytes = check_int("row_group_bytes", row_group_bytes, 1)
     if not isinstance(compression, str) or compression.lower() not in _COMPRESSIONS:
         raise InvalidArgumentError(f"compression must be one of {list(_COMPRESSIONS)}, got {compression!r}")
     if isinstance(png_compress_level, bool) or png_compress_level not in range(10):
@@ -456,12 +445,10 @@ def export_parquet(
         contents.seed,
     )
     schema_arrow = arrow_schema(pa, layout, description)
-    directory = os.path.dirname(out)
-    tmp = os.path.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(out)}")
     store = SegmentStore(contents.path, schema) if contents.fmt == formats.SEGMENT and schema else None
     row_groups = 0
     try:
-        with writing(out, "the Parquet file"), open(tmp, "xb") as f:
+        with writing(out, "the Parquet file"), atomic_file(out) as f:
             with pq.ParquetWriter(
                 f,
                 schema_arrow,
@@ -491,15 +478,6 @@ def export_parquet(
                     if progress is not None:
                         progress(done, total)
                 flush()
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            os.replace(tmp, out)
-            fsync_dir(directory)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     finally:
         if store is not None:
             store.forget_maps()
@@ -842,7 +820,7 @@ def import_parquet(
         MissingDependencyError: pyarrow or Pillow is not installed.
     """
     fmt = formats.check_format(trajectory_format)
-    batch_rows = _check_positive_int("batch_rows", batch_rows)
+    batch_rows = check_int("batch_rows", batch_rows, 1)
     pa, pq = _pyarrow()
     if not isinstance(parquet_path, str | os.PathLike) or not os.fspath(parquet_path):
         raise InvalidArgumentError(f"parquet_path must be a file path, got {parquet_path!r}")
@@ -858,14 +836,12 @@ def import_parquet(
     info = read_description(pa, path, pf.schema_arrow)
     Image = _pillow() if any(f.encoding == PNG for f in info.layout) else None
     dest = _check_dest(dest_path)
-    with writing(dest):
-        staging = new_staging_dir(dest)
     ids: list[int] = []
     entries: list[dict[str, Any]] = []
     transitions = 0
-    store = SegmentStore(staging, info.schema) if fmt == formats.SEGMENT and info.schema else None
-    try:
-        with writing(dest):
+    with writing(dest), staged_directory(dest) as staging:
+        store = SegmentStore(staging, info.schema) if fmt == formats.SEGMENT and info.schema else None
+        try:
             try:
                 for tid, table in _trajectory_slices(pa, pf, path, batch_rows):
                     data = decode_trajectory(pa, Image, info, tid, table, path)
@@ -902,14 +878,12 @@ def import_parquet(
             write_metadata(
                 staging, fmt, entries, max(ids, default=-1) + 1, info.seed, info.schema if ids else None
             )
-            fsync_dir(staging)
-            publish(staging, dest)
-    except BaseException:
-        if store is not None:
-            with contextlib.suppress(Exception):
-                store.close()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            publish_directory(staging, dest)
+        except BaseException:
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    store.close()
+            raise
     return ImportResult(
         parquet_path=path,
         dest_path=dest,

@@ -41,14 +41,14 @@ from ..directory import (
     JOURNAL,
     METADATA,
     Record,
-    _int_field,
-    _record_from_entry,
     apply_journal,
     check_directory,
     in_layout,
+    int_field,
     list_trajectory_files,
     open_file_record,
     parse_journal,
+    record_from_entry,
     safe_file,
     write_index,
     write_metadata,
@@ -287,7 +287,7 @@ class _Checker:
         try:
             safe_file(self.path, name)
             if "num_steps" in entry and "shape" in entry:
-                record = _record_from_entry(self.path, entry, name)
+                record = record_from_entry(self.path, entry, name)
             else:  # RLinf's entries: the file tells the shape
                 record, _ = open_file_record(self.path, name, tid, name.rsplit(".", 1)[1], entry)
         except UnsafeFileError as exc:
@@ -348,8 +348,8 @@ class _Checker:
             self.problem("missing", f"{seg_dir}: segment of trajectory {tid} is missing", tid, seg_dir)
             return None
         try:
-            _int_field(entry, "row", where)
-            record = _record_from_entry(self.path, entry, name, where)
+            int_field(entry, "row", where)
+            record = record_from_entry(self.path, entry, name, where)
             record.row = row
         except CorruptBufferError as exc:
             self.problem("index", str(exc), tid)

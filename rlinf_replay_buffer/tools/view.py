@@ -50,10 +50,12 @@ import torch
 from ..buffer import TrajectoryReplayBuffer
 from ..checkpoint import read_rows
 from ..directory import Record, read_directory
-from ..errors import InvalidArgumentError, ReplayBufferError
+from ..errors import InvalidArgumentError, MissingDependencyError, ReplayBufferError
+from ..errors import ToolsNotInstalledError as ToolsNotInstalledError  # its earlier home: re-exported
 from ..fsio import atomic_write
 from ..schema import Schema
 from ..trajectory import Key, key_name
+from ..validate import check_int
 
 EXTRA = "rlinf-replay-buffer[tools]"
 FLAG_FIELDS = ("dones", "terminations", "truncations", "intervene_flags")
@@ -77,10 +79,6 @@ _LINE, _CHAR_INCHES, _SEP = 0.21, 0.085, "   ·   "  # subtitle line height, wid
 _CAM_HEADER, _FRAME_LABEL, _FRAME_GAP, _MAX_FRAME_HEIGHT = 0.3, 0.26, 0.06, 3.0
 _PANEL_TITLE, _PANEL_GAP, _BLOCK_GAP = 0.28, 0.1, 0.2
 _ACTIONS_H, _REWARDS_H, _FLAG_ROW_H = 2.1, 1.3, 0.3
-
-
-class ToolsNotInstalledError(ReplayBufferError, ImportError):
-    """matplotlib or pillow is missing: ``pip install rlinf-replay-buffer[tools]``."""
 
 
 @dataclass
@@ -174,15 +172,9 @@ def id_ranges(ids: Sequence[int]) -> str:
     return ", ".join(out)
 
 
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InvalidArgumentError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
-
-
 def _check_common(out: Any, max_frames: Any, dpi: Any, width_inches: Any) -> str:
-    _check_int("max_frames", max_frames, 1)
-    _check_int("dpi", dpi, 10)
+    check_int("max_frames", max_frames, 1)
+    check_int("dpi", dpi, 10)
     if (
         isinstance(width_inches, bool)
         or not isinstance(width_inches, int | float)
@@ -212,7 +204,7 @@ def _import_matplotlib() -> tuple[Any, Any, Any]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ToolsNotInstalledError(
+        raise MissingDependencyError(
             f"drawing pictures needs matplotlib and pillow ({exc}); install them with `pip install {EXTRA}`"
         ) from exc
     return matplotlib, Figure, FigureCanvasAgg
@@ -554,8 +546,7 @@ def _per_row(max_frames: int) -> int:
 
 
 def _find_record(path: str, trajectory_id: Any) -> tuple[Record, Schema, Any]:
-    if isinstance(trajectory_id, bool) or not isinstance(trajectory_id, int):
-        raise InvalidArgumentError(f"trajectory id must be an int, got {trajectory_id!r}")
+    trajectory_id = check_int("trajectory id", trajectory_id)
     contents, schema = read_directory(path)
     for record in contents.records:
         if record.trajectory_id == trajectory_id:
@@ -606,7 +597,7 @@ def render_trajectory(
         InvalidArgumentError: no such trajectory (the message lists the ids present), ``env``
             out of range, bad ``max_frames``/``dpi``/``width_inches``/``out``.
         BufferNotFoundError, CorruptBufferError: the directory is missing or damaged.
-        ToolsNotInstalledError: matplotlib or pillow is missing.
+        MissingDependencyError: matplotlib or pillow is missing.
     """
     out = _check_common(out, max_frames, dpi, width_inches)
     _import_matplotlib()  # fail before reading anything if the extra is missing
@@ -682,10 +673,10 @@ def render_sample(
         InvalidArgumentError: ``num`` < 1, bad ``seed``/``max_frames``/``dpi``/``width_inches``/``out``.
         BufferNotFoundError, CorruptBufferError: the directory is missing or damaged.
         EmptyBufferError: the directory holds no transition.
-        ToolsNotInstalledError: matplotlib or pillow is missing.
+        MissingDependencyError: matplotlib or pillow is missing.
     """
-    num = _check_int("num", num, 1)
-    seed = _check_int("seed", seed, 0)
+    num = check_int("num", num, 1)
+    seed = check_int("seed", seed, 0)
     out = _check_common(out, max_frames, dpi, width_inches)
     _import_matplotlib()
     with TrajectoryReplayBuffer(
