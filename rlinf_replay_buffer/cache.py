@@ -305,6 +305,11 @@ class TrajectoryCache:
         """Stop tracking a pin."""
         self._pins = [p for p in self._pins if p is not pin]
 
+    @property
+    def open_pins(self) -> int:
+        """Pins not yet unpinned (each may copy rows out on eviction until it is)."""
+        return len(self._pins)
+
     # -- reads --------------------------------------------------------------------------------
     def _rows_of(self, tensor: torch.Tensor, capacity: int, slot: _Slot) -> torch.Tensor:
         start = slot.vstart % capacity

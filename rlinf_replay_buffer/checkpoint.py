@@ -1,54 +1,43 @@
-"""Checkpoint I/O: saving whole buffer directories, loading them, and the auto-save directory.
+"""Checkpoint I/O: saving whole buffer directories and loading them.
 
-* :func:`save` writes a snapshot into a temporary sibling directory and publishes it in place
+* :func:`snapshot_of` takes what a checkpoint must contain from a buffer's records and row
+  store; :func:`save` writes it into a temporary sibling directory and publishes it in place
   only when complete (:func:`~.fsio.publish_directory`), so an interrupted save never looks
-  like a checkpoint.
+  like a checkpoint; :func:`moved` tells where the buffer's records now live.
 * :func:`read` parses a directory (ours or RLinf's), optionally one rank's share.
-* :class:`OwnDirectory` is the auto-save directory a buffer writes to: it appends index entries
-  to a journal as files land and compacts them into ``trajectory_index.json``.
+
+The auto-save directory a buffer writes to as it runs is :mod:`.autosave`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 
 from . import formats
-from .directory import (
-    JOURNAL,
-    DirectoryContents,
-    Journal,
-    Record,
-    is_buffer_directory,
-    list_trajectory_files,
-    load_columns,
-    read_directory,
-    removed_ids,
-    safe_file,
-    write_index,
-    write_metadata,
-)
+from .directory import DirectoryContents, is_buffer_directory, read_directory
 from .errors import (
     BufferDirectoryError,
     BufferNotFoundError,
-    CorruptBufferError,
-    CorruptTrajectoryError,
     InvalidArgumentError,
     ReplayBufferError,
-    UnsafeFileError,
 )
-from .formats.segment import SEGMENT_RE, SegmentStore, truncate_segment
-from .fsio import fsync_dir, link_or_copy, remove_tmp_files, staged_directory
+from .formats.segment import SegmentStore
+from .fsio import link_or_copy, staged_directory
 from .fsio import publish_directory as publish  # save's last step, by this name
-from .integrity import file_checksum, mismatch, rows_checksum, verify_file, verify_rows
-from .schema import Schema, combine
-from .trajectory import Key, file_dict_from_columns, source_steps
+from .integrity import file_checksum, rows_checksum
+from .journal import write_index
+from .metadata import write_metadata
+from .naming import safe_file
+from .record import Record
+from .schema import Schema
+from .store import RowStore, read_rows, reading, verify_record
+from .trajectory import Key, file_dict_from_columns
 
 _COMPACT_MIN = 1024
 
@@ -68,43 +57,7 @@ def read(
     return read_directory(load_path, share, skip_corrupt=skip_corrupt, progress=progress)
 
 
-@contextlib.contextmanager
-def reading(record: Record) -> Iterator[None]:
-    """Report a damaged file met while reading ``record`` as :class:`CorruptTrajectoryError`
-    naming the trajectory (unsafe files keep their own error: they are never skipped)."""
-    try:
-        yield
-    except (CorruptTrajectoryError, UnsafeFileError):
-        raise
-    except CorruptBufferError as exc:
-        raise CorruptTrajectoryError(str(exc), record.trajectory_id, record.path) from None
-
-
-def verify_record(record: Record, store: SegmentStore | None = None) -> None:
-    """Check a record's data against its ``crc32`` (no-op without one).
-
-    Raises:
-        CorruptTrajectoryError: mismatch, or a truncated, missing or unreadable file.
-    """
-    if record.checksum is None:
-        return
-    with reading(record):
-        if record.fmt == formats.SEGMENT:
-            assert store is not None and record.file is not None and record.row is not None
-            found = store.checksum(record.file, record.row, record.num_transitions)
-            if found != record.checksum:
-                raise mismatch(record.trajectory_id, record.path or "", record.checksum, found)
-            return
-        try:
-            verify_file(record.trajectory_id, record.path or "", record.checksum)
-        except FileNotFoundError:
-            raise BufferNotFoundError(
-                f"{record.path}: the file of trajectory {record.trajectory_id} is missing; "
-                "restore it or repair the directory with the verify tool"
-            ) from None
-
-
-@dataclass
+@dataclass(frozen=True)
 class Snapshot:
     """What a checkpoint must contain, taken under the buffer's lock.
 
@@ -124,40 +77,6 @@ class Snapshot:
     fmt: str
     extra: Callable[[str], None] | None = None
     """Called with the staging directory before the index is written (e.g. priorities)."""
-
-
-def read_rows(
-    record: Record, schema: Schema | None, store: SegmentStore | None = None
-) -> dict[Key, torch.Tensor]:
-    """Aligned rows ``[T * B, ...]`` of a record's file or segment.
-
-    ``pt`` files are memory-mapped (rows are views of the mapping); segment rows are copied.
-    The data is checked against the record's checksum first.
-
-    Raises:
-        CorruptTrajectoryError: the data fails its checksum, or the file is truncated or
-            unreadable.
-        CorruptBufferError: the file's fields differ from ``schema``.
-    """
-    n = record.num_transitions
-    if record.fmt == formats.SEGMENT:
-        assert schema is not None and record.file is not None and record.row is not None
-        store = store or SegmentStore(record.directory or "", schema)
-        with reading(record):
-            rows = store.read(record.file, record.row, n)
-            verify_rows(record.trajectory_id, record.path or "", rows, schema, record.checksum)
-        return rows
-    verify_record(record)
-    with reading(record):
-        raw = load_columns(record, mmap=True)
-    columns = {
-        k: v[torch.from_numpy(source_steps(k, int(v.shape[0]), record.num_steps))]
-        if int(v.shape[0]) != record.num_steps
-        else v
-        for k, v in raw.items()
-    }
-    combine(schema, Schema.of_columns(columns), f"{record.path}: ", CorruptBufferError)
-    return {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
 
 
 def record_rows(
@@ -295,212 +214,66 @@ def save(snapshot: Snapshot, save_path: str) -> dict[int, Record]:
     return {tid: replace(r, directory=dest) for tid, r in placed.items()}
 
 
-class OwnDirectory:
-    """The auto-save directory of a buffer: files, journal and compacted index.
+def snapshot_of(
+    records: list[Record],
+    store: RowStore,
+    lock: threading.RLock,
+    *,
+    counter: int,
+    seed: int | None,
+    fmt: str,
+    extra: Callable[[str], None] | None = None,
+) -> tuple[Snapshot, Callable[[], None]]:
+    """What a checkpoint of ``records`` (in index order) must contain; call under ``lock``.
 
-    Every trajectory this buffer writes is listed here (entries persist across ``clear()``);
-    ids are never reused within the directory.
+    Rows held only in memory are copied one trajectory at a time while the checkpoint is
+    written (the row store keeps them readable even if the ring evicts them meanwhile). Files in
+    RLinf's flattened layout are written again from their aligned rows, never linked or copied:
+    RLinf could not read them back itself. Returns the snapshot and ``release()``, to call
+    (under ``lock``) when the checkpoint is written or has failed.
     """
+    schema = store.schema
+    memory_rows, release = store.snapshot_rows(records)
+    flat = {r.trajectory_id: r for r in records if r.rlinf_flat and r.path is not None}
 
-    def __init__(
-        self,
-        path: str,
-        fmt: str,
-        seed: int | None,
-        contents: DirectoryContents,
-        schema: Schema | None,
-    ) -> None:
-        self.path = path
-        self.fmt = fmt
-        self.seed = seed
-        self.contents = contents
-        self.schema = schema
-        self.entries: dict[int, dict[str, Any]] = {r.trajectory_id: r.to_entry() for r in contents.records}
-        self._total = sum(int(e["num_samples"]) for e in self.entries.values())
-        self.next_id = contents.counter
-        self.journal = Journal(path)
-        self._store: SegmentStore | None = None
-        self._doomed: list[str] = []  # files or segments to delete once their removal is durable
-        self._segment_refs: dict[str, int] = {}  # segment -> entries naming it
-        self._unreferenced: set[str] = set()  # segments no entry names (deleted once sealed)
-        for entry in self.entries.values():
-            if entry.get("row") is not None:
-                self._segment_refs[entry["file"]] = self._segment_refs.get(entry["file"], 0) + 1
+    def rows_of(trajectory_id: int) -> dict[Key, torch.Tensor] | None:
+        original = flat.get(trajectory_id)
+        if original is not None:
+            return store.read(original, schema)
+        with lock:
+            return memory_rows(trajectory_id)
 
-    def segment_store(self, schema: Schema) -> SegmentStore:
-        """The store appending this directory's segments (``segment`` format only)."""
-        if self._store is None:
-            self._store = SegmentStore(self.path, schema)
-        return self._store
-
-    @classmethod
-    def open(cls, path: str, fmt: str, seed: int | None) -> OwnDirectory:
-        """Open (continuing) or create an auto-save directory."""
-        if os.path.lexists(path) and not os.path.isdir(path):
-            raise BufferDirectoryError(f"auto_save_path {path} exists and is not a directory")
-        with writing(path, "auto_save_path"):
-            return cls._open(path, fmt, seed)
-
-    @classmethod
-    def _open(cls, path: str, fmt: str, seed: int | None) -> OwnDirectory:
-        os.makedirs(path, exist_ok=True)
-        remove_tmp_files(path)
-        removed: list[int] = []
-        if os.path.lexists(os.path.join(path, JOURNAL)):
-            files = list_trajectory_files(path)
-            removed = removed_ids(path)
-            for tid in removed:  # evicted, but the crash came before their deletion
-                for name in files.get(tid, []):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(path, name))
-        if is_buffer_directory(path):
-            contents, schema = read_directory(path)
-            if contents.fmt != fmt:
-                raise BufferDirectoryError(
-                    f"auto_save_path {path} holds a {contents.fmt!r} buffer; construct the buffer "
-                    f"with trajectory_format={contents.fmt!r} or choose another path"
-                )
-            own = cls(path, fmt, seed, contents, schema)
-            if removed:  # never give an evicted id again (one evicted mid-write was never listed)
-                own.next_id = max(own.next_id, max(removed) + 1)
-            if fmt == formats.SEGMENT:
-                recover_segments(path, schema, contents.records)
-            if contents.journal_entries or removed or not contents.written_by_us:
-                own.compact(own.next_id, schema)  # the removal lines go once their files have
-            return own
-        if list_trajectory_files(path):
-            raise BufferDirectoryError(
-                f"auto_save_path {path} holds trajectory files but no metadata.json; repair it "
-                "with the verify tool or choose another path"
-            )
-        empty = DirectoryContents(path, fmt, [], [], 0, seed, True, 0, {})
-        own = cls(path, fmt, seed, empty, None)
-        own.compact(0, None)
-        return own
-
-    def record_written(self, record: Record, name: str, counter: int, schema: Schema | None) -> None:
-        """Append the entry of a file just written; compact when the journal grows long."""
-        entry = record.to_entry(name)
-        self._set_entry(entry)
-        self.next_id = max(self.next_id, record.trajectory_id + 1)
-        self.journal.append(entry)
-        if self.journal.lines > max(_COMPACT_MIN, len(self.entries)):
-            self.compact(counter, schema)
-
-    def sync(self, counter: int, schema: Schema | None) -> None:
-        """Make every appended entry and written file durable; refresh metadata."""
-        self.journal.sync()
-        fsync_dir(self.path)
-        self._delete_doomed()
-        self._write_metadata(counter, schema)
-
-    def remove(self, trajectory_ids: list[int]) -> None:
-        """Remove trajectories this directory lists (evicted by a capacity limit).
-
-        A removal line goes to the journal first; the files go once it is durable (at the next
-        :meth:`sync` or :meth:`compact`, or every 32 removals), so a crash never leaves an
-        entry naming a deleted file. A segment goes once no entry names it and it is sealed.
-        """
-        for tid in trajectory_ids:
-            entry = self.entries.pop(tid, None)
-            if entry is None:
-                continue
-            self._total -= int(entry["num_samples"])
-            self.journal.append({"trajectory_id": tid, "removed": True})
-            name = entry["file"]
-            if entry.get("row") is None:
-                self._doomed.append(name)
-                continue
-            self._segment_refs[name] -= 1
-            if self._segment_refs[name] == 0:
-                del self._segment_refs[name]
-                self._unreferenced.add(name)
-        self._sweep_unreferenced()
-        if len(self._doomed) >= 32:
-            self.journal.sync()
-            self._delete_doomed()
-
-    def _sweep_unreferenced(self) -> None:
-        """Doom the sealed segments no entry names (the active one waits until it is sealed)."""
-        active = self._store.active_name if self._store is not None else None
-        for name in [n for n in self._unreferenced if n != active]:
-            self._unreferenced.discard(name)
-            self._doomed.append(name)
-
-    def _delete_doomed(self) -> None:
-        """Delete files whose removal the (already fsync'd) journal records."""
-        self._sweep_unreferenced()
-        if not self._doomed:
-            return
-        for name in self._doomed:
-            target = os.path.join(self.path, name)
-            if SEGMENT_RE.match(name):
-                if self._store is not None:
-                    self._store.forget(name)
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(target)
-        self._doomed = []
-        fsync_dir(self.path)
-
-    def compact(self, counter: int, schema: Schema | None) -> None:
-        """Rewrite ``trajectory_index.json`` with every entry and drop the journal."""
-        self.journal.sync()
-        fsync_dir(self.path)
-        self._delete_doomed()
-        write_index(self.path, sorted(self.entries.values(), key=lambda e: e["trajectory_id"]))
-        self.journal.reset()
-        self._write_metadata(counter, schema)
-
-    def _write_metadata(self, counter: int, schema: Schema | None) -> None:
-        if schema is not None:
-            self.schema = schema
-        self.next_id = max(self.next_id, counter)
-        totals = (len(self.entries), self._total)
-        write_metadata(self.path, self.fmt, totals, self.next_id, self.seed, self.schema)
-
-    def _set_entry(self, entry: dict[str, Any]) -> None:
-        old = self.entries.get(entry["trajectory_id"])
-        self._total += int(entry["num_samples"]) - (int(old["num_samples"]) if old else 0)
-        self.entries[entry["trajectory_id"]] = entry
-        if old is None and entry.get("row") is not None:
-            self._segment_refs[entry["file"]] = self._segment_refs.get(entry["file"], 0) + 1
-            self._unreferenced.discard(entry["file"])
-
-    def absorb(self, snapshot: Snapshot) -> None:
-        """Copy into this directory every snapshot trajectory it does not list yet."""
-        for record in snapshot.records:
-            listed = self.entries.get(record.trajectory_id)
-            if listed is not None:
-                if listed.get("uuid") != record.uuid:
-                    raise BufferDirectoryError(
-                        f"cannot checkpoint into the auto-save directory {self.path}: it already "
-                        f"lists a different trajectory {record.trajectory_id}; save elsewhere"
-                    )
-                continue
-            store = self.segment_store(snapshot.schema) if self.fmt == formats.SEGMENT else None
-            assert snapshot.schema is not None or store is None
-            placed = place_records([record], snapshot.rows_of, self.path, self.fmt, snapshot.schema, store)
-            self._set_entry(placed[record.trajectory_id].to_entry())
-
-    def close(self) -> None:
-        """Close the journal handle and the segment being appended."""
-        self.journal.close()
-        if self._store is not None:
-            self._store.close()
+    snapshot = Snapshot(
+        records=[
+            replace(r, directory=None, file=None, row=None, rlinf_flat=False)
+            if r.trajectory_id in flat
+            else r
+            for r in records
+        ],
+        rows_of=rows_of,
+        schema=schema,
+        counter=counter,
+        seed=seed,
+        fmt=fmt,
+        extra=extra,
+    )
+    return snapshot, release
 
 
-def recover_segments(path: str, schema: Schema | None, records: list[Record]) -> None:
-    """Cut what a crash left in segment files beyond the rows the index names."""
-    committed: dict[str, int] = {}
-    for r in records:
-        if r.file is not None and r.row is not None:
-            committed[r.file] = max(committed.get(r.file, 0), r.row + r.num_transitions)
-    for name in os.listdir(path):
-        if SEGMENT_RE.match(name) and not os.path.islink(os.path.join(path, name)):
-            if committed.get(name, 0) == 0:  # no entry names it: evicted, or never committed
-                shutil.rmtree(os.path.join(path, name), ignore_errors=True)
-                continue
-            remove_tmp_files(os.path.join(path, name))  # an interrupted segment.json write
-            truncate_segment(os.path.join(path, name), schema, committed.get(name, 0))
+def moved(record: Record, placed: Record | None, save_path: str) -> Record | None:
+    """Where ``record`` lives after a checkpoint to ``save_path`` that wrote it as ``placed``:
+    only records whose files were in ``save_path`` (a checkpoint it replaced) move; the others
+    keep their files (the new checkpoint may be deleted or reused). ``None``: it stays."""
+    if placed is None or record.directory is None:
+        return None
+    if os.path.realpath(record.directory) != os.path.realpath(save_path):
+        return None
+    checksum = placed.checksum if record.rlinf_flat else record.checksum  # rewritten: a new file
+    return replace(
+        record,
+        directory=placed.directory,
+        file=placed.file,
+        row=placed.row,
+        checksum=checksum,
+        rlinf_flat=False,
+    )

@@ -1,29 +1,28 @@
-"""Buffer directories on disk: file naming, ``metadata.json``, the trajectory index and its journal.
+"""Reading whole buffer directories: :func:`read_directory` parses one into :class:`DirectoryContents`.
 
 A buffer directory (an auto-save path or a checkpoint) holds:
 
-* ``metadata.json``: format, counters, seed and field schema (``format_version`` 1).
-* ``trajectory_index.json``: RLinf's index (``trajectory_index`` + ``trajectory_id_list``), each
-  entry extended with this library's keys; rewritten atomically as a whole at compaction.
-* ``trajectory_index.journal``: one JSON entry per line, appended as trajectories are written
-  between compactions, so persisting the index costs O(1) per trajectory.
-* one file per trajectory, ``trajectory_{id}_{model_weights_uuid}_{model_update_count}.{pt|pkl}``.
+* ``metadata.json`` (:mod:`.metadata`): format, counters, seed and field schema.
+* ``trajectory_index.json`` and ``trajectory_index.journal`` (:mod:`.journal`): RLinf's index, its
+  entries extended with this library's keys, and the entries appended since it was last rewritten.
+* one file per trajectory, ``trajectory_{id}_{model_weights_uuid}_{model_update_count}.{pt|pkl}``
+  (:mod:`.naming`), or, in the ``segment`` format, ``seg-NNNNNN`` directories of rows.
 
-Directories written by RLinf itself (either file-name shape, ``storage_format``, unreliable
-``num_samples``, extra rows) are read too. ``docs/format.md`` is the full specification.
+Each index entry becomes a :class:`~.record.Record` (:func:`record_from_entry`). Directories written
+by RLinf itself (either file-name shape, ``storage_format``, unreliable ``num_samples``, extra rows)
+are read too: their files are opened to build the records (:func:`open_file_record`,
+:func:`in_layout`). :func:`load_columns` reads the columns of a record's file. ``docs/format.md`` is
+the full specification.
 """
 
 from __future__ import annotations
 
-import errno
-import json
 import os
-import re
 import uuid as uuidlib
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import torch
 
@@ -35,155 +34,21 @@ from .errors import (
     CorruptDataWarning,
     InvalidTrajectoryError,
     UnsafeFileError,
-    unreadable,
 )
 from .formats import segment
-from .fsio import atomic_write_json, fsync_dir
 from .integrity import check_entry_crc
+from .journal import INDEX, read_index
+from .metadata import METADATA, read_metadata
+from .naming import checked_weights_id, list_trajectory_files, read_json, safe_file
+from .record import Record
 from .schema import Schema, combine, schema_from_json
 from .trajectory import (
-    AlignedTrajectory,
     Key,
     align,
-    check_weights_id,
     iter_columns,
     nest_columns,
     unflatten_rlinf,
 )
-
-FORMAT_VERSION = 1
-METADATA = "metadata.json"
-INDEX = "trajectory_index.json"
-INDEX_RLINF_MERGE = "trajector_index.json"  # sic: also written by RLinf's merge tool
-JOURNAL = "trajectory_index.journal"
-#: ``trajectory_{id}_{rest}.{pt|pkl}``; ``rest`` may be empty (RLinf names ``trajectory_3_.pt`` a
-#: trajectory whose ``model_weights_id`` is ``""``)
-FILE_RE = re.compile(r"^trajectory_(\d+)_([A-Za-z0-9.\-_]*)\.(pt|pkl)\Z")
-
-
-def trajectory_file_name(trajectory_id: int, weights_id: str, update_count: int, fmt: str) -> str:
-    """``trajectory_{trajectory_id}_{model_weights_uuid}_{model_update_count}.{fmt}``."""
-    return f"trajectory_{trajectory_id}_{weights_id}_{update_count}.{fmt}"
-
-
-def rlinf_weights_id(file_name: str) -> str:
-    """What RLinf must read as ``model_weights_id`` to rebuild ``file_name`` from its id."""
-    m = FILE_RE.match(file_name)
-    if m is None:
-        raise ValueError(f"{file_name!r} is not a trajectory file name")
-    return m.group(2)
-
-
-@dataclass
-class Record:
-    """What the index knows of one trajectory.
-
-    Attributes:
-        trajectory_id: unique, increasing id.
-        num_steps: ``T`` (aligned rows); ``num_envs``: ``B``.
-        model_weights_id: the weights uuid; ``model_update_count``: policy updates at rollout.
-        uuid: this trajectory's own uuid.
-        directory: absolute directory of its file, or ``None`` while it lives only in memory.
-        file: file name inside ``directory`` (``None`` while memory-only).
-        shape: shape of ``rewards`` ``[T, B, ...]``.
-        row: for the ``segment`` format, the first row of the trajectory in segment ``file``.
-        checksum: CRC-32 of the file (``pt``/``pkl``) or of the rows (``segment``), see
-            :mod:`.integrity`; ``None`` for data written without one (RLinf's directories).
-        rlinf_flat: the file holds RLinf's flattened checkpoint layout (some columns
-            ``[rows * B, ...]``, see :func:`~.trajectory.unflatten_rlinf`): readable here, but
-            written into a checkpoint from its rows, never linked or copied. Recorded in the
-            index entry (``"rlinf_flat": true``) of a directory that links such a file.
-    """
-
-    trajectory_id: int
-    num_steps: int
-    num_envs: int
-    max_episode_length: int | None
-    model_weights_id: str
-    model_update_count: int
-    uuid: str
-    shape: list[int]
-    directory: str | None = None
-    file: str | None = None
-    row: int | None = None
-    checksum: int | None = None
-    rlinf_flat: bool = False
-
-    @property
-    def num_transitions(self) -> int:
-        """``T * B``."""
-        return self.num_steps * self.num_envs
-
-    @property
-    def path(self) -> str | None:
-        """Absolute path of the trajectory file, if it has one."""
-        if self.directory is None or self.file is None:
-            return None
-        return os.path.join(self.directory, self.file)
-
-    @property
-    def fmt(self) -> str | None:
-        """``"pt"`` or ``"pkl"`` from the file name, ``"segment"`` for rows in a segment."""
-        if self.file is None:
-            return None
-        return "segment" if self.row is not None else self.file.rsplit(".", 1)[1]
-
-    def canonical_name(self, fmt: str) -> str:
-        """The file name this library gives the trajectory in format ``fmt``."""
-        return trajectory_file_name(self.trajectory_id, self.model_weights_id, self.model_update_count, fmt)
-
-    def to_entry(self, file: str | None = None) -> dict[str, Any]:
-        """The index entry: RLinf's keys plus this library's.
-
-        ``model_weights_id`` is written as the part of the file name between the id and the
-        extension (``{uuid}_{update_count}`` for the names this library gives), so that RLinf,
-        which opens ``trajectory_{id}_{model_weights_id}.{fmt}``, finds the file.
-        """
-        name = file or self.file
-        if name is None:
-            raise ValueError("a memory-only record has no index entry")
-        if self.row is not None:
-            entry = {
-                **self._common_entry(),
-                "model_weights_id": self.model_weights_id,
-                "file": name,
-                "row": self.row,
-            }
-        else:
-            entry = {**self._common_entry(), "model_weights_id": rlinf_weights_id(name), "file": name}
-        if self.checksum is not None:
-            entry["crc32"] = self.checksum
-        if self.rlinf_flat:
-            entry["rlinf_flat"] = True
-        return entry
-
-    def _common_entry(self) -> dict[str, Any]:
-        return {
-            "num_samples": self.num_transitions,
-            "trajectory_id": self.trajectory_id,
-            "max_episode_length": self.max_episode_length,
-            "shape": list(self.shape),
-            "model_weights_uuid": self.model_weights_id,
-            "model_update_count": self.model_update_count,
-            "uuid": self.uuid,
-            "num_steps": self.num_steps,
-            "num_envs": self.num_envs,
-        }
-
-    @classmethod
-    def of_trajectory(cls, tid: int, traj: AlignedTrajectory, uid: str | None = None) -> Record:
-        """A memory-only record for a freshly added trajectory."""
-        rewards = traj.columns[("rewards",)]
-        return cls(
-            trajectory_id=tid,
-            num_steps=traj.num_steps,
-            num_envs=traj.num_envs,
-            max_episode_length=traj.max_episode_length,
-            model_weights_id=traj.model_weights_id,
-            model_update_count=traj.model_update_count,
-            uuid=uid or str(uuidlib.uuid4()),
-            shape=[int(d) for d in rewards.shape],
-        )
 
 
 @dataclass
@@ -213,40 +78,6 @@ class DirectoryContents:
     metadata: dict[str, Any]
 
 
-def refuse_link_out(path: str) -> None:
-    """Raise :class:`UnsafeFileError` if ``path`` is a symbolic link leading out of its directory."""
-    if os.path.islink(path):
-        real = os.path.realpath(path)
-        if os.path.dirname(real) != os.path.realpath(os.path.dirname(path)):
-            raise UnsafeFileError(
-                f"{path}: links outside the buffer directory (to {real}); refusing to read it"
-            )
-
-
-def _read_json(path: str, what: str) -> Any:
-    refuse_link_out(path)
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise
-    except PermissionError as exc:
-        raise unreadable(path, exc) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptBufferError(
-            f"{path}: {what} is not valid JSON ({exc}); restore it from a copy or rebuild the "
-            "directory with the verify tool"
-        ) from None
-
-
-def checked_weights_id(value: Any, where: str) -> str:
-    """A ``model_weights_id`` read from disk, refused if it could not be part of a file name."""
-    try:
-        return check_weights_id(value)
-    except InvalidTrajectoryError as exc:
-        raise UnsafeFileError(f"{where}: {exc}") from None
-
-
 def check_directory(path: str) -> str:
     """Return the absolute path of an existing directory, or raise a clear error."""
     if not isinstance(path, str | os.PathLike) or not str(path):
@@ -264,107 +95,6 @@ def is_buffer_directory(path: str) -> bool:
     return os.path.isfile(os.path.join(path, METADATA))
 
 
-def list_trajectory_files(path: str, regular: set[str] | None = None) -> dict[int, list[str]]:
-    """Trajectory files in ``path`` by id (names that match the naming rule only).
-
-    ``regular``, if given, receives the names that are not symbolic links.
-    """
-    found: dict[int, list[str]] = {}
-    with os.scandir(path) as it:
-        for entry in it:
-            m = FILE_RE.match(entry.name)
-            if m:
-                found.setdefault(int(m.group(1)), []).append(entry.name)
-                if regular is not None and not entry.is_symlink():
-                    regular.add(entry.name)
-    return found
-
-
-def safe_file(directory: str, name: str, regular: set[str] | None = None) -> str:
-    """Path of ``name`` in ``directory``; refuse names or links that lead outside it.
-
-    ``regular``: names just listed as non-links in ``directory`` (from
-    :func:`list_trajectory_files`), which need no further check; any other name is resolved.
-    Reading a file checks it again, so a swap after listing is still caught.
-    """
-    if not FILE_RE.match(name) or os.sep in name or (os.altsep and os.altsep in name):
-        raise UnsafeFileError(f"{directory}: index names file {name!r}, which is not a trajectory file")
-    path = os.path.join(directory, name)
-    if regular is not None and name in regular:
-        return path
-    real = os.path.realpath(path)
-    if os.path.dirname(real) != os.path.realpath(directory):
-        raise UnsafeFileError(f"{path}: links outside the buffer directory (to {real}); refusing to read it")
-    return path
-
-
-def read_metadata(path: str) -> dict[str, Any]:
-    """Parse ``metadata.json``; check its format and version."""
-    meta_path = os.path.join(path, METADATA)
-    if not os.path.exists(meta_path):
-        raise BufferNotFoundError(
-            f"{path}: no {METADATA}; this is not a replay buffer directory (expected "
-            f"{METADATA}, {INDEX} and trajectory_*.pt|pkl files)"
-        )
-    meta = _read_json(meta_path, METADATA)
-    if not isinstance(meta, dict):
-        raise CorruptBufferError(f"{meta_path}: expected a JSON object")
-    version = meta.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CorruptBufferError(
-            f"{meta_path}: format_version {version!r} is newer than this library reads "
-            f"({FORMAT_VERSION}); upgrade the library"
-        )
-    fmt = meta.get("trajectory_format", meta.get("storage_format"))
-    if fmt not in formats.ALL_FORMATS:
-        raise CorruptBufferError(f"{meta_path}: trajectory_format {fmt!r} is not 'pt', 'pkl' or 'segment'")
-    return meta
-
-
-def parse_journal(path: str) -> tuple[list[dict[str, Any]], list[int], bool]:
-    """The journal's entries, the numbers of its bad lines, and whether its last line is torn.
-
-    A torn last line (an append a crash interrupted, without its newline) is not a bad line.
-    """
-    jpath = os.path.join(path, JOURNAL)
-    if not os.path.lexists(jpath):
-        return [], [], False
-    if os.path.islink(jpath):
-        raise UnsafeFileError(f"{jpath}: is a symbolic link; the journal must be a regular file")
-    try:
-        with open(jpath, "rb") as f:
-            lines = f.read().split(b"\n")
-    except PermissionError as exc:
-        raise unreadable(jpath, exc) from None
-    entries: list[dict[str, Any]] = []
-    bad: list[int] = []
-    torn = False
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            entry = None
-        if isinstance(entry, dict):
-            entries.append(entry)
-        elif not any(rest.strip() for rest in lines[i + 1 :]):
-            torn = True  # the last line: an interrupted append
-        else:
-            bad.append(i + 1)
-    return entries, bad, torn
-
-
-def _read_journal(path: str) -> list[dict[str, Any]]:
-    entries, bad, _ = parse_journal(path)
-    if bad:
-        raise CorruptBufferError(
-            f"{os.path.join(path, JOURNAL)}: line {bad[0]} is not an index entry; repair the "
-            "directory with the verify tool (--repair)"
-        )
-    return entries
-
-
 _MAX_INT = 1 << 48  # ids, counts and rows beyond this are corrupt (and would overflow int64 math)
 
 
@@ -374,72 +104,6 @@ def int_field(entry: dict[str, Any], key: str, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_INT:
         raise CorruptBufferError(f"{where}: index entry has {key}={value!r}, expected an int in [0, 2**48)")
     return value
-
-
-def read_index(path: str) -> tuple[list[dict[str, Any]], bool, int]:
-    """Index entries in order (index file, then journal), whether ours, and journal length."""
-    entries: list[dict[str, Any]] = []
-    ours = False
-    for name in (INDEX, INDEX_RLINF_MERGE):
-        ipath = os.path.join(path, name)
-        if os.path.exists(ipath):
-            data = _read_json(ipath, name)
-            if (
-                not isinstance(data, dict)
-                or not isinstance(data.get("trajectory_index"), dict)
-                or not isinstance(data.get("trajectory_id_list"), list)
-            ):
-                raise CorruptBufferError(
-                    f"{ipath}: expected {{'trajectory_index': {{...}}, 'trajectory_id_list': [...]}}"
-                )
-            ours = data.get("format_version") is not None
-            table = data["trajectory_index"]
-            for tid in data["trajectory_id_list"]:
-                if isinstance(tid, bool) or not isinstance(tid, int):
-                    raise CorruptBufferError(f"{ipath}: trajectory_id_list holds {tid!r}")
-                entry = table.get(str(tid))
-                if not isinstance(entry, dict):
-                    raise CorruptBufferError(f"{ipath}: trajectory {tid} is listed but has no index entry")
-                entries.append(dict(entry, trajectory_id=tid))
-            break
-    journal = _read_journal(path)
-    if journal:
-        ours = ours or not entries
-    added, removed = apply_journal(entries, journal)
-    return entries, ours, added + len(removed)
-
-
-def apply_journal(entries: list[dict[str, Any]], journal: list[dict[str, Any]]) -> tuple[int, list[int]]:
-    """Apply journal lines to ``entries`` in place: an entry whose id is not listed yet is
-    appended; a removal (``{"trajectory_id": id, "removed": true}``, written when a capacity
-    limit evicts a trajectory) drops the id. Returns (entries appended, ids removed)."""
-    if not journal:
-        return 0, []
-    listed = {e.get("trajectory_id"): e for e in entries}
-    if len(listed) != len(entries):
-        raise CorruptBufferError("the index lists a trajectory id twice; repair it with the verify tool")
-    added = 0
-    removed: list[int] = []
-    for entry in journal:
-        tid = entry.get("trajectory_id")
-        if entry.get("removed") is True:
-            if listed.pop(tid, None) is not None:
-                removed.append(tid)
-        elif tid not in listed:
-            listed[tid] = entry
-            added += 1
-    entries[:] = list(listed.values())
-    return added, removed
-
-
-def removed_ids(path: str) -> list[int]:
-    """Ids the journal records as removed (their files may still await deletion)."""
-    entries, _, _ = parse_journal(path)
-    return [
-        e["trajectory_id"]
-        for e in entries
-        if e.get("removed") is True and isinstance(e.get("trajectory_id"), int)
-    ]
 
 
 def in_layout(
@@ -550,7 +214,7 @@ def _schema_of_segment(path: str, name: Any) -> Schema:
     meta_path = os.path.join(path, name, segment.SEGMENT_META)
     if os.path.islink(os.path.join(path, name)) or os.path.islink(meta_path):
         raise UnsafeFileError(f"{meta_path}: is a symbolic link; refusing to read it")
-    columns = _read_json(meta_path, segment.SEGMENT_META) if os.path.exists(meta_path) else None
+    columns = read_json(meta_path, segment.SEGMENT_META) if os.path.exists(meta_path) else None
     if not isinstance(columns, dict) or not isinstance(columns.get("columns"), list):
         raise CorruptBufferError(
             f"{path}: neither {METADATA} nor {meta_path} lists the buffer's fields; the directory "
@@ -747,137 +411,3 @@ def load_columns(record: Record, mmap: bool = True) -> dict[Key, torch.Tensor]:
             f"{path}: its rewards do not have the {record.num_steps} rows the index records"
         )
     return cols
-
-
-def write_metadata(
-    path: str,
-    fmt: str,
-    entries: Iterable[dict[str, Any]] | tuple[int, int],
-    counter: int,
-    seed: int | None,
-    schema: Schema | None,
-) -> None:
-    """Atomically write ``metadata.json`` (RLinf's keys plus ``format_version`` and fields).
-
-    ``size`` and ``total_samples`` count the trajectories and transitions the index lists;
-    ``entries`` is that index, or the pair ``(size, total_samples)`` when the caller keeps
-    running totals (so that writing metadata does not cost O(index size)).
-    """
-    if isinstance(entries, tuple):
-        size, total = entries
-    else:
-        listed = list(entries)
-        size, total = len(listed), sum(int(e["num_samples"]) for e in listed)
-    atomic_write_json(
-        os.path.join(path, METADATA),
-        {
-            "format_version": FORMAT_VERSION,
-            "trajectory_format": fmt,
-            "size": size,
-            "total_samples": total,
-            "trajectory_counter": counter,
-            "seed": seed,
-            "fields": schema.to_json() if schema else {},
-        },
-    )
-
-
-def write_index(path: str, entries: Iterable[dict[str, Any]], keep_journal: bool = False) -> None:
-    """Atomically write the whole index (entries in order), then drop the journal it contains.
-
-    ``keep_journal``: leave the journal in place (``flush()`` publishes the index for RLinf's
-    loader this way; the journal's entries are then all listed, and reading skips them).
-    """
-    entries = list(entries)
-    atomic_write_json(
-        os.path.join(path, INDEX),
-        {
-            "format_version": FORMAT_VERSION,
-            "trajectory_index": {str(e["trajectory_id"]): e for e in entries},
-            "trajectory_id_list": [e["trajectory_id"] for e in entries],
-        },
-    )
-    if keep_journal:
-        return
-    jpath = os.path.join(path, JOURNAL)
-    if os.path.exists(jpath):
-        os.unlink(jpath)
-        fsync_dir(path)
-
-
-def _trim_torn_tail(path: str) -> None:
-    """Cut a torn last line (an append interrupted by a crash) off the journal.
-
-    The reader ignores a torn final line, but the next append must not follow it: glued onto it
-    the new entry would be lost, and on a line of its own it would leave the torn line in the
-    middle, which makes the journal unreadable. (Journals are compacted every few thousand
-    entries, so reading one whole is cheap.)
-    """
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise UnsafeFileError(f"{path}: cannot be opened as a regular file ({exc.strerror})") from None
-    with os.fdopen(fd, "r+b") as f:
-        data = f.read()
-        body = data.rstrip(b"\n")
-        start = body.rfind(b"\n") + 1  # start of the last non-empty line
-        try:
-            last = json.loads(body[start:]) if body else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            last = None
-        if isinstance(last, dict):
-            if data and not data.endswith(b"\n"):  # complete but unterminated: end the line
-                f.write(b"\n")
-                os.fsync(f.fileno())
-            return
-        f.truncate(start)
-        os.fsync(f.fileno())
-
-
-class Journal:
-    """Append-only index journal: one JSON entry per line; ``sync()`` makes appends durable.
-
-    Attributes:
-        lines: lines appended since the journal was last folded into the index (:meth:`reset`).
-        appended: lines appended in this process, ever (never reset): a change counter.
-    """
-
-    def __init__(self, directory: str) -> None:
-        self.path = os.path.join(directory, JOURNAL)
-        self._file: IO[bytes] | None = None
-        self.lines = 0
-        self.appended = 0
-
-    def append(self, entry: dict[str, Any]) -> None:
-        """Append one entry (flushed to the OS, durable after :meth:`sync`)."""
-        if self._file is None:
-            _trim_torn_tail(self.path)
-            try:  # never through a link: the journal is written inside the directory only
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise UnsafeFileError(f"{self.path}: is a symbolic link; refusing to write it") from None
-                raise
-            self._file = os.fdopen(fd, "ab")
-        self._file.write(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
-        self._file.flush()
-        self.lines += 1
-        self.appended += 1
-
-    def sync(self) -> None:
-        """fsync the journal."""
-        if self._file is not None:
-            os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        """Close the file handle (entries stay on disk)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def reset(self) -> None:
-        """Forget the handle after the index compaction removed the file."""
-        self.close()
-        self.lines = 0

@@ -1,42 +1,92 @@
-"""The trajectory index: ids in insertion order, transition counts, the sampling window.
+"""The trajectory index: which trajectories the buffer holds, in order, and where their rows live.
 
-Appends and removals of the oldest trajectories are O(1) amortized; per-trajectory transition
-counts live in a growable int64 array so the window's cumulative sums are a single ``cumsum``
-over the window only (their cost does not grow with trajectories outside the window).
+This module is the one home of "where is trajectory ``t``": each trajectory has an immutable
+:class:`~.record.Record` (its shape, and its file or segment rows on disk, if any), and the
+index derives from it, once, as the record enters (:meth:`TrajectoryIndex.append`) or moves
+(:meth:`TrajectoryIndex.relocate`), the per-trajectory numbers the hot path needs: transition
+count, segment key and first row, ``model_update_count``, ``B``. They are kept in growable int64
+arrays, so the sampling :class:`Window` is a handful of array slices and one ``cumsum`` over the
+window only (its cost does not grow with trajectories outside it). Appends and removals of the
+oldest trajectory are O(1) amortized.
+
+Whether a trajectory's rows are also in memory (the ring or a pending write) is the row store's
+knowledge (:mod:`.store`), not the index's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
-from .directory import Record
+from .record import Record
+
+_COLUMNS = ("ids", "counts", "segs", "rows", "updates", "envs")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The sampling window: the newest trajectories, oldest first. Arrays are private copies.
+
+    Attributes:
+        ids: trajectory ids, int64 ``[W]``.
+        ends: cumulative transition counts, int64 ``[W]`` (``ends[-1]`` = transitions in it).
+        first: position of the window's first trajectory among all indexed ones.
+        segments: segment key of each trajectory's rows, int64 ``[W]`` (-1: not in a segment);
+            :meth:`TrajectoryIndex.segment` names the segment of a key.
+        first_rows: first row of each trajectory in its segment, int64 ``[W]`` (-1: none).
+        updates: ``model_update_count`` of each trajectory, int64 ``[W]``.
+        envs: ``B`` of each trajectory, int64 ``[W]``.
+        key: ``(index version, W)``: equal keys mean the same trajectories (for caches derived
+            from them; a relocation keeps the key).
+    """
+
+    ids: np.ndarray
+    ends: np.ndarray
+    first: int
+    segments: np.ndarray
+    first_rows: np.ndarray
+    updates: np.ndarray
+    envs: np.ndarray
+    key: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def total(self) -> int:
+        """Transitions in the window."""
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Transitions per trajectory, int64 ``[W]``."""
+        return np.diff(self.ends, prepend=0)
+
+    @property
+    def begins(self) -> np.ndarray:
+        """Window-flat number of each trajectory's first transition, int64 ``[W]``."""
+        return self.ends - self.counts
 
 
 class TrajectoryIndex:
-    """Ordered trajectories of a buffer, oldest first."""
+    """Ordered trajectories of a buffer, oldest first, with where their rows live."""
 
     def __init__(self) -> None:
         self._records: dict[int, Record] = {}
-        self._ids = np.empty(64, dtype=np.int64)
-        self._counts = np.empty(64, dtype=np.int64)
-        # where rows live in a segment: (segment key, first row); -1 when not in a segment
-        self._segs = np.empty(64, dtype=np.int64)
-        self._rows = np.empty(64, dtype=np.int64)
+        self._arrays = {name: np.empty(64, dtype=np.int64) for name in _COLUMNS}
         # whether a trajectory's data was checked against its checksum (or needs no check)
         self._checked = np.empty(64, dtype=np.bool_)
-        self._updates = np.empty(64, dtype=np.int64)  # model_update_count per trajectory
         self._pos: dict[int, int] = {}  # trajectory id -> array position
         self._head = 0  # first live position in the arrays
         self._tail = 0  # one past the last
         self._total = 0
-        self.version = 0  # bumped on every change (invalidates cached windows)
-        self._window_key: tuple[int, int] | None = None
-        self._window: tuple[np.ndarray, np.ndarray, int] | None = None
-        self._locations: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
+        self._segments: list[tuple[str, str]] = []  # segment key -> (directory, segment name)
+        self._segment_keys: dict[tuple[str, str], int] = {}
+        self.version = 0  # bumped when trajectories come or go (derived caches key on it)
+        self._window: Window | None = None
         self._checked_window: tuple[tuple[int, int], np.ndarray] | None = None
-        self._updates_window: tuple[tuple[int, int], np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self._tail - self._head
@@ -45,7 +95,7 @@ class TrajectoryIndex:
         return trajectory_id in self._records
 
     def __iter__(self) -> Iterator[Record]:
-        for tid in self._ids[self._head : self._tail].tolist():
+        for tid in self._arrays["ids"][self._head : self._tail].tolist():
             yield self._records[tid]
 
     def __getitem__(self, trajectory_id: int) -> Record:
@@ -58,84 +108,111 @@ class TrajectoryIndex:
 
     def ids(self) -> np.ndarray:
         """Indexed ids, oldest first (a copy)."""
-        return self._ids[self._head : self._tail].copy()
+        return self._arrays["ids"][self._head : self._tail].copy()
 
-    def append(self, record: Record, segment: int = -1, checked: bool = True) -> None:
+    def holds(self, record: Record) -> bool:
+        """Whether ``record`` itself (not only its id) is the index's current record."""
+        return self._records.get(record.trajectory_id) is record
+
+    # -- changes ------------------------------------------------------------------------------
+    def append(self, record: Record, checked: bool = True) -> None:
         """Add the newest trajectory.
 
         Args:
             record: the trajectory.
-            segment: key of the segment holding its rows (-1: none).
             checked: its data needs no checksum check before it is read (see
                 :meth:`window_checked`).
         """
         if record.trajectory_id in self._records:
             raise KeyError(f"trajectory {record.trajectory_id} is already indexed")
-        if self._tail == len(self._ids):
+        if self._tail == len(self._checked):
             self._grow()
-        self._ids[self._tail] = record.trajectory_id
-        self._counts[self._tail] = record.num_transitions
-        self._segs[self._tail] = segment
-        self._rows[self._tail] = record.row if segment >= 0 and record.row is not None else -1
-        self._checked[self._tail] = checked
-        self._updates[self._tail] = record.model_update_count
-        self._pos[record.trajectory_id] = self._tail
+        p = self._tail
+        self._arrays["ids"][p] = record.trajectory_id
+        self._arrays["counts"][p] = record.num_transitions
+        self._arrays["updates"][p] = record.model_update_count
+        self._arrays["envs"][p] = record.num_envs
+        self._checked[p] = checked
+        self._pos[record.trajectory_id] = p
         self._tail += 1
-        self._records[record.trajectory_id] = record
+        self._place(p, record)
         self._total += record.num_transitions
-        self.version += 1
+        self._changed()
+
+    def relocate(self, record: Record) -> None:
+        """Replace the record of an indexed trajectory by ``record`` (same id and shape, its
+        rows now elsewhere: a file written, rows appended to a segment, a checkpoint saved)."""
+        old = self._records[record.trajectory_id]
+        if old.num_transitions != record.num_transitions:
+            raise ValueError(f"trajectory {record.trajectory_id} cannot change its shape when it moves")
+        self._place(self._pos[record.trajectory_id], record)
+        self._window = None  # same trajectories (``version`` stays), rows elsewhere
+
+    def _place(self, p: int, record: Record) -> None:
+        """The one place a record's location becomes the index's numbers."""
+        segment = -1
+        if record.row is not None and record.directory is not None and record.file is not None:
+            where = (record.directory, record.file)
+            segment = self._segment_keys.get(where, -1)
+            if segment < 0:
+                segment = self._segment_keys[where] = len(self._segments)
+                self._segments.append(where)
+        self._arrays["segs"][p] = segment
+        self._arrays["rows"][p] = record.row if segment >= 0 else -1
+        self._records[record.trajectory_id] = record
 
     def _grow(self) -> None:
         live = self._tail - self._head
         size = max(64, 2 * live)
-        ids = np.empty(size, dtype=np.int64)
-        counts = np.empty(size, dtype=np.int64)
-        ids[:live] = self._ids[self._head : self._tail]
-        counts[:live] = self._counts[self._head : self._tail]
-        segs, rows = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
-        segs[:live] = self._segs[self._head : self._tail]
-        rows[:live] = self._rows[self._head : self._tail]
+        for name, old in self._arrays.items():
+            new = np.empty(size, dtype=np.int64)
+            new[:live] = old[self._head : self._tail]
+            self._arrays[name] = new
         checked = np.empty(size, dtype=np.bool_)
         checked[:live] = self._checked[self._head : self._tail]
-        updates = np.empty(size, dtype=np.int64)
-        updates[:live] = self._updates[self._head : self._tail]
+        self._checked = checked
         self._pos = {tid: p - self._head for tid, p in self._pos.items()}
-        self._ids, self._counts, self._head, self._tail = ids, counts, 0, live
-        self._segs, self._rows, self._checked, self._updates = segs, rows, checked, updates
+        self._head, self._tail = 0, live
 
-    def set_location(self, trajectory_id: int, segment: int, row: int) -> None:
-        """Record that a trajectory's rows now live in segment ``segment`` from ``row`` on."""
-        p = self._pos[trajectory_id]
-        self._segs[p], self._rows[p] = segment, row
-        self._locations = None
+    def _changed(self) -> None:
+        self.version += 1
+        self._window = None
+        self._checked_window = None
 
-    def window_locations(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(segment key, first row)`` per window trajectory, oldest first (-1: not in one)."""
-        n = len(self)
-        w = n if size <= 0 else min(size, n)
-        key = (self.version, w)
-        if self._locations is None or self._locations[0] != key:
-            lo = self._tail - w
-            self._locations = (key, self._segs[lo : self._tail].copy(), self._rows[lo : self._tail].copy())
-        return self._locations[1], self._locations[2]
+    def remove(self, trajectory_id: int) -> Record:
+        """Remove one trajectory wherever it is (O(n): for the rare damaged trajectory)."""
+        p = self._pos.pop(trajectory_id)
+        for arr in (*self._arrays.values(), self._checked):
+            arr[p : self._tail - 1] = arr[p + 1 : self._tail].copy()
+        self._tail -= 1
+        ids = self._arrays["ids"]
+        for q in range(p, self._tail):
+            self._pos[int(ids[q])] = q
+        record = self._records.pop(trajectory_id)
+        self._total -= record.num_transitions
+        self._changed()
+        return record
 
-    def window_checked(self, size: int) -> np.ndarray:
-        """Per window trajectory, oldest first: whether its data may be read unchecked (bool)."""
-        n = len(self)
-        w = n if size <= 0 else min(size, n)
-        key = (self.version, w)
-        if self._checked_window is None or self._checked_window[0] != key:
-            self._checked_window = (key, self._checked[self._tail - w : self._tail].copy())
-        return self._checked_window[1]
+    def pop_oldest(self) -> Record:
+        """Remove and return the oldest trajectory."""
+        if not len(self):
+            raise IndexError("index is empty")
+        tid = int(self._arrays["ids"][self._head])
+        self._head += 1
+        del self._pos[tid]
+        record = self._records.pop(tid)
+        self._total -= record.num_transitions
+        self._changed()
+        return record
 
-    def window_updates(self, size: int) -> np.ndarray:
-        """Per window trajectory, oldest first: its ``model_update_count`` (int64)."""
-        n = len(self)
-        w = n if size <= 0 else min(size, n)
-        key = (self.version, w)
-        if self._updates_window is None or self._updates_window[0] != key:
-            self._updates_window = (key, self._updates[self._tail - w : self._tail].copy())
-        return self._updates_window[1]
+    def clear(self) -> None:
+        """Forget everything (segment keys too)."""
+        self.__init__()
+
+    # -- reads --------------------------------------------------------------------------------
+    def segment(self, key: int) -> tuple[str, str]:
+        """``(directory, segment name)`` of a segment key of :attr:`Window.segments`."""
+        return self._segments[key]
 
     def is_checked(self, trajectory_id: int) -> bool:
         """Whether a trajectory's data may be read without a checksum check."""
@@ -146,50 +223,32 @@ class TrajectoryIndex:
         self._checked[self._pos[trajectory_id]] = True
         self._checked_window = None
 
-    def remove(self, trajectory_id: int) -> Record:
-        """Remove one trajectory wherever it is (O(n): for the rare damaged trajectory)."""
-        p = self._pos.pop(trajectory_id)
-        for arr in (self._ids, self._counts, self._segs, self._rows, self._checked, self._updates):
-            arr[p : self._tail - 1] = arr[p + 1 : self._tail].copy()
-        self._tail -= 1
-        for q in range(p, self._tail):
-            self._pos[int(self._ids[q])] = q
-        record = self._records.pop(trajectory_id)
-        self._total -= record.num_transitions
-        self.version += 1
-        return record
-
-    def pop_oldest(self) -> Record:
-        """Remove and return the oldest trajectory."""
-        if not len(self):
-            raise IndexError("index is empty")
-        tid = int(self._ids[self._head])
-        self._head += 1
-        del self._pos[tid]
-        record = self._records.pop(tid)
-        self._total -= record.num_transitions
-        self.version += 1
-        return record
-
-    def clear(self) -> None:
-        """Forget everything."""
-        self.__init__()
-
-    def window(self, size: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """The sampling window: the newest ``size`` trajectories (``size`` 0: all).
-
-        Returns:
-            ``(ids, cumulative_ends, first_position)``: ids oldest first (int64), the cumulative
-            transition counts (int64, last element = transitions in the window), and the
-            position of the window's first trajectory among all indexed ones.
-        """
+    def window_checked(self, size: int) -> np.ndarray:
+        """Per window trajectory, oldest first: whether its data may be read unchecked (bool)."""
         n = len(self)
         w = n if size <= 0 else min(size, n)
         key = (self.version, w)
-        if self._window_key != key or self._window is None:
-            lo = self._tail - w
-            ids = self._ids[lo : self._tail].copy()
-            ends = np.cumsum(self._counts[lo : self._tail])
-            self._window = (ids, ends, n - w)
-            self._window_key = key
+        if self._checked_window is None or self._checked_window[0] != key:
+            self._checked_window = (key, self._checked[self._tail - w : self._tail].copy())
+        return self._checked_window[1]
+
+    def window(self, size: int) -> Window:
+        """The sampling window: the newest ``size`` trajectories (``size`` 0: all); built once
+        per change of the index (a few array slices and one ``cumsum`` over the window)."""
+        n = len(self)
+        w = n if size <= 0 else min(size, n)
+        key = (self.version, w)
+        if self._window is None or self._window.key != key:
+            lo, hi = self._tail - w, self._tail
+            a = self._arrays
+            self._window = Window(
+                ids=a["ids"][lo:hi].copy(),
+                ends=np.cumsum(a["counts"][lo:hi]),
+                first=n - w,
+                segments=a["segs"][lo:hi].copy(),
+                first_rows=a["rows"][lo:hi].copy(),
+                updates=a["updates"][lo:hi].copy(),
+                envs=a["envs"][lo:hi].copy(),
+                key=key,
+            )
         return self._window

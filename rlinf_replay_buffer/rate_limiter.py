@@ -42,10 +42,11 @@ which re-check their rule. ``close()`` wakes them all and makes every wait raise
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .errors import InvalidArgumentError, RateLimiterClosedError, RateLimitTimeout
 from .validate import check_float, check_int
@@ -387,3 +388,68 @@ class RateLimiter:
         """Undo :meth:`close` (counts are kept): waits block again."""
         with self._cond:
             self._closed = False
+
+
+class LimiterGate:
+    """How a buffer uses its optional :class:`RateLimiter` (all calls are no-ops without one).
+
+    Waits happen outside the buffer's lock (samplers and adders must get through); a limiter the
+    buffer's ``close()`` closed is reopened by the next add or sample, so the buffer stays
+    usable; samples are given back if sampling then fails.
+
+    Args:
+        limiter: the limiter, or ``None``.
+        timeout: seconds an add or sample waits at most (``None``: no bound).
+    """
+
+    def __init__(self, limiter: RateLimiter | None, timeout: float | None) -> None:
+        if limiter is not None and not isinstance(limiter, RateLimiter):
+            raise InvalidArgumentError(f"rate_limiter must be a RateLimiter, got {type(limiter).__name__}")
+        self.limiter = limiter
+        self.timeout = timeout
+        self._closed_by_buffer = False
+
+    def _reopen(self) -> None:
+        if self._closed_by_buffer and self.limiter is not None:
+            self._closed_by_buffer = False
+            self.limiter.reopen()
+
+    def insert(self, transitions: int) -> None:
+        """Wait until ``transitions`` may be inserted (call without the buffer's lock)."""
+        if self.limiter is not None:
+            self._reopen()
+            self.limiter.acquire_insert(transitions, self.timeout)
+
+    @contextlib.contextmanager
+    def sample(self, transitions: int) -> Iterator[None]:
+        """Wait until ``transitions`` may be sampled; give them back if the body raises."""
+        if self.limiter is not None:
+            self._reopen()
+            self.limiter.acquire_sample(transitions, self.timeout)
+        try:
+            yield
+        except BaseException:
+            if self.limiter is not None:
+                self.limiter.cancel_sample(transitions)
+            raise
+
+    def removed(self, transitions: int) -> None:
+        """Transitions left the buffer."""
+        if self.limiter is not None:
+            self.limiter.on_remove(transitions)
+
+    def rebase(self, transitions: int) -> None:
+        """The buffer now holds ``transitions`` (loaded), counted as inserted and in balance."""
+        if self.limiter is not None:
+            self.limiter.rebase(transitions)
+
+    def reset(self) -> None:
+        """The buffer was emptied."""
+        if self.limiter is not None:
+            self.limiter.reset()
+
+    def close(self) -> None:
+        """Close the limiter (wakes every waiter) until the next add or sample."""
+        if self.limiter is not None:
+            self.limiter.close()
+            self._closed_by_buffer = True

@@ -20,14 +20,14 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import InvalidTrajectoryError
+from .errors import InvalidArgumentError, InvalidTrajectoryError
 
 Key = tuple[str, ...]
 """A column name: ``("rewards",)`` for a per-step field, ``("curr_obs", "states")`` for a dict entry."""
@@ -460,6 +460,22 @@ def flatten_like_rlinf(traj: Any) -> dict[str, Any]:
             value = align_column((name,), value, num_steps)
         flat[name] = value.reshape(-1, *value.shape[2:])
     return flat
+
+
+def align_all(trajectories: Any, check_finite: bool = False) -> list[AlignedTrajectory]:
+    """Validate and align a whole ``add_trajectories`` call (a list of trajectories).
+
+    Raises:
+        InvalidArgumentError: ``trajectories`` is not a list (a single trajectory, a dict).
+        InvalidTrajectoryError: naming the first bad trajectory, its field and the fix.
+    """
+    if isinstance(trajectories, Trajectory | Mapping) or not isinstance(trajectories, Sequence):
+        raise InvalidArgumentError(
+            f"add_trajectories takes a list of Trajectory objects, got {type(trajectories).__name__}"
+        )
+    return [
+        align(t, where=f"trajectory {i}: ", check_finite=check_finite) for i, t in enumerate(trajectories)
+    ]
 
 
 def align(

@@ -164,3 +164,17 @@ def check_bool(name: str, value: Any, allow_none: bool = False) -> bool | None:
         wanted = "True, False or None" if allow_none else "True or False"
         raise InvalidArgumentError(f"{name} must be {wanted}, got {value!r}")
     return bool(value)
+
+
+def check_share(is_distributed: Any, local_rank: Any, world_size: Any) -> tuple[int, int]:
+    """``(rank, world_size)`` of a sharded load (``(0, 1)`` unless ``is_distributed``), checked:
+    ``world_size >= 1`` and ``0 <= local_rank < world_size``."""
+    is_distributed = check_bool("is_distributed", is_distributed)
+    world_size = check_int("world_size", world_size, 1)
+    local_rank = check_int("local_rank", local_rank, 0)
+    if local_rank >= world_size:
+        raise InvalidArgumentError(
+            f"local_rank {local_rank} is out of range for world_size {world_size} "
+            f"(valid ranks: 0..{world_size - 1})"
+        )
+    return (local_rank, world_size) if is_distributed else (0, 1)

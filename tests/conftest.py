@@ -11,6 +11,7 @@ values (-7) so that a misaligned read is caught.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,8 @@ import pytest
 import torch
 
 from rlinf_replay_buffer import ReplayBufferError, Trajectory, TrajectoryReplayBuffer
+from rlinf_replay_buffer import contents as contents_module
+from rlinf_replay_buffer.cache import TrajectoryCache
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -158,6 +161,21 @@ def chi2_bound(df: int) -> float:
     from scipy.stats import chi2
 
     return float(chi2.ppf(0.999, df))
+
+
+@contextlib.contextmanager
+def ring_wrapping(enabled: bool = True):
+    """Buffers built inside start their in-memory ring 7 rows before its end, so trajectories
+    wrap around it (``TrajectoryCache(start_row=-7)``: no result may depend on where it starts)."""
+    if not enabled:
+        yield
+        return
+    original = contents_module.TrajectoryCache
+    contents_module.TrajectoryCache = functools.partial(TrajectoryCache, start_row=-7)
+    try:
+        yield
+    finally:
+        contents_module.TrajectoryCache = original
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rlinf_replay_buffer.cache import TrajectoryCache
-from rlinf_replay_buffer.directory import Record
 from rlinf_replay_buffer.index import TrajectoryIndex
+from rlinf_replay_buffer.record import Record
 from rlinf_replay_buffer.schema import Schema
 
 IMAGE_SCHEMA_ROWS = 256  # one trajectory of 256 steps, B = 1
@@ -123,7 +123,7 @@ def test_pinned_trajectories_are_copied_out_before_their_rows_are_reused():
         for key in schema:
             assert torch.equal(rows[key], trajs[i][key])
     cache.unpin(pin)
-    assert cache._pins == []
+    assert cache.open_pins == 0
 
 
 @pytest.mark.parametrize("reserve_rows", [None, 40])
@@ -156,13 +156,13 @@ def test_index_window_is_the_newest_trajectories_with_cumulative_counts():
     index = TrajectoryIndex()
     for tid in range(200):
         index.append(record(tid, 1 + tid % 7))
-    ids, ends, first = index.window(5)
-    assert ids.tolist() == [195, 196, 197, 198, 199]
-    assert first == 195
+    window = index.window(5)
+    assert window.ids.tolist() == [195, 196, 197, 198, 199]
+    assert window.first == 195
     counts = [2 * (1 + t % 7) for t in range(195, 200)]
-    assert ends.tolist() == np.cumsum(counts).tolist()
-    all_ids, all_ends, first = index.window(0)
-    assert len(all_ids) == 200 and first == 0 and all_ends[-1] == index.total_transitions
+    assert window.ends.tolist() == np.cumsum(counts).tolist()
+    whole = index.window(0)
+    assert len(whole.ids) == 200 and whole.first == 0 and whole.ends[-1] == index.total_transitions
 
 
 def test_index_pop_oldest_keeps_order_and_totals():

@@ -33,6 +33,7 @@ from rlinf_replay_buffer import (
     TrajectoryReplayBuffer,
 )
 from rlinf_replay_buffer.cli import iter_leaves
+from rlinf_replay_buffer.writer import BackgroundWriter
 
 N, E, B = 4, 2, 2  # coded_trajectory defaults: 16 transitions per trajectory
 PER_TRAJ = N * E * B
@@ -900,14 +901,14 @@ def test_load_checkpoint_of_own_auto_save_path_with_writes_pending(tmp_path, mon
         gate.wait(10)  # safety bound only; the gate opens when the buffer waits for its writer
         return original_write(*args, **kwargs)
 
-    original_wait = buf._writer.wait
+    original_wait = BackgroundWriter.wait
 
-    def opening_wait():
+    def opening_wait(writer: BackgroundWriter) -> None:
         gate.set()
-        original_wait()
+        original_wait(writer)
 
     monkeypatch.setattr(pt_mod, "write", held_write)
-    monkeypatch.setattr(buf._writer, "wait", opening_wait)
+    monkeypatch.setattr(BackgroundWriter, "wait", opening_wait)
     buf.add_trajectories([coded_trajectory(i) for i in range(3)])
     buf.load_checkpoint(str(path))
     assert buf.size == 3

@@ -38,6 +38,7 @@ import rlinf_replay_buffer.formats as formats_mod
 from rlinf_replay_buffer import EmptyBufferError, TrajectoryReplayBuffer
 from rlinf_replay_buffer import checkpoint as checkpoint_mod
 from rlinf_replay_buffer import writer as writer_mod
+from rlinf_replay_buffer.autosave import AutoSaver, OwnDirectory
 from rlinf_replay_buffer.batch import nest
 from rlinf_replay_buffer.formats.segment import SegmentStore
 
@@ -525,10 +526,10 @@ def test_close_racing_a_segment_append_loses_no_write(make_buffer, monkeypatch):
         return append(self, rows)
 
     monkeypatch.setattr(SegmentStore, "_append", gated_append)
-    drain = buf._drain_writer
+    drain = AutoSaver.drain
 
-    def drain_then_add() -> None:
-        drain()
+    def drain_then_add(saver: AutoSaver) -> None:
+        drain(saver)
         if buf.trajectory_counter == 1:
             # another thread adds between close()'s drain and its lock; the writer starts
             # appending that trajectory (and is held there)
@@ -536,17 +537,17 @@ def test_close_racing_a_segment_append_loses_no_write(make_buffer, monkeypatch):
             buf.add_trajectories([traj(1)])
             assert entered.wait(JOIN_TIMEOUT)
 
-    monkeypatch.setattr(buf, "_drain_writer", drain_then_add)
-    own_close = buf._own.close
+    monkeypatch.setattr(AutoSaver, "drain", drain_then_add)
+    own_close = OwnDirectory.close
 
-    def close_then_let_the_writer_go() -> None:
+    def close_then_let_the_writer_go(own: OwnDirectory) -> None:
         threading.Timer(0.2, go.set).start()  # a close() that waits for the append also passes
-        own_close()
+        own_close(own)
 
-    monkeypatch.setattr(buf._own, "close", close_then_let_the_writer_go)
+    monkeypatch.setattr(OwnDirectory, "close", close_then_let_the_writer_go)
     try:
         within(JOIN_TIMEOUT, buf.close, "close() while the writer appends")
-        monkeypatch.setattr(buf, "_drain_writer", drain)
+        monkeypatch.setattr(AutoSaver, "drain", drain)
         within(JOIN_TIMEOUT, buf.flush, "flush() after it")
     finally:
         go.set()

@@ -50,9 +50,12 @@ import torch
 from conftest import CODED_DICT_FIELDS, CODED_STEP_FIELDS, assert_aligned
 
 from rlinf_replay_buffer import TrajectoryReplayBuffer
-from rlinf_replay_buffer.checkpoint import read_rows
-from rlinf_replay_buffer.directory import JOURNAL, list_trajectory_files, read_directory, read_metadata
+from rlinf_replay_buffer.directory import read_directory
 from rlinf_replay_buffer.formats.segment import SEGMENT_RE, SegmentStore
+from rlinf_replay_buffer.journal import JOURNAL
+from rlinf_replay_buffer.metadata import read_metadata
+from rlinf_replay_buffer.naming import list_trajectory_files
+from rlinf_replay_buffer.store import read_rows
 
 CHILD = Path(__file__).resolve().parent / "helpers" / "crash_child.py"
 _spec = importlib.util.spec_from_file_location("crash_child", CHILD)

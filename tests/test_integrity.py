@@ -23,7 +23,8 @@ from rlinf_replay_buffer import (
     InvalidArgumentError,
     TrajectoryReplayBuffer,
 )
-from rlinf_replay_buffer.directory import JOURNAL, read_directory
+from rlinf_replay_buffer.directory import read_directory
+from rlinf_replay_buffer.journal import JOURNAL
 from rlinf_replay_buffer.tools.merge_split import merge_or_split
 
 FORMATS = ["pt", "pkl", "segment"]
@@ -125,9 +126,8 @@ def test_every_index_entry_carries_the_crc32_of_its_data(tmp_path, fmt):
 def test_checkpoints_carry_checksums_in_every_format(tmp_path, src, dst):
     buf = TrajectoryReplayBuffer(sample_window_size=0, enable_cache=False)
     buf.load_checkpoint(str(written_dir(tmp_path, src)))
-    buf.trajectory_format = dst
     out = tmp_path / "ckpt"
-    buf.save_checkpoint(str(out))
+    buf.save_checkpoint(str(out), trajectory_format=dst)
     entries = index_entries(out)
     for entry in entries:
         expected = (
@@ -259,10 +259,9 @@ def test_a_checkpoint_of_a_damaged_buffer_never_launders_the_damage(tmp_path, ds
     buf = disk_reader()
     buf.load_checkpoint(str(path))
     damage_value(path, "pt")  # after the load: nothing was read yet
-    buf.trajectory_format = dst
     out = tmp_path / "ckpt"
     try:
-        buf.save_checkpoint(str(out))
+        buf.save_checkpoint(str(out), trajectory_format=dst)
     except CorruptTrajectoryError as exc:
         assert exc.trajectory_id == DAMAGED - 1
         assert not out.exists()

@@ -22,6 +22,7 @@ from rlinf_replay_buffer import (
     TrajectoryReplayBuffer,
     WriterError,
 )
+from rlinf_replay_buffer.writer import BackgroundWriter
 
 N, E, B = 4, 2, 2
 PER_TRAJ = N * E * B
@@ -64,10 +65,23 @@ def writer_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == WRITER_THREAD}
 
 
+#: background writers created while :func:`fail_writes_of` is in force (:func:`wait_for_writer`)
+WRITERS: list[BackgroundWriter] = []
+
+
 def fail_writes_of(monkeypatch: pytest.MonkeyPatch, failing_ids: set[int]) -> list[int]:
-    """Make the pt writer raise ENOSPC for trajectory files of ``failing_ids``; returns attempts."""
+    """Make the pt writer raise ENOSPC for trajectory files of ``failing_ids``; returns attempts.
+    The background writers created meanwhile are recorded in :data:`WRITERS`."""
     original = pt_mod.write
     attempts: list[int] = []
+    WRITERS.clear()
+    init = BackgroundWriter.__init__
+
+    def recording_init(writer: BackgroundWriter, *args, **kwargs) -> None:
+        init(writer, *args, **kwargs)
+        WRITERS.append(writer)
+
+    monkeypatch.setattr(BackgroundWriter, "__init__", recording_init)
 
     def write(path, data, sync=True):
         m = NAME_RE.match(Path(path).name)
@@ -81,13 +95,15 @@ def fail_writes_of(monkeypatch: pytest.MonkeyPatch, failing_ids: set[int]) -> li
     return attempts
 
 
-def wait_for_writer(buf: TrajectoryReplayBuffer) -> None:
-    """Wait until the background writer is idle without collecting its errors.
+def wait_for_writer() -> None:
+    """Wait until the background writers are idle without collecting their errors.
 
     Every public call checks for errors, so the only way to make "the error surfaces on the
     next call" deterministic is to wait on the writer itself.
     """
-    buf._writer.wait()
+    assert WRITERS, "no background writer was created under fail_writes_of"
+    for writer in WRITERS:
+        writer.wait()
 
 
 # -- close --------------------------------------------------------------------------------------
@@ -336,7 +352,7 @@ def test_failed_write_surfaces_on_the_next_add(tmp_path, monkeypatch):
     attempts = fail_writes_of(monkeypatch, {1})
     buf = auto(tmp_path, enable_cache=False)
     buf.add_trajectories([coded_trajectory(i) for i in range(3)])
-    wait_for_writer(buf)
+    wait_for_writer()
     assert sorted(attempts) == [0, 1, 2]
     with pytest.raises(WriterError, match="No space left on device") as info:
         buf.add_trajectories([coded_trajectory(3)])
@@ -356,7 +372,7 @@ def test_failed_write_surfaces_on_the_next_sample(tmp_path, monkeypatch):
     fail_writes_of(monkeypatch, {0})
     buf = auto(tmp_path, enable_cache=False)
     buf.add_trajectories([coded_trajectory(i) for i in range(2)])
-    wait_for_writer(buf)
+    wait_for_writer()
     with pytest.raises(WriterError, match="No space left on device"):
         buf.sample(16)
     assert trajectories_seen(buf) == {0, 1}  # from memory (0) and from disk (1)

@@ -63,7 +63,7 @@ def make_source(path: Path, fmt: str = "pt", count: int = 4, first: int = 0) -> 
             for i in range(first + count)
         ]
     )
-    assert [r.trajectory_id for r in buf._index] == list(range(first, first + count))
+    assert buf._trajectory_id_list == list(range(first, first + count))
     buf.save_checkpoint(str(path))
     return path
 

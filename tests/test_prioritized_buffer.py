@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TrackedBuffer as TrajectoryReplayBuffer
-from conftest import assert_aligned, chi_square, coded_trajectory
+from conftest import assert_aligned, chi_square, coded_trajectory, ring_wrapping
 from conftest import chi2_bound as bound
 
 from rlinf_replay_buffer import InvalidArgumentError
@@ -35,11 +35,8 @@ def make_buffer(
 ) -> TrajectoryReplayBuffer:
     kw.setdefault("prioritized", True)
     if kind in ("memory", "ring"):
-        buf = TrajectoryReplayBuffer(seed=seed, sample_window_size=window, **kw)
-        if kind == "ring":
-            assert buf._cache is not None
-            buf._cache.start_row = -7
-        return buf
+        with ring_wrapping(kind == "ring"):
+            return TrajectoryReplayBuffer(seed=seed, sample_window_size=window, **kw)
     return TrajectoryReplayBuffer(
         seed=seed,
         sample_window_size=window,

@@ -24,15 +24,24 @@ def prioritized(**kwargs):
 
 
 def raw_by_transition(buf):
-    """{(code, env): raw priority} over the window, read through sampled indices."""
+    """{(code, env): raw priority} over the window, read through sampled indices: the stored
+    ``(priority + eps) ** alpha`` turned back into the priority set."""
+    alpha, eps = buf.settings.priority_alpha, buf.settings.priority_eps
     seen = {}
     for _ in range(20):
         batch = buf.sample(512)
         codes = batch["curr_obs"]["states"][:, 0].long().tolist()
         envs = batch["curr_obs"]["env_ids"][:, 0].tolist()
-        raws = buf._prio.raw_priorities(batch["indices"].numpy())
+        raws = buf.stored_priorities(batch["indices"]) ** (1.0 / alpha) - eps
         seen.update(zip(zip(codes, envs, strict=True), raws.tolist(), strict=True))
     return seen
+
+
+def assert_new_transitions_start_at(buf, raw):
+    """A trajectory added now gets priority ``raw`` (the running maximum) for each transition."""
+    buf.add_trajectories([traj(9)])
+    new = {t: v for t, v in raw_by_transition(buf).items() if t[0] // 1000 == 9}
+    assert new and all(v == pytest.approx(raw, rel=1e-9) for v in new.values())
 
 
 def with_varied_priorities(buf):
@@ -54,7 +63,7 @@ def test_a_checkpoint_carries_every_transitions_priority(tmp_path):
     assert set(after) == set(before)
     assert all(after[t] == pytest.approx(before[t], rel=1e-9) for t in before)
     assert loaded.priority_mass() == pytest.approx(buf.priority_mass(), rel=1e-12)
-    assert loaded._prio.max_priority == buf._prio.max_priority
+    assert_new_transitions_start_at(loaded, max(before.values()))
 
 
 def test_raw_priorities_apply_with_the_loading_buffers_exponent(tmp_path):
@@ -74,8 +83,7 @@ def test_an_auto_save_directory_keeps_priorities_across_close_and_reopen(tmp_pat
     again = prioritized(auto_save=True, auto_save_path=own)
     after = raw_by_transition(again)
     assert all(after[t] == pytest.approx(before[t], rel=1e-9) for t in before)
-    again.add_trajectories([traj(9)])  # new transitions still start at the running maximum
-    assert again._prio.max_priority == buf._prio.max_priority
+    assert_new_transitions_start_at(again, max(before.values()))  # the running maximum survives
 
 
 def test_a_damaged_priorities_file_warns_and_leaves_default_priorities(tmp_path):

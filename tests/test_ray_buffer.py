@@ -100,10 +100,8 @@ def held_codes(path):
     local = TrajectoryReplayBuffer(sample_window_size=0, enable_cache=False)
     local.load_checkpoint(str(path))
     codes = set()
-    for tid in range(local.trajectory_counter):
-        if tid in local._index:
-            rows = local._trajectory_column(local._index[tid], ("rewards",))
-            codes.add(int(rows.reshape(-1)[0]) // 1000)
+    for tid in local._trajectory_id_list:
+        codes.add(int(local._load_trajectory(tid).rewards.reshape(-1)[0]) // 1000)
     return codes
 
 
@@ -691,9 +689,10 @@ def test_uniform_buffers_refuse_priority_calls(make):
 
 def test_rows_arrive_as_views_of_the_object_store_not_copies(make):
     """What a shard sends is mapped, not copied, on arrival; the client's batch is its own."""
-    buf = make(1)
+    buf = make(1, name="views-test")
     buf.add_trajectories([coded_trajectory(i, n=50, e=2, num_envs=16, layout="aligned") for i in range(2)])
-    _, (flat, _) = ray.get(buf._shards[0].sample.remote(4096, None, False))
+    shard = ray.get_actor("views-test.rank_0")  # the shard actor, by the name it was given
+    _, (flat, _) = ray.get(shard.sample.remote(4096, None, False))
     images, dtype_name = flat[("curr_obs", "main_images")]
     assert images.nbytes > 100_000 and dtype_name is None
     assert not images.flags.writeable and not images.flags.owndata  # a view of shared memory
@@ -755,15 +754,15 @@ def test_priorities_survive_a_sharded_checkpoint_and_a_restart(make, tmp_path):
     batch = buf.sample(2000)
     idx = np.unique(batch["indices"].numpy())
     buf.update_priorities(idx, (idx % 5) * 0.5 + 0.25)
-    masses = buf._refresh(None)
+    masses = buf.priority_mass(per_shard=True)
     buf.save_checkpoint(str(tmp_path / "ckpt"))  # rank_k/priorities.bin per shard
     again = make(2, path=tmp_path / "again", prioritized=True)
     again.load_checkpoint(str(tmp_path / "ckpt"))  # rank for rank: priorities follow
-    assert np.allclose(again._refresh(None), masses, rtol=1e-9)
+    assert np.allclose(again.priority_mass(per_shard=True), masses, rtol=1e-9)
     # compacting writes each shard's priorities to its own directory; a restart restores them
     buf.save_checkpoint(str(tmp_path / "buf"))
     kill_shard(buf, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ShardRestartedWarning)
         buf.wait_until_ready(60)
-    assert np.allclose(buf._refresh(None), masses, rtol=1e-9)
+    assert np.allclose(buf.priority_mass(per_shard=True), masses, rtol=1e-9)

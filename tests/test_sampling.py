@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CODED_DICT_FIELDS, CODED_STEP_FIELDS, POISON, assert_aligned, coded_trajectory
+from conftest import (
+    CODED_DICT_FIELDS,
+    CODED_STEP_FIELDS,
+    POISON,
+    assert_aligned,
+    coded_trajectory,
+    ring_wrapping,
+)
 from conftest import TrackedBuffer as TrajectoryReplayBuffer
 
 from rlinf_replay_buffer import Trajectory
@@ -63,8 +70,8 @@ def build(
 
     own = tmp_path / f"own-{kind}-{fmt}-{window}-{seed}"
     if kind in ("memory", "ring"):
-        buf = TrajectoryReplayBuffer(seed=seed, sample_window_size=window, trajectory_format=fmt)
-        wrap_ring(buf, kind)
+        with ring_wrapping(kind == "ring"):
+            buf = TrajectoryReplayBuffer(seed=seed, sample_window_size=window, trajectory_format=fmt)
         add_all(buf)
         return buf
     if kind == "checkpoint":
@@ -89,15 +96,15 @@ def build(
         "disk-ring": {"cache_size": 3},
         "nocache": {"enable_cache": False},
     }[kind]
-    buf = TrajectoryReplayBuffer(
-        seed=seed,
-        sample_window_size=window,
-        auto_save=True,
-        auto_save_path=str(own),
-        trajectory_format=fmt,
-        **options,
-    )
-    wrap_ring(buf, kind)
+    with ring_wrapping(kind.endswith("ring")):
+        buf = TrajectoryReplayBuffer(
+            seed=seed,
+            sample_window_size=window,
+            auto_save=True,
+            auto_save_path=str(own),
+            trajectory_format=fmt,
+            **options,
+        )
     add_all(buf)
     buf.flush()
     stats = buf.get_stats()
@@ -107,12 +114,6 @@ def build(
     if kind == "nocache":
         assert stats["cached_trajectories"] == 0
     return buf
-
-
-def wrap_ring(buf: TrajectoryReplayBuffer, kind: str) -> None:
-    """For the ``*ring`` kinds, start the in-memory ring 7 rows before its end."""
-    if kind.endswith("ring") and buf._cache is not None:
-        buf._cache.start_row = -7
 
 
 def load_into(kind: str, tmp_path: Path, directory: Path, *, window: int = 0) -> TrajectoryReplayBuffer:
@@ -127,8 +128,8 @@ def load_into(kind: str, tmp_path: Path, directory: Path, *, window: int = 0) ->
         "disk-ring": {"cache_size": 2, **own},
         "nocache": {"enable_cache": False, **own},
     }[kind]
-    buf = TrajectoryReplayBuffer(seed=SEED, sample_window_size=window, **options)
-    wrap_ring(buf, kind)
+    with ring_wrapping(kind.endswith("ring")):
+        buf = TrajectoryReplayBuffer(seed=SEED, sample_window_size=window, **options)
     buf.load_checkpoint(str(directory))
     return buf
 
@@ -678,8 +679,8 @@ def _aligned_versions(shapes: list[tuple[int, int, int]], first: int = 0) -> lis
 def test_in_memory_sample_equals_reference_implementation(layout, kind):
     shapes = SHAPES + [(2, 3, 2), (4, 1, 3)]
     window = 5
-    buf = TrajectoryReplayBuffer(seed=777, sample_window_size=window)
-    wrap_ring(buf, kind)
+    with ring_wrapping(kind == "ring"):
+        buf = TrajectoryReplayBuffer(seed=777, sample_window_size=window)
     ref = ReferenceSampler(777)
     buf.add_trajectories(coded_set(shapes[:3], layout=layout))
     ref.set_window(_aligned_versions(shapes[:3]))

@@ -37,8 +37,9 @@ from rlinf_replay_buffer import (
     UnsafeFileError,
 )
 from rlinf_replay_buffer import TrajectoryReplayBuffer as UntrackedBuffer
-from rlinf_replay_buffer.checkpoint import read_rows
-from rlinf_replay_buffer.directory import read_directory, read_index
+from rlinf_replay_buffer.directory import read_directory
+from rlinf_replay_buffer.journal import read_index
+from rlinf_replay_buffer.store import read_rows
 from rlinf_replay_buffer.tools.merge_split import merge_or_split
 
 N, E, B = 4, 2, 2  # coded_trajectory defaults

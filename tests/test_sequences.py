@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TrackedBuffer as TrajectoryReplayBuffer
-from conftest import assert_aligned, chi_square, coded_trajectory
+from conftest import assert_aligned, chi_square, coded_trajectory, ring_wrapping
 from conftest import chi2_bound as bound
 
 from rlinf_replay_buffer import EmptyBufferError, InvalidArgumentError, Trajectory
@@ -39,11 +39,8 @@ def make_buffer(
     kind: str, tmp_path: Path, *, window: int = 0, seed: int = SEED, **kw
 ) -> TrajectoryReplayBuffer:
     if kind in ("memory", "ring"):
-        buf = TrajectoryReplayBuffer(seed=seed, sample_window_size=window, **kw)
-        if kind == "ring":
-            assert buf._cache is not None
-            buf._cache.start_row = -7  # trajectories wrap around the ring's end
-        return buf
+        with ring_wrapping(kind == "ring"):
+            return TrajectoryReplayBuffer(seed=seed, sample_window_size=window, **kw)
     fmt = "pt" if kind == "pending" else kind.split("-")[1]
     return TrajectoryReplayBuffer(
         seed=seed,

@@ -37,7 +37,7 @@ def codes_in(path):
     local = TrajectoryReplayBuffer(sample_window_size=0, enable_cache=False)
     local.load_checkpoint(str(path))
     return sorted(
-        int(local._trajectory_column(r, ("rewards",)).reshape(-1)[0]) // 1000 for r in contents.records
+        int(local._load_trajectory(r.trajectory_id).rewards.reshape(-1)[0]) // 1000 for r in contents.records
     )
 
 

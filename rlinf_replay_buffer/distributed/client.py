@@ -554,6 +554,15 @@ class RayTrajectoryReplayBuffer:
             raise InvalidArgumentError(f"priority_beta must be a number in [0, 1], got {value!r}")
         self._beta = float(value)
 
+    def priority_mass(self, *, per_shard: bool = False) -> float | list[float]:
+        """Sum of ``(priority + priority_eps) ** priority_alpha`` over every shard's window (what
+        prioritized draws are proportional to), or with ``per_shard`` each shard's, in shard
+        order. Raises :class:`InvalidArgumentError` unless built with ``prioritized=True``."""
+        if not self.prioritized:
+            raise InvalidArgumentError("priority_mass needs a buffer built with prioritized=True")
+        masses = [float(m) for m in self._refresh(None)]
+        return masses if per_shard else sum(masses)
+
     def update_priorities(self, indices: Any, priorities: Any) -> int:
         """Set the priorities of sampled transitions (``prioritized=True`` only), every shard
         at once.

@@ -131,9 +131,7 @@ class ShardServer:
                 else self.buffer.sample_sequences(num, seq_len, pad)
             )
             if "indices" in batch:
-                prio = self.buffer._prio
-                assert prio is not None
-                batch["weights"] = torch.from_numpy(prio.probabilities(batch["indices"]) * prio.total)
+                batch["weights"] = torch.from_numpy(self.buffer.stored_priorities(batch["indices"]))
             flat = flatten_batch(batch)
         return self._reply((flat, self._population(seq_len, pad)))
 

@@ -22,10 +22,12 @@ import re
 import shutil
 
 from .. import checkpoint
-from ..directory import Record, is_buffer_directory, read_directory, refuse_link_out
+from ..directory import is_buffer_directory, read_directory
 from ..errors import BufferDirectoryError
 from ..formats import priorities as priorities_file
 from ..fsio import atomic_copy, fsync_dir
+from ..naming import refuse_link_out
+from ..record import Record
 from ..schema import Schema, combine
 from ..tools.merge_split import find_sources, plan
 

@@ -18,15 +18,17 @@ ignored. Reading never executes anything: the header is JSON and the data plain 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
 
-from ..errors import CorruptBufferError
+from ..errors import CorruptBufferError, CorruptDataWarning
 from ..fsio import atomic_write
 
 NAME = "priorities.bin"
@@ -124,3 +126,22 @@ def read(path: str) -> SavedPriorities:
         saved.trajectories[tid] = (uuid, values[offset : offset + n])
         offset += n
     return saved
+
+
+def load(directory: str) -> SavedPriorities | None:
+    """The priorities saved in ``directory`` (``None`` if it has none). A damaged or unsafe
+    file is skipped with a :class:`~..errors.CorruptDataWarning` (the transitions then keep
+    the maximum priority); it is never followed outside the directory."""
+    from ..naming import refuse_link_out
+
+    path = os.path.join(directory, NAME)
+    if not os.path.lexists(path):
+        return None
+    try:
+        refuse_link_out(path)
+        return read(path)
+    except (CorruptBufferError, OSError) as exc:
+        message = f"{exc}; every transition starts at the maximum priority"
+        logging.getLogger("rlinf_replay_buffer").warning("%s", message)
+        warnings.warn(message, CorruptDataWarning, stacklevel=4)
+        return None

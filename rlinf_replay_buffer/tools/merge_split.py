@@ -20,24 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..checkpoint import read_rows
-from ..directory import (
-    INDEX,
-    INDEX_RLINF_MERGE,
-    JOURNAL,
-    METADATA,
-    DirectoryContents,
-    Record,
-    check_directory,
-    is_buffer_directory,
-    read_directory,
-    write_index,
-    write_metadata,
-)
+from ..directory import DirectoryContents, check_directory, is_buffer_directory, read_directory
 from ..errors import BufferDirectoryError, CorruptBufferError, InvalidArgumentError
 from ..formats import SEGMENT
 from ..formats.segment import SegmentStore
 from ..fsio import atomic_copy, fsync_dir, link_or_copy, publish_directory, staged_directory
 from ..integrity import file_checksum, mismatch
+from ..journal import INDEX, INDEX_RLINF_MERGE, JOURNAL, write_index
+from ..metadata import METADATA, write_metadata
+from ..record import Record
 from ..schema import Schema, combine
 from ..validate import check_int
 

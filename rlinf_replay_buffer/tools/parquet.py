@@ -41,7 +41,7 @@ import torch
 
 from .. import formats
 from ..checkpoint import place_records, read_rows, writing
-from ..directory import Record, read_directory, write_index, write_metadata
+from ..directory import read_directory
 from ..errors import (
     BufferDirectoryError,
     BufferNotFoundError,
@@ -52,6 +52,9 @@ from ..errors import (
 )
 from ..formats.segment import SegmentStore
 from ..fsio import atomic_file, publish_directory, staged_directory
+from ..journal import write_index
+from ..metadata import write_metadata
+from ..record import Record
 from ..schema import ColumnSpec, Schema, schema_from_json
 from ..trajectory import Key, align, file_dict_from_columns, key_name
 from ..validate import check_int

@@ -33,30 +33,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import formats
-from ..directory import (
-    FILE_RE,
-    FORMAT_VERSION,
-    INDEX,
-    INDEX_RLINF_MERGE,
-    JOURNAL,
-    METADATA,
-    Record,
-    apply_journal,
-    check_directory,
-    in_layout,
-    int_field,
-    list_trajectory_files,
-    open_file_record,
-    parse_journal,
-    record_from_entry,
-    safe_file,
-    write_index,
-    write_metadata,
-)
+from ..directory import check_directory, in_layout, int_field, open_file_record, record_from_entry
 from ..errors import CorruptBufferError, ReplayBufferError, UnsafeFileError
 from ..formats import segment
 from ..fsio import TMP_PREFIX, atomic_write_json, fsync_dir
 from ..integrity import file_checksum, mismatch_text
+from ..journal import INDEX, INDEX_RLINF_MERGE, JOURNAL, apply_journal, parse_journal, write_index
+from ..metadata import FORMAT_VERSION, METADATA, write_metadata
+from ..naming import FILE_RE, list_trajectory_files, safe_file
+from ..record import Record
 from ..schema import Schema, combine, schema_from_json
 from ..trajectory import align
 

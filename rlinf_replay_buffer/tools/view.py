@@ -49,10 +49,11 @@ import torch
 
 from ..buffer import TrajectoryReplayBuffer
 from ..checkpoint import read_rows
-from ..directory import Record, read_directory
+from ..directory import read_directory
 from ..errors import InvalidArgumentError, MissingDependencyError, ReplayBufferError
 from ..errors import ToolsNotInstalledError as ToolsNotInstalledError  # its earlier home: re-exported
 from ..fsio import atomic_write
+from ..record import Record
 from ..schema import Schema
 from ..trajectory import Key, key_name
 from ..validate import check_int

@@ -1,0 +1,584 @@
+"""The auto-saver: writes every trajectory a buffer is given into its auto-save directory.
+
+:class:`AutoSaver` owns that directory and everything written into it: the background writer
+thread (:mod:`.writer`), file naming, the ``segment`` group commit, the journal, the index and
+the metadata (:class:`OwnDirectory`), the bytes written (for ``max_disk_bytes``), failed writes
+to retry and trajectories evicted while their write was pending. It tells the buffer what became
+durable through one callback, ``on_durable(written, submitted, nbytes)``: ``written`` is the
+record re-homed in the directory, ``nbytes`` its bytes there; if the buffer still holds
+``submitted`` it
+moves its index entry there, counting ``nbytes`` with :meth:`AutoSaver.count`) and releases the
+rows it held in memory.
+
+Durability: a ``pt``/``pkl`` file is written atomically and its index entry journaled; segment
+rows are appended and become durable at the next group commit (every 64 MiB, when the queue
+runs dry, or on :meth:`AutoSaver.flush`), which fsyncs the rows before journaling them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from . import formats
+from .checkpoint import Snapshot, place_records, writing
+from .directory import DirectoryContents, is_buffer_directory, read_directory
+from .errors import BufferDirectoryError, WriterError
+from .formats.segment import SEGMENT_RE, SegmentStore, truncate_segment
+from .fsio import fsync_dir, remove_tmp_files
+from .integrity import rows_checksum
+from .journal import JOURNAL, Journal, removed_ids, write_index
+from .metadata import write_metadata
+from .naming import list_trajectory_files
+from .record import Record
+from .schema import Schema
+from .trajectory import Key, file_dict_from_columns
+from .writer import BackgroundWriter
+
+_COMPACT_MIN = 1024
+_GROUP_COMMIT_BYTES = 64 << 20  # segment rows appended before an fsync and journal entries
+
+Rows = dict[Key, torch.Tensor]
+OnDurable = Callable[[Record, Record, int], None]
+State = Callable[[], "tuple[int, Schema | None]"]
+
+
+def _nbytes(rows: Rows) -> int:
+    return sum(t.numel() * t.element_size() for t in rows.values())
+
+
+class AutoSaver:
+    """Writes a buffer's trajectories into ``path`` on a background thread.
+
+    Args:
+        path: the auto-save directory (absolute); an existing buffer directory is continued.
+        fmt: ``"pt"``, ``"pkl"`` or ``"segment"``.
+        seed: recorded in the metadata.
+        lock: the buffer's lock; the saver takes it to change shared state and calls
+            ``on_durable`` under it.
+        on_durable: see the module docstring.
+        state: ``state()`` is the buffer's ``(next trajectory id, schema)`` (under the lock),
+            recorded in the metadata.
+        max_pending_bytes: bytes queued for writing beyond which :meth:`wait_for_room` waits.
+
+    Raises:
+        BufferDirectoryError: the directory cannot be used (see :meth:`OwnDirectory.open`).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        fmt: str,
+        seed: int,
+        lock: threading.RLock,
+        on_durable: OnDurable,
+        state: State,
+        max_pending_bytes: int,
+    ) -> None:
+        self.own = OwnDirectory.open(path, fmt, seed)
+        self.path, self.fmt = path, fmt
+        self._lock = lock
+        self._written = threading.Condition(lock)  # notified as background writes finish
+        self._on_durable = on_durable
+        self._state = state
+        self._max_pending = max_pending_bytes
+        self._writer = BackgroundWriter()
+        self._queued: dict[int, int] = {}  # trajectory id -> bytes, written or appended not yet
+        self._queued_bytes = 0
+        self._failed: dict[int, tuple[Record, Rows, Schema]] = {}  # retried by flush()/close()
+        self._gone: set[int] = set()  # left the buffer while their write was queued
+        # segment rows appended but not yet journaled (group commit)
+        self._uncommitted: list[tuple[Record, str, int, int, Rows, Schema]] = []
+        self._uncommitted_bytes = 0
+        self._disk_sizes: dict[int, int] = {}  # bytes on disk of trajectories this buffer wrote
+        self.disk_bytes = 0
+        self.files_written = 0
+        self._published = -1  # journal.appended when flush() last wrote the index
+
+    # -- what the directory holds -------------------------------------------------------------
+    @property
+    def contents(self) -> tuple[list[Record], Schema | None]:
+        """The trajectories the directory held when opened, and their schema."""
+        return self.own.contents.records, self.own.schema
+
+    @property
+    def next_id(self) -> int:
+        """Past every id the directory ever listed (ids are never reused in it)."""
+        return self.own.next_id
+
+    @property
+    def pending(self) -> int:
+        """Trajectories whose write is queued, running or failed."""
+        return len(self._queued)
+
+    def owns(self, path: str) -> bool:
+        """Whether ``path`` names the auto-save directory."""
+        return os.path.realpath(os.fspath(path)) == os.path.realpath(self.path)
+
+    def segment_store_for(self, directory: str, schema: Schema) -> SegmentStore | None:
+        """The store appending the directory's segments, if ``directory`` is it."""
+        if self.fmt != formats.SEGMENT or directory != self.path:
+            return None
+        return self.own.segment_store(schema)
+
+    def count_existing(self, records: list[Record], schema: Schema) -> None:
+        """Count the files of ``records`` in this directory against ``disk_bytes``."""
+        for record in records:
+            if record.directory == self.path and record.path is not None:
+                size = (
+                    record.num_transitions * schema.row_bytes
+                    if record.row is not None
+                    else os.path.getsize(record.path)
+                )
+                self.count(record.trajectory_id, size)
+
+    def count(self, trajectory_id: int, nbytes: int) -> None:
+        """Count ``nbytes`` on disk for a trajectory the buffer holds (replacing its count)."""
+        self.disk_bytes += nbytes - self._disk_sizes.get(trajectory_id, 0)
+        self._disk_sizes[trajectory_id] = nbytes
+
+    # -- writing ------------------------------------------------------------------------------
+    def submit(self, record: Record, rows: Rows, schema: Schema) -> None:
+        """Queue the write of one trajectory's rows (nobody else may change them)."""
+        tid = record.trajectory_id
+        if tid not in self._queued:
+            self._queued[tid] = _nbytes(rows)
+            self._queued_bytes += self._queued[tid]
+        self._writer.submit(f"trajectory {tid}", lambda: self._write(record, rows, schema))
+
+    def wait_for_room(self) -> None:
+        """Wait (releasing the lock) while more than ``max_pending_bytes`` wait for the disk."""
+        while self._queued_bytes > self._max_pending and not self._failed and self._writer.pending:
+            self._written.wait(timeout=0.5)
+
+    def forget(self, record: Record) -> bool:
+        """A trajectory left the buffer (call under the lock). Its queued write is undone when
+        it runs; returns whether the directory lists it (then pass it to :meth:`remove`)."""
+        tid = record.trajectory_id
+        if tid in self._queued:
+            self._dequeue(tid)
+            self._failed.pop(tid, None)
+            self._gone.add(tid)
+        self.disk_bytes -= self._disk_sizes.pop(tid, 0)
+        return record.directory == self.path
+
+    def remove(self, trajectory_ids: list[int]) -> None:
+        """Delete listed trajectories from the directory (journal first), on the writer."""
+        if trajectory_ids:
+            self._writer.submit(
+                f"evicting trajectories {trajectory_ids[0]}..{trajectory_ids[-1]}",
+                lambda: self._remove(trajectory_ids),
+            )
+
+    def _remove(self, trajectory_ids: list[int]) -> None:
+        self._commit_segments()  # rows appended before this job: the queue may not run dry soon
+        with self._lock:
+            self.own.remove(trajectory_ids)
+
+    def _dequeue(self, trajectory_id: int) -> None:
+        self._queued_bytes -= self._queued.pop(trajectory_id, 0)
+
+    def _write(self, record: Record, rows: Rows, schema: Schema) -> None:
+        try:
+            with self._lock:
+                if record.trajectory_id in self._gone:  # left the buffer before its turn
+                    self._gone.discard(record.trajectory_id)
+                    return
+            if self.fmt == formats.SEGMENT:
+                self._append_segment(record, rows, schema)
+            else:
+                self._write_file(record, rows, schema)
+        except BaseException:
+            with self._lock:
+                if record.trajectory_id in self._queued:
+                    self._failed[record.trajectory_id] = (record, rows, schema)
+                self._written.notify_all()
+            raise
+        with self._lock:
+            self._written.notify_all()
+
+    def _write_file(self, record: Record, rows: Rows, schema: Schema) -> None:
+        name = record.canonical_name(self.fmt)
+        path = os.path.join(self.path, name)
+        columns = {k: v.reshape(record.num_steps, record.num_envs, *v.shape[1:]) for k, v in rows.items()}
+        data = file_dict_from_columns(
+            columns, record.max_episode_length, record.model_weights_id, record.model_update_count
+        )
+        crc = formats.write(path, self.fmt, data)
+        with self._lock:
+            if record.trajectory_id in self._gone:  # left the buffer while being written
+                self._gone.discard(record.trajectory_id)
+                # a durable removal line first: a crash before the unlink then leaves a file
+                # that reopening deletes and verify calls a leftover, never an orphan to relist
+                self.own.journal.append({"trajectory_id": record.trajectory_id, "removed": True})
+                self.own.journal.sync()
+                os.unlink(path)
+                return
+            written = replace(record, directory=self.path, file=name, row=None, checksum=crc)
+            self._landed(record, written, schema, os.path.getsize(path))
+
+    def _landed(self, submitted: Record, written: Record, schema: Schema, nbytes: int) -> None:
+        """A trajectory is durable in the directory (under the lock)."""
+        self._dequeue(submitted.trajectory_id)
+        self.files_written += 1
+        self.own.record_written(written, written.file or "", self._state()[0], schema)
+        self._on_durable(written, submitted, nbytes)
+
+    def _append_segment(self, record: Record, rows: Rows, schema: Schema) -> None:
+        """Append a trajectory's rows to the segment; its index entry is written at the next
+        group commit (when the writer's queue runs dry, every 64 MiB, or on flush)."""
+        crc = rows_checksum(rows, schema)
+        try:
+            name, row = self.own.segment_store(schema).append(rows, sync=False)
+        except BaseException:
+            self._commit_segments()  # rows appended before this one are fine: commit them
+            raise
+        with self._lock:
+            self._uncommitted.append((record, name, row, crc, rows, schema))
+            self._uncommitted_bytes += _nbytes(rows)
+            commit = self._uncommitted_bytes >= _GROUP_COMMIT_BYTES or self._writer.pending <= 1
+        if commit:
+            self._commit_segments()
+
+    def _commit_segments(self) -> None:
+        """Make appended segment rows durable (one fsync per column file), then journal them."""
+        with self._lock:
+            batch, self._uncommitted, self._uncommitted_bytes = self._uncommitted, [], 0
+        if not batch:
+            return
+        try:
+            self.own.segment_store(batch[-1][5]).sync()  # rows are durable before any entry names them
+        except BaseException:
+            with self._lock:  # their rows stay in memory; flush()/close() append them again
+                for record, _, _, _, rows, schema in batch:
+                    if record.trajectory_id in self._queued:
+                        self._failed[record.trajectory_id] = (record, rows, schema)
+            raise
+        with self._lock:
+            for record, name, row, crc, _, schema in batch:
+                written = replace(record, directory=self.path, file=name, row=row, checksum=crc)
+                self._landed(record, written, schema, record.num_transitions * schema.row_bytes)
+                if record.trajectory_id in self._gone:  # left the buffer while appended
+                    self._gone.discard(record.trajectory_id)
+                    self.own.remove([record.trajectory_id])
+            self._written.notify_all()
+
+    # -- durability ---------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise the first failed background write as :class:`WriterError` (then forget it)."""
+        self._writer.check()
+
+    def retry_failed(self) -> None:
+        """Queue again the writes that failed (their rows are still held)."""
+        with self._lock:
+            retry, self._failed = self._failed, {}
+            for record, rows, schema in retry.values():
+                self.submit(record, rows, schema)
+
+    def drain(self) -> None:
+        """Wait for the writes queued so far and commit what they appended."""
+        self._writer.wait()
+        self._commit_segments()
+
+    def flush(self) -> None:
+        """Return once every trajectory queued before the call is durable, listed by the
+        journal and, for ``pt``/``pkl``, by ``trajectory_index.json`` (so RLinf's loader,
+        which reads no journal, sees it). Failed writes are retried first.
+
+        Raises:
+            WriterError: a write failed (its rows stay in memory; call again once fixed).
+        """
+        self.retry_failed()
+        self.drain()
+        self._writer.check()  # a failed trajectory write is the error to report first
+        with self._lock, self._index_io():
+            self._publish_index()
+            self.own.sync(*self._state())
+
+    def _publish_index(self) -> None:
+        """Rewrite ``trajectory_index.json`` whole (atomically) if the journal holds lines it
+        lacks, keeping the journal: the journal stays what reopening reads after the index (its
+        entries already listed are skipped), and the index stays RLinf-readable.
+
+        Skipped when nothing was appended since the index was last written (by this or by a
+        compaction, which empties the journal), and for the ``segment`` format, which RLinf
+        cannot read: there the index is written at compaction only. Costs O(trajectories) per
+        flush that has something new.
+        """
+        journal = self.own.journal
+        if self.fmt == formats.SEGMENT or not journal.lines or journal.appended == self._published:
+            return
+        journal.sync()  # every entry (and so every file) it lists is durable before the index names it
+        entries = sorted(self.own.entries.values(), key=lambda e: e["trajectory_id"])
+        write_index(self.path, entries, keep_journal=True)
+        self._published = journal.appended
+
+    def save_here(self, snapshot: Snapshot) -> None:
+        """A checkpoint into the auto-save directory itself: copy in what it lacks, compact,
+        then ``snapshot.extra(path)``."""
+        with self._lock, self._index_io():
+            self.own.absorb(snapshot)
+            self.own.compact(*self._state())
+            if snapshot.extra is not None:
+                snapshot.extra(self.path)
+
+    def close(self, extra: Callable[[str], None] | None = None) -> None:
+        """Finish every write, compact the index, write metadata (and ``extra(path)``), close
+        the files and stop the writer thread (a later :meth:`submit` restarts it).
+
+        Raises:
+            WriterError: a write failed.
+        """
+        self.retry_failed()
+        self.drain()
+        with self._lock, self._index_io():
+            self.own.compact(*self._state())
+            if extra is not None:
+                extra(self.path)
+            self.own.close()
+        self._writer.close()
+
+    def stop(self) -> None:
+        """Finish queued writes and stop the writer thread (raises a failed write)."""
+        self._writer.close()
+
+    def reset(self) -> None:
+        """Forget the trajectories given so far (the buffer was emptied or reloaded; call after
+        :meth:`drain`). The directory keeps its files."""
+        with self._lock:
+            self._queued.clear()
+            self._queued_bytes = 0
+            self._failed.clear()
+            self._disk_sizes.clear()
+            self.disk_bytes = 0
+
+    @contextlib.contextmanager
+    def _index_io(self) -> Iterator[None]:
+        """Report a failure to write the index or metadata as :class:`WriterError`."""
+        try:
+            yield
+        except OSError as exc:
+            raise WriterError(
+                f"{self.path}: cannot write the index or metadata ({type(exc).__name__}: {exc}). "
+                "The trajectories stay in memory; fix the cause (disk space, permissions) and call "
+                "flush() again"
+            ) from exc
+
+
+class OwnDirectory:
+    """The auto-save directory of a buffer: files, journal and compacted index.
+
+    Every trajectory this buffer writes is listed here (entries persist across ``clear()``);
+    ids are never reused within the directory.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        fmt: str,
+        seed: int | None,
+        contents: DirectoryContents,
+        schema: Schema | None,
+    ) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.seed = seed
+        self.contents = contents
+        self.schema = schema
+        self.entries: dict[int, dict[str, Any]] = {r.trajectory_id: r.to_entry() for r in contents.records}
+        self._total = sum(int(e["num_samples"]) for e in self.entries.values())
+        self.next_id = contents.counter
+        self.journal = Journal(path)
+        self._store: SegmentStore | None = None
+        self._doomed: list[str] = []  # files or segments to delete once their removal is durable
+        self._segment_refs: dict[str, int] = {}  # segment -> entries naming it
+        self._unreferenced: set[str] = set()  # segments no entry names (deleted once sealed)
+        for entry in self.entries.values():
+            if entry.get("row") is not None:
+                self._segment_refs[entry["file"]] = self._segment_refs.get(entry["file"], 0) + 1
+
+    def segment_store(self, schema: Schema) -> SegmentStore:
+        """The store appending this directory's segments (``segment`` format only; the
+        schema is that of the rows, given with the first call)."""
+        if self._store is None:
+            self._store = SegmentStore(self.path, schema)
+        return self._store
+
+    @classmethod
+    def open(cls, path: str, fmt: str, seed: int | None) -> OwnDirectory:
+        """Open (continuing) or create an auto-save directory."""
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise BufferDirectoryError(f"auto_save_path {path} exists and is not a directory")
+        with writing(path, "auto_save_path"):
+            return cls._open(path, fmt, seed)
+
+    @classmethod
+    def _open(cls, path: str, fmt: str, seed: int | None) -> OwnDirectory:
+        os.makedirs(path, exist_ok=True)
+        remove_tmp_files(path)
+        removed: list[int] = []
+        if os.path.lexists(os.path.join(path, JOURNAL)):
+            files = list_trajectory_files(path)
+            removed = removed_ids(path)
+            for tid in removed:  # evicted, but the crash came before their deletion
+                for name in files.get(tid, []):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(path, name))
+        if is_buffer_directory(path):
+            contents, schema = read_directory(path)
+            if contents.fmt != fmt:
+                raise BufferDirectoryError(
+                    f"auto_save_path {path} holds a {contents.fmt!r} buffer; construct the buffer "
+                    f"with trajectory_format={contents.fmt!r} or choose another path"
+                )
+            own = cls(path, fmt, seed, contents, schema)
+            if removed:  # never give an evicted id again (one evicted mid-write was never listed)
+                own.next_id = max(own.next_id, max(removed) + 1)
+            if fmt == formats.SEGMENT:
+                recover_segments(path, schema, contents.records)
+            if contents.journal_entries or removed or not contents.written_by_us:
+                own.compact(own.next_id, schema)  # the removal lines go once their files have
+            return own
+        if list_trajectory_files(path):
+            raise BufferDirectoryError(
+                f"auto_save_path {path} holds trajectory files but no metadata.json; repair it "
+                "with the verify tool or choose another path"
+            )
+        empty = DirectoryContents(path, fmt, [], [], 0, seed, True, 0, {})
+        own = cls(path, fmt, seed, empty, None)
+        own.compact(0, None)
+        return own
+
+    def record_written(self, record: Record, name: str, counter: int, schema: Schema | None) -> None:
+        """Append the entry of a file just written; compact when the journal grows long."""
+        entry = record.to_entry(name)
+        self._set_entry(entry)
+        self.next_id = max(self.next_id, record.trajectory_id + 1)
+        self.journal.append(entry)
+        if self.journal.lines > max(_COMPACT_MIN, len(self.entries)):
+            self.compact(counter, schema)
+
+    def sync(self, counter: int, schema: Schema | None) -> None:
+        """Make every appended entry and written file durable; refresh metadata."""
+        self.journal.sync()
+        fsync_dir(self.path)
+        self._delete_doomed()
+        self._write_metadata(counter, schema)
+
+    def remove(self, trajectory_ids: list[int]) -> None:
+        """Remove trajectories this directory lists (evicted by a capacity limit).
+
+        A removal line goes to the journal first; the files go once it is durable (at the next
+        :meth:`sync` or :meth:`compact`, or every 32 removals), so a crash never leaves an
+        entry naming a deleted file. A segment goes once no entry names it and it is sealed.
+        """
+        for tid in trajectory_ids:
+            entry = self.entries.pop(tid, None)
+            if entry is None:
+                continue
+            self._total -= int(entry["num_samples"])
+            self.journal.append({"trajectory_id": tid, "removed": True})
+            name = entry["file"]
+            if entry.get("row") is None:
+                self._doomed.append(name)
+                continue
+            self._segment_refs[name] -= 1
+            if self._segment_refs[name] == 0:
+                del self._segment_refs[name]
+                self._unreferenced.add(name)
+        self._sweep_unreferenced()
+        if len(self._doomed) >= 32:
+            self.journal.sync()
+            self._delete_doomed()
+
+    def _sweep_unreferenced(self) -> None:
+        """Doom the sealed segments no entry names (the active one waits until it is sealed)."""
+        active = self._store.active_name if self._store is not None else None
+        for name in [n for n in self._unreferenced if n != active]:
+            self._unreferenced.discard(name)
+            self._doomed.append(name)
+
+    def _delete_doomed(self) -> None:
+        """Delete files whose removal the (already fsync'd) journal records."""
+        self._sweep_unreferenced()
+        if not self._doomed:
+            return
+        for name in self._doomed:
+            target = os.path.join(self.path, name)
+            if SEGMENT_RE.match(name):
+                if self._store is not None:
+                    self._store.forget(name)
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+        self._doomed = []
+        fsync_dir(self.path)
+
+    def compact(self, counter: int, schema: Schema | None) -> None:
+        """Rewrite ``trajectory_index.json`` with every entry and drop the journal."""
+        self.journal.sync()
+        fsync_dir(self.path)
+        self._delete_doomed()
+        write_index(self.path, sorted(self.entries.values(), key=lambda e: e["trajectory_id"]))
+        self.journal.reset()
+        self._write_metadata(counter, schema)
+
+    def _write_metadata(self, counter: int, schema: Schema | None) -> None:
+        if schema is not None:
+            self.schema = schema
+        self.next_id = max(self.next_id, counter)
+        totals = (len(self.entries), self._total)
+        write_metadata(self.path, self.fmt, totals, self.next_id, self.seed, self.schema)
+
+    def _set_entry(self, entry: dict[str, Any]) -> None:
+        old = self.entries.get(entry["trajectory_id"])
+        self._total += int(entry["num_samples"]) - (int(old["num_samples"]) if old else 0)
+        self.entries[entry["trajectory_id"]] = entry
+        if old is None and entry.get("row") is not None:
+            self._segment_refs[entry["file"]] = self._segment_refs.get(entry["file"], 0) + 1
+            self._unreferenced.discard(entry["file"])
+
+    def absorb(self, snapshot: Snapshot) -> None:
+        """Copy into this directory every snapshot trajectory it does not list yet."""
+        for record in snapshot.records:
+            listed = self.entries.get(record.trajectory_id)
+            if listed is not None:
+                if listed.get("uuid") != record.uuid:
+                    raise BufferDirectoryError(
+                        f"cannot checkpoint into the auto-save directory {self.path}: it already "
+                        f"lists a different trajectory {record.trajectory_id}; save elsewhere"
+                    )
+                continue
+            store = self.segment_store(snapshot.schema) if self.fmt == formats.SEGMENT else None
+            assert snapshot.schema is not None or store is None
+            placed = place_records([record], snapshot.rows_of, self.path, self.fmt, snapshot.schema, store)
+            self._set_entry(placed[record.trajectory_id].to_entry())
+
+    def close(self) -> None:
+        """Close the journal handle and the segment being appended."""
+        self.journal.close()
+        if self._store is not None:
+            self._store.close()
+
+
+def recover_segments(path: str, schema: Schema | None, records: list[Record]) -> None:
+    """Cut what a crash left in segment files beyond the rows the index names."""
+    committed: dict[str, int] = {}
+    for r in records:
+        if r.file is not None and r.row is not None:
+            committed[r.file] = max(committed.get(r.file, 0), r.row + r.num_transitions)
+    for name in os.listdir(path):
+        if SEGMENT_RE.match(name) and not os.path.islink(os.path.join(path, name)):
+            if committed.get(name, 0) == 0:  # no entry names it: evicted, or never committed
+                shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+                continue
+            remove_tmp_files(os.path.join(path, name))  # an interrupted segment.json write
+            truncate_segment(os.path.join(path, name), schema, committed.get(name, 0))

@@ -1,0 +1,506 @@
+"""The row store: answers "give me these rows", wherever they live.
+
+:class:`RowStore` owns every place a trajectory's aligned rows ``[T * B, ...]`` can be read from:
+
+* the in-memory ring (:class:`~.cache.TrajectoryCache`): the newest trajectories;
+* pending rows: trajectories handed to the auto-saver whose files are not written yet;
+* on disk: memory-mapped ``pt``/``pkl`` files (a pool of open mappings) and segments
+  (:class:`~.formats.segment.SegmentStore`, one per directory; the auto-save directory's is the
+  auto-saver's own, given through ``own_segments``).
+
+It also owns the buffer's :class:`~.schema.Schema` (the columns every row has) and the
+checksum check before a trajectory's first read from disk. Where a trajectory's disk rows are
+comes from the index (:mod:`.index`), computed once there; which of the window's trajectories
+are in the ring needs no lookup at all: the ring holds a suffix of the index order.
+
+The module's functions read one record from disk, checked: :func:`read_rows`,
+:func:`verify_record`, :func:`reading`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from . import formats
+from .cache import Pin, TrajectoryCache, scatter_rows
+from .directory import load_columns
+from .errors import (
+    BufferNotFoundError,
+    CorruptBufferError,
+    CorruptDataWarning,
+    CorruptTrajectoryError,
+    UnsafeFileError,
+)
+from .formats.segment import SegmentStore
+from .index import TrajectoryIndex, Window
+from .integrity import mismatch, verify_file, verify_rows
+from .record import Record
+from .schema import Schema, combine
+from .trajectory import AlignedTrajectory, Key, key_name, source_steps
+
+logger = logging.getLogger("rlinf_replay_buffer")
+_READER_POOL = 64  # trajectory files kept mapped for reading
+
+Rows = dict[Key, torch.Tensor]
+"""Aligned rows of one trajectory: ``{column: [T * B, *row_shape]}``."""
+
+
+# -- one record from disk -------------------------------------------------------------------------
+@contextlib.contextmanager
+def reading(record: Record) -> Iterator[None]:
+    """Report a damaged file met while reading ``record`` as :class:`CorruptTrajectoryError`
+    naming the trajectory (unsafe files keep their own error: they are never skipped)."""
+    try:
+        yield
+    except (CorruptTrajectoryError, UnsafeFileError):
+        raise
+    except CorruptBufferError as exc:
+        raise CorruptTrajectoryError(str(exc), record.trajectory_id, record.path) from None
+
+
+def verify_record(record: Record, store: SegmentStore | None = None) -> None:
+    """Check a record's data against its ``crc32`` (no-op without one).
+
+    Raises:
+        CorruptTrajectoryError: mismatch, or a truncated, missing or unreadable file.
+    """
+    if record.checksum is None:
+        return
+    with reading(record):
+        if record.fmt == formats.SEGMENT:
+            assert store is not None and record.file is not None and record.row is not None
+            found = store.checksum(record.file, record.row, record.num_transitions)
+            if found != record.checksum:
+                raise mismatch(record.trajectory_id, record.path or "", record.checksum, found)
+            return
+        try:
+            verify_file(record.trajectory_id, record.path or "", record.checksum)
+        except FileNotFoundError:
+            raise BufferNotFoundError(
+                f"{record.path}: the file of trajectory {record.trajectory_id} is missing; "
+                "restore it or repair the directory with the verify tool"
+            ) from None
+
+
+def read_rows(record: Record, schema: Schema | None, store: SegmentStore | None = None) -> Rows:
+    """Aligned rows ``[T * B, ...]`` of a record's file or segment.
+
+    ``pt`` files are memory-mapped (rows are views of the mapping); segment rows are copied.
+    The data is checked against the record's checksum first.
+
+    Raises:
+        CorruptTrajectoryError: the data fails its checksum, or the file is truncated or
+            unreadable.
+        CorruptBufferError: the file's fields differ from ``schema``.
+    """
+    n = record.num_transitions
+    if record.fmt == formats.SEGMENT:
+        assert schema is not None and record.file is not None and record.row is not None
+        store = store or SegmentStore(record.directory or "", schema)
+        with reading(record):
+            rows = store.read(record.file, record.row, n)
+            verify_rows(record.trajectory_id, record.path or "", rows, schema, record.checksum)
+        return rows
+    verify_record(record)
+    with reading(record):
+        raw = load_columns(record, mmap=True)
+    columns = {
+        k: v[torch.from_numpy(source_steps(k, int(v.shape[0]), record.num_steps))]
+        if int(v.shape[0]) != record.num_steps
+        else v
+        for k, v in raw.items()
+    }
+    combine(schema, Schema.of_columns(columns), f"{record.path}: ", CorruptBufferError)
+    return {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
+
+
+def report_skipped(trajectory_id: int, exc: BaseException, stacklevel: int = 4) -> None:
+    """Log and warn (:class:`CorruptDataWarning`) that a damaged trajectory was left out."""
+    logger.warning("skipped damaged trajectory %d: %s", trajectory_id, exc)
+    warnings.warn(
+        f"skipped damaged trajectory {trajectory_id}: {exc}", CorruptDataWarning, stacklevel=stacklevel
+    )
+
+
+# -- the store -----------------------------------------------------------------------------------
+class RowStore:
+    """Rows of the buffer's trajectories: ring, pending writes, files and segments.
+
+    Args:
+        index: the buffer's index (where disk rows are, and the checked flags).
+        ring: the in-memory ring, or ``None`` for none.
+        own_segments: ``own_segments(directory, schema)``: the auto-saver's segment store if
+            ``directory`` is its directory, else ``None``.
+
+    Not thread-safe: the buffer calls it under its lock.
+    """
+
+    def __init__(
+        self,
+        index: TrajectoryIndex,
+        ring: TrajectoryCache | None,
+        own_segments: Callable[[str, Schema], SegmentStore | None] | None = None,
+    ) -> None:
+        self._index = index
+        self._ring = ring
+        self._own_segments = own_segments
+        self._schema: Schema | None = None
+        self._pending: dict[int, Rows] = {}
+        self._readers: OrderedDict[str, Rows] = OrderedDict()  # path -> mapped raw columns
+        self._segment_stores: dict[str, SegmentStore] = {}
+        self._episode_ends: dict[int, np.ndarray] = {}
+
+    # -- schema -------------------------------------------------------------------------------
+    @property
+    def schema(self) -> Schema | None:
+        """The columns of every stored row (``None`` while empty)."""
+        return self._schema
+
+    def set_schema(self, schema: Schema | None) -> None:
+        """Set the schema (after :meth:`admit`, or from a loaded directory)."""
+        self._schema = schema
+
+    def admit(self, aligned: list[AlignedTrajectory]) -> Schema:
+        """The schema once ``aligned`` is stored; raises if a trajectory does not fit (nothing
+        changes either way)."""
+        schema = self._schema or Schema.of_columns(aligned[0].columns)
+        for i, traj in enumerate(aligned):
+            schema.check(Schema.of_columns(traj.columns), where=f"trajectory {i}: ")
+        return schema
+
+    # -- memory -------------------------------------------------------------------------------
+    @property
+    def ring_count(self) -> int:
+        """Trajectories in the ring."""
+        return len(self._ring) if self._ring is not None else 0
+
+    @property
+    def ring_bytes(self) -> int:
+        """Bytes of rows in the ring."""
+        return self._ring.nbytes if self._ring is not None else 0
+
+    @property
+    def ring_limit(self) -> int | None:
+        """Trajectories the ring holds at most (``None``: unbounded or no ring)."""
+        return self._ring.max_trajectories if self._ring is not None else None
+
+    @property
+    def pending_count(self) -> int:
+        """Trajectories whose rows wait for a file."""
+        return len(self._pending)
+
+    def put(self, trajectory_id: int, rows: Rows) -> list[int]:
+        """Copy rows into the ring (no-op without one); return the ids it evicted, oldest first."""
+        if self._ring is None:
+            return []
+        assert self._schema is not None
+        return self._ring.put(trajectory_id, rows, self._schema)
+
+    def set_ring_limit(self, trajectories: int | None) -> list[int]:
+        """Bound the ring to ``trajectories``; return the ids it evicted."""
+        if self._ring is None:
+            return []
+        self._ring.max_trajectories = trajectories
+        return self._ring.enforce_bounds()
+
+    def evict(self, record: Record) -> None:
+        """Forget a trajectory that left the buffer as its oldest (ring, pending, reader)."""
+        if self._ring is not None and record.trajectory_id in self._ring:
+            evicted = self._ring.pop_oldest()  # the ring holds the newest trajectories
+            assert evicted == record.trajectory_id, "ring and index out of step"
+        self.release(record.trajectory_id)
+        self.forget(record)
+
+    def hold(self, trajectory_id: int, rows: Rows) -> None:
+        """Keep rows readable until their file is written (:meth:`release`)."""
+        self._pending[trajectory_id] = rows
+
+    def held(self, trajectory_id: int) -> Rows | None:
+        """Rows held for a pending write, or ``None``."""
+        return self._pending.get(trajectory_id)
+
+    def release(self, trajectory_id: int) -> None:
+        """Stop holding rows whose file is written (or whose trajectory left)."""
+        self._pending.pop(trajectory_id, None)
+
+    def snapshot_rows(self, records: list[Record]) -> tuple[Callable[[int], Rows | None], Callable[[], None]]:
+        """For a checkpoint of ``records``: ``rows_of(tid)`` returns a private copy of rows held
+        only in memory (``None`` otherwise), valid even if the ring evicts them meanwhile
+        (call it under the buffer's lock); ``release()`` ends the snapshot."""
+        ring, pending = self._ring, dict(self._pending)
+        pin: Pin = ring.pin([r.trajectory_id for r in records if r.path is None]) if ring else {}
+
+        def rows_of(tid: int) -> Rows | None:
+            if ring is not None and tid in pin:
+                return ring.take(pin, tid)
+            return pending.get(tid)
+
+        def release() -> None:
+            if ring is not None:
+                ring.unpin(pin)
+
+        return rows_of, release
+
+    # -- reads --------------------------------------------------------------------------------
+    def gather(self, window: Window, flat: torch.Tensor) -> Rows:
+        """Rows of window transitions ``flat`` (int64 ``[N]``, window-flat numbers), one new
+        ``[N, *row_shape]`` tensor per column.
+
+        The ring's part of the window is its newest trajectories, which are the newest rows of
+        the ring: transition ``f`` of that part is ring row ``head - hit_rows + f``, so hits
+        need no search at all. Misses (older window trajectories) are located with a binary
+        search over the window's cumulative counts and read from segments (one
+        ``index_select`` per segment and column), pending rows or files.
+        """
+        ring, ends = self._ring, window.ends
+        w = len(window)
+        misses_before = w - (min(w, len(ring)) if ring is not None else 0)
+        miss_total = int(ends[misses_before - 1]) if misses_before else 0
+        hit_rows = window.total - miss_total
+        if ring is not None and miss_total == 0:
+            return ring.gather(flat, ring.newest_rows_start(hit_rows), hit_rows)
+        schema = self._schema
+        assert schema is not None
+        out = {k: torch.empty((int(flat.shape[0]), *s.row_shape), dtype=s.dtype) for k, s in schema.items()}
+        hit = flat >= miss_total
+        dest_hit = torch.nonzero(hit).flatten()
+        if ring is not None and len(dest_hit):
+            ring.gather_into(
+                out, dest_hit, flat[dest_hit] - miss_total, ring.newest_rows_start(hit_rows), hit_rows
+            )
+        where = torch.nonzero(~hit).flatten().numpy()
+        if len(where):
+            f = flat.numpy()[where]
+            positions = np.searchsorted(ends, f, side="right")
+            unchecked = ~self._index.window_checked(len(window))[positions]
+            if unchecked.any():  # first read of these trajectories: check their checksums
+                for p in np.unique(positions[unchecked]).tolist():
+                    self.check(self._index[int(window.ids[p])])
+            rows = f - window.begins[positions]
+            seg_of = window.segments[positions]
+            located = seg_of >= 0
+            if located.any():
+                sel = np.flatnonzero(located)
+                self._gather_segments(
+                    out, seg_of[sel], window.first_rows[positions[sel]] + rows[sel], where[sel]
+                )
+            if not located.all():
+                rest = np.flatnonzero(~located)
+                self._gather_rest(out, window.ids, positions[rest], rows[rest], where[rest])
+        return out
+
+    def _gather_segments(self, out: Rows, segs: np.ndarray, rows: np.ndarray, dest: np.ndarray) -> None:
+        """``out[k][dest[i]]`` = row ``rows[i]`` of segment ``segs[i]``: one ``index_select``
+        per (segment, column) over the memory-mapped column files."""
+        present = np.unique(segs).tolist()
+        whole = len(present) == 1 and np.array_equal(dest, np.arange(len(next(iter(out.values())))))
+        for s in present:
+            sel = slice(None) if len(present) == 1 else np.flatnonzero(segs == s)
+            directory, name = self._index.segment(s)
+            store = self._segments(directory)
+            r = rows[sel]
+            cols = store.columns(name, int(r.max()) + 1)
+            idx = torch.from_numpy(r)
+            for key in out:
+                if whole:
+                    out[key] = torch.index_select(cols[key], 0, idx)
+                else:
+                    scatter_rows(out[key], dest[sel], torch.index_select(cols[key], 0, idx))
+            store.note_read()
+
+    def _gather_rest(
+        self, out: Rows, ids: np.ndarray, positions: np.ndarray, rows: np.ndarray, dest: np.ndarray
+    ) -> None:
+        """``out[k][dest[i]]`` = row ``rows[i]`` of window trajectory ``positions[i]``, from
+        pending rows or files: one group of array operations per trajectory."""
+        order = np.argsort(positions, kind="stable")
+        bounds = np.flatnonzero(np.diff(positions[order])) + 1
+        for group in np.split(order, bounds):
+            tid = int(ids[positions[group[0]]])
+            to, local = dest[group], rows[group]
+            data = self._pending.get(tid)
+            if data is not None:
+                sel = torch.from_numpy(local)
+                for key, tensor in data.items():
+                    scatter_rows(out[key], to, tensor.index_select(0, sel))
+                continue
+            record = self._index[tid]
+            raw = self._mapped(record)
+            b = record.num_envs
+            t, env = local // b, local % b
+            for key in out:
+                tensor = raw[key]
+                src = source_steps(key, int(tensor.shape[0]), record.num_steps)[t] * b + env
+                flat = tensor.reshape(-1, *tensor.shape[2:])
+                scatter_rows(out[key], to, flat.index_select(0, torch.from_numpy(src)))
+
+    def column(self, record: Record, key: Key) -> torch.Tensor:
+        """One column of a trajectory's aligned rows ``[T * B, ...]``, from memory or disk
+        (a view where possible: do not write to it)."""
+        tid = record.trajectory_id
+        data = self._pending.get(tid)
+        if data is not None:
+            return data[key]
+        if self._ring is not None and tid in self._ring:
+            return self._ring.view(tid)[key]
+        if not self._index.is_checked(tid):
+            self.check(record)
+        n = record.num_transitions
+        if record.fmt == formats.SEGMENT:
+            assert self._schema is not None and record.file is not None and record.row is not None
+            with reading(record):
+                return self._segments(record.directory or "").columns(record.file, record.row + n)[key][
+                    record.row : record.row + n
+                ]
+        tensor = self._mapped(record)[key]
+        src = source_steps(key, int(tensor.shape[0]), record.num_steps)
+        return tensor[torch.from_numpy(src)].reshape(n, *tensor.shape[2:])
+
+    def trajectory(self, record: Record) -> dict[Key, torch.Tensor]:
+        """Every column of one trajectory as new ``[T, B, ...]`` tensors."""
+        assert self._schema is not None
+        t, b = record.num_steps, record.num_envs
+        return {
+            key: self.column(record, key).reshape(t, b, *spec.row_shape).clone()
+            for key, spec in self._schema.items()
+        }
+
+    def episode_ends(self, record: Record) -> np.ndarray:
+        """Where a trajectory's episodes end, bool ``[T, B]`` (``dones``, else terminations or
+        truncations; neither: no episode ends inside it). Read once, then cached."""
+        tid = record.trajectory_id
+        flags = self._episode_ends.get(tid)
+        if flags is not None:
+            return flags
+        schema = self._schema
+        assert schema is not None
+        shape = (record.num_steps, record.num_envs)
+        keys = [k for k in (("dones",),) if k in schema] or [
+            k for k in (("terminations",), ("truncations",)) if k in schema
+        ]
+        flags = np.zeros(shape, dtype=bool)
+        for key in keys:
+            column = self.column(record, key)
+            flags |= column.reshape(record.num_transitions, -1).ne(0).any(dim=1).numpy().reshape(shape)
+        if len(self._episode_ends) > 4 * max(64, len(self._index)):
+            self._episode_ends.clear()
+        self._episode_ends[tid] = flags
+        return flags
+
+    def read(self, record: Record, schema: Schema | None) -> Rows:
+        """Aligned rows of a record's file or segment, checked (``schema``: the directory's)."""
+        store = None
+        if record.fmt == formats.SEGMENT and schema is not None:
+            store = self._segments(record.directory or "", schema)
+        return read_rows(record, schema, store)
+
+    def read_newest(
+        self,
+        records: list[Record],
+        schema: Schema | None,
+        skip_corrupt: bool,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[list[Record], list[tuple[Record, Rows]], int]:
+        """Read, without storing, the rows of the newest ``records`` the ring can hold (a load
+        warms the ring with them).
+
+        Returns ``(records left, [(record, rows)], damaged trajectories skipped)``; a damaged
+        one raises :class:`CorruptTrajectoryError` unless ``skip_corrupt``.
+        """
+        keep, skipped = records, 0
+        if self._ring is None or not keep:
+            return keep, [], 0
+        limit = self._ring.max_trajectories
+        while True:
+            warm = keep if limit is None else keep[max(0, len(keep) - limit) :]
+            try:
+                rows = []
+                for done, record in enumerate(warm, 1):
+                    rows.append((record, self.read(record, schema)))
+                    if progress is not None:
+                        progress(done, len(warm))
+                return keep, rows, skipped
+            except CorruptTrajectoryError as exc:
+                if not skip_corrupt or exc.trajectory_id is None:
+                    raise
+                report_skipped(exc.trajectory_id, exc)
+                skipped += 1
+                keep = [r for r in keep if r.trajectory_id != exc.trajectory_id]
+
+    def check(self, record: Record) -> None:
+        """Check a trajectory's data against its checksum before its first read from disk."""
+        if record.trajectory_id not in self._pending and record.path is not None:
+            store = None
+            if record.fmt == formats.SEGMENT:
+                store = self._segments(record.directory or "")
+            verify_record(record, store)
+        self._index.mark_checked(record.trajectory_id)
+
+    def _segments(self, directory: str, schema: Schema | None = None) -> SegmentStore:
+        store = self._segment_stores.get(directory)
+        if store is None:
+            schema = schema or self._schema
+            assert schema is not None
+            own = self._own_segments(directory, schema) if self._own_segments is not None else None
+            store = self._segment_stores[directory] = own or SegmentStore(directory, schema)
+        return store
+
+    def _mapped(self, record: Record) -> Rows:
+        path = record.path
+        if path is None:
+            raise CorruptBufferError(f"trajectory {record.trajectory_id} has neither data nor file")
+        raw = self._readers.get(path)
+        if raw is None:
+            with reading(record):
+                raw = load_columns(record, mmap=True)
+            schema = self._schema
+            assert schema is not None
+            missing = [key_name(k) for k in schema if k not in raw]
+            if missing:
+                raise CorruptBufferError(f"{path}: lacks fields {missing} that the buffer holds")
+            self._readers[path] = raw
+            if len(self._readers) > _READER_POOL:
+                self._readers.popitem(last=False)
+        else:
+            self._readers.move_to_end(path)
+        return raw
+
+    # -- forgetting ---------------------------------------------------------------------------
+    def forget(self, record: Record) -> None:
+        """Drop what is open or derived for a trajectory that left (its mapping, its flags)."""
+        if record.path is not None:
+            self._readers.pop(record.path, None)
+        self._episode_ends.pop(record.trajectory_id, None)
+
+    def forget_directory(self, path: str) -> None:
+        """Forget open files of a directory whose contents were replaced (map them afresh)."""
+        replaced = os.path.realpath(path)
+        self._readers.clear()
+        for directory in [d for d in self._segment_stores if os.path.realpath(d) == replaced]:
+            del self._segment_stores[directory]
+
+    def close_files(self) -> None:
+        """Close the file mappings (they reopen when read)."""
+        self._readers.clear()
+
+    def clear_ring(self) -> None:
+        """Empty the ring (its reservation too)."""
+        if self._ring is not None:
+            self._ring.clear()
+
+    def clear(self) -> None:
+        """Forget everything: rows, mappings, the schema."""
+        self.clear_ring()
+        self._pending.clear()
+        self._readers.clear()
+        self._segment_stores.clear()
+        self._episode_ends.clear()
+        self._schema = None
