@@ -13,29 +13,35 @@ Subcommands, each a thin layer over one library function:
 ``import`` :func:`.tools.parquet.import_parquet`: a Parquet export back into a buffer
 =========  ===================================================================================
 
-The seed's form, ``python rlinf/data/replay_buffer.py --load-path PATH [--num-chunks N ...]``, is
-the ``sample`` subcommand. Errors are one line on stderr and exit status 1 (2 for bad usage);
-progress bars are drawn on stderr when it is a terminal, unless ``--quiet``.
+RLinf's legacy form, ``python rlinf/data/replay_buffer.py --load-path PATH [--num-chunks N ...]``
+(no subcommand), is the ``sample`` subcommand. ``--version`` prints the package version. Errors
+are one line on stderr and exit status 1 (2 for bad usage); library messages that name a Python
+argument (``overwrite=True``, ``seq_len``) are reworded with the flag that sets it
+(:func:`command_line_message`). ``--json`` prints one object whose keys are listed in
+:data:`JSON_KEYS` (the "JSON output" section of ``docs/cli.md``). Progress bars are drawn on
+stderr when it is a terminal, unless ``--quiet``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
+import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 
+from . import __version__
 from .buffer import Batch, TrajectoryReplayBuffer
 from .errors import ReplayBufferError
 from .tools.progress import progress_bar
 
 PROG = "rlinf-buffer"
+LEGACY_PROG = "python rlinf/data/replay_buffer.py"
 _WIDTH = 100  # help text width, fixed so that docs/cli.md matches --help everywhere
 
 
@@ -62,9 +68,10 @@ def sample_directory(
     seed: int = 1234,
     seq_len: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    pad: bool = False,
 ) -> tuple[Batch, dict[str, Any], float]:
     """Load ``load_path``, sample ``num_chunks`` transitions once (or ``num_chunks`` runs of
-    ``seq_len`` steps).
+    ``seq_len`` steps, zero-padded past episode ends with ``pad``).
 
     Returns:
         ``(batch, stats, seconds)``: the batch, the buffer's stats after loading and the time
@@ -79,7 +86,10 @@ def sample_directory(
     ) as buffer:
         buffer.load_checkpoint(load_path, progress=progress)
         start = time.perf_counter()
-        batch = buffer.sample(num_chunks) if seq_len is None else buffer.sample_sequences(num_chunks, seq_len)
+        if seq_len is None:
+            batch = buffer.sample(num_chunks)
+        else:
+            batch = buffer.sample_sequences(num_chunks, seq_len, pad=pad)
         seconds = time.perf_counter() - start
         return batch, buffer.get_stats(), seconds
 
@@ -96,56 +106,156 @@ def report(load_path: str, num_chunks: int, batch: Batch, stats: dict[str, Any],
         print(f"  {name:<{width}}  shape={list(tensor.shape)}  dtype={tensor.dtype}")
 
 
+# -- error messages ----------------------------------------------------------------------------------
+_EMPTY_WINDOW = "add trajectories or load a checkpoint first (is_ready() tells when sampling is possible)"
+
+#: per subcommand: a word of the library's messages (a Python argument name, ``overwrite=True``)
+#: -> the command-line flag that sets it. The legacy form uses ``sample``'s.
+FLAG_NAMES: dict[str, dict[str, str]] = {
+    "sample": {
+        "num_chunks": "--num-chunks",
+        "num_sequences": "--num-chunks",
+        "seq_len": "--seq-len",
+        "pad=True": "--pad",
+        "cache_size": "--cache-size",
+        "sample_window_size": "--sample-window-size",
+        "seed": "--seed",
+        _EMPTY_WINDOW: "the buffer directory is empty",
+    },
+    "merge": {"split_count": "--split-count", "save path": "--save-path"},
+    "split": {"split_count": "--split-count", "save path": "--save-path"},
+    "view": {
+        "trajectory id": "--trajectory",
+        "the directory holds ids": "--trajectory takes one of the ids",
+        "num": "--sample",
+        "seed": "--seed",
+        "env": "--env",
+        "out": "--out",
+        _EMPTY_WINDOW: "the buffer directory is empty",
+    },
+    "export": {
+        "out_path": "--out",
+        "overwrite=True": "--overwrite",
+        "give the path of the Parquet file": "give --out the path of the Parquet file",
+    },
+    "import": {
+        "dest_path": "--save-path",
+        "trajectory_format": "--trajectory-format",
+        "empty destination": "empty --save-path",
+    },
+}
+
+
+def command_line_message(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` on one line, with the library's words in ``flags`` replaced by their flags.
+
+    A name made of letters only (``seed``, ``out``) is replaced where it begins a clause and is
+    the subject of it (``seed must be ...``, ``env 5 is out of range``, ``out '/x' is a
+    directory``); any other key (``seq_len``, ``overwrite=True``, a phrase) wherever it stands
+    as a whole word, never inside a path.
+    """
+    message = " ".join(message.split())
+    for word, flag in flags.items():
+        if word.isalpha():
+            pattern = (
+                rf"(?:^|(?<=\()|(?<=: )|(?<=; )){re.escape(word)}"
+                rf"(?= must\b| '[^']*' is\b| -?\d+ is\b)"
+            )
+        else:
+            pattern = rf"(?<![\w/.=-]){re.escape(word)}(?![\w/=-])"
+        message = re.sub(pattern, flag, message)
+    return message
+
+
 # -- parsers ---------------------------------------------------------------------------------------
-def _sample_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-chunks", type=int, default=1024, help="transitions to sample (>= 1)")
-    p.add_argument("--cache-size", type=int, default=5, help="trajectories to cache")
-    p.add_argument("--enable-cache", action="store_true", help="enable the trajectory cache")
+def _sample_options(p: argparse.ArgumentParser, sequences: bool = False) -> None:
+    p.add_argument(
+        "--num-chunks",
+        type=int,
+        default=1024,
+        help="transitions to sample (>= 1)" + ("; with --seq-len, runs of steps" if sequences else ""),
+    )
+    p.add_argument(
+        "--cache-size",
+        type=int,
+        default=5,
+        help="trajectories the cache keeps in memory (with --enable-cache)",
+    )
+    p.add_argument(
+        "--enable-cache",
+        action="store_true",
+        help="enable the buffer's trajectory cache (RLinf's option: it changes memory use, not the batch)",
+    )
     p.add_argument(
         "--sample-window-size",
         type=int,
         default=100,
         help="sample from the most recent N trajectories (0: all)",
     )
-    p.add_argument("--seed", type=int, default=1234, help="sampling seed")
+    p.add_argument(
+        "--seed", type=int, default=1234, help="random seed of the sampling (same seed, same batch)"
+    )
+
+
+def _version(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The seed's form: ``--load-path PATH [--num-chunks N ...]`` (the ``sample`` subcommand)."""
+    """RLinf's legacy form: ``--load-path PATH [--num-chunks N ...]`` (the ``sample`` subcommand)."""
     p = argparse.ArgumentParser(
-        prog="python rlinf/data/replay_buffer.py",
+        prog=LEGACY_PROG,
         description="Load a replay buffer directory, sample once, print every key with its shape and "
         f"dtype. The other tools are subcommands: `{PROG} --help`.",
         formatter_class=_formatter,
+        allow_abbrev=False,
     )
-    p.add_argument("--load-path", required=True, help="buffer directory (checkpoint or auto-save)")
+    p.add_argument(
+        "--load-path",
+        required=True,
+        help="the buffer directory: a saved checkpoint, or the directory a buffer saves to",
+    )
     _sample_options(p)
+    _version(p)
     return p
 
 
 def _add(sub: Any, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=description, formatter_class=_formatter)
+    return sub.add_parser(
+        name, help=help_text, description=description, formatter_class=_formatter, allow_abbrev=False
+    )
+
+
+_RANKS = "a folder of rank_* buffer directories (one per training process)"
+_MOVED = (
+    " Files are moved (they leave the source) unless --copy is given; the source stays loadable "
+    "throughout, and the output appears only once it is complete."
+)
 
 
 def build_tool_parser() -> argparse.ArgumentParser:
     """The ``rlinf-buffer`` parser with every subcommand."""
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Inspect, check, reshape and convert replay buffer directories. The seed's form "
-        "`--load-path PATH ...` (no subcommand) is the same as `sample`.",
+        description="Inspect, check, reshape and convert replay buffer directories. RLinf's legacy "
+        "form `--load-path PATH ...` (no subcommand) is the same as `sample`.",
+        epilog=f"`{PROG} COMMAND --help` describes each command; `--json` output is described in "
+        "docs/cli.md (JSON output).",
         formatter_class=_formatter,
+        allow_abbrev=False,
     )
+    _version(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = _add(
         sub,
         "info",
         "summarize a buffer directory",
-        "Print trajectories, transitions, bytes, fields "
-        "(shape and dtype), model versions and the format of a buffer directory; for a folder "
-        "of rank_* directories (a sharded buffer or per-rank checkpoint), each rank and the totals.",
+        "Print what a buffer directory holds, from its index (the trajectory data is not read): "
+        "trajectories, transitions, bytes on disk, fields (shape and dtype), model versions and "
+        f"the file format. For {_RANKS}, each rank and the totals.",
     )
-    s.add_argument("path", help="the buffer directory, or a folder of rank_* directories")
+    s.add_argument("path", help=f"the buffer directory, or {_RANKS}")
     _output_options(s)
 
     s = _add(
@@ -155,43 +265,53 @@ def build_tool_parser() -> argparse.ArgumentParser:
         "Load a buffer directory, sample once and print every key of the batch with its shape and dtype.",
     )
     s.add_argument("path", help="the buffer directory")
-    _sample_options(s)
-    s.add_argument("--seq-len", type=int, default=None, help="sample --num-chunks runs of this many steps")
+    _sample_options(s, sequences=True)
+    s.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="sample runs of this many consecutive steps (of one environment) instead of single transitions",
+    )
+    s.add_argument(
+        "--pad",
+        action="store_true",
+        help="with --seq-len: runs may cross an episode end, the steps past it are zero padding",
+    )
     _output_options(s)
 
-    for name, text in (
-        ("merge", "merge rank_* directories into one"),
-        ("split", "keep the first N trajectories"),
-    ):
-        s = _add(
-            sub,
-            name,
-            text,
-            "Merge the rank_* buffer directories under SOURCE (interleaved by original "
-            "trajectory id, renumbered from 0) into SAVE_PATH"
-            + (", keeping only the first --split-count trajectories" if name == "split" else "")
-            + ". Files are moved "
-            "unless --copy is given; the source stays loadable until the output is complete.",
-        )
-        s.add_argument("--source-path", required=True, help="a buffer directory or a folder of rank_* ones")
-        s.add_argument("--save-path", required=True, help="destination (must not exist or be empty)")
-        if name == "split":
-            s.add_argument("--split-count", type=int, required=True, help="trajectories to keep (>= 1)")
-        s.add_argument("--copy", action="store_true", help="copy files instead of moving them")
-        _output_options(s)
+    s = _add(
+        sub,
+        "merge",
+        "merge rank_* directories into one",
+        "Merge the rank_* buffer directories under --source-path (one per training process) into "
+        "one new buffer directory at --save-path: trajectories interleaved by their original id "
+        "(rank_0's first, rank_1's first, ...) and renumbered from 0." + _MOVED,
+    )
+    _merge_options(s, split=False)
+    s = _add(
+        sub,
+        "split",
+        "keep the first N trajectories in a new directory",
+        "Put the first --split-count trajectories of --source-path into a new buffer directory at "
+        "--save-path, renumbered from 0. --source-path is a buffer directory, or a folder of "
+        "rank_* ones taken in merge order (interleaved by original id)." + _MOVED,
+    )
+    _merge_options(s, split=True)
 
     s = _add(
         sub,
         "verify",
         "check a directory (and repair it)",
-        "Check a buffer directory: the index "
-        "against the files, checksums, shapes and alignment of every trajectory, metadata, "
-        "leftovers of interrupted writes; every rank of a folder of rank_* directories. Exits 1 "
-        "if problems remain.",
+        "Check a buffer directory: its index (trajectory_index.json) against the trajectory files, "
+        "every trajectory's checksum, field shapes and step counts, metadata.json, and files left "
+        f"by interrupted writes; for {_RANKS}, every rank. Exits 1 if problems remain.",
     )
-    s.add_argument("path", help="the buffer directory, or a folder of rank_* directories")
+    s.add_argument("path", help=f"the buffer directory, or {_RANKS}")
     s.add_argument(
-        "--repair", action="store_true", help="quarantine bad trajectories, rewrite a consistent index"
+        "--repair",
+        action="store_true",
+        help="move damaged trajectory files to PATH/quarantine/, remove leftovers of interrupted "
+        "writes and rewrite the index to list what remains",
     )
     _output_options(s)
 
@@ -199,27 +319,37 @@ def build_tool_parser() -> argparse.ArgumentParser:
         sub,
         "view",
         "draw a trajectory or a sampled batch",
-        "Render a trajectory (camera frames over "
-        "time, and actions, rewards and done flags on the same time axis) or a sampled batch as a PNG.",
+        "Draw a trajectory (camera frames over time, with its actions, rewards and done flags on "
+        "the same time axis) or a sampled batch into a PNG file.",
     )
     s.add_argument("path", help="the buffer directory")
     which = s.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trajectory", type=int, help="the trajectory id to draw")
+    which.add_argument(
+        "--trajectory", type=int, metavar="ID", help=f"the trajectory id to draw (`{PROG} info` lists them)"
+    )
     which.add_argument("--sample", type=int, metavar="N", help="draw N sampled transitions instead")
     s.add_argument("--out", required=True, help="the PNG file to write")
-    s.add_argument("--env", type=int, default=0, help="env column of the trajectory (default 0)")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed for --sample")
+    s.add_argument(
+        "--env",
+        type=int,
+        default=0,
+        help="with --trajectory: which of its parallel environments to draw, from 0 (default 0)",
+    )
+    s.add_argument("--seed", type=int, default=0, help="random seed of --sample (default 0)")
     _output_options(s)
 
     s = _add(
         sub,
         "export",
         "write a buffer as one Parquet file",
-        "Export a buffer directory to Parquet: one "
-        "row per transition, image fields as PNG bytes, the fields described in the file's metadata.",
+        "Export a buffer directory to one Parquet file: one row per transition, image fields as "
+        "PNG bytes, every field's shape and dtype recorded in the file so that `import` restores it.",
     )
     s.add_argument("path", help="the buffer directory")
     s.add_argument("--out", required=True, help="the .parquet file to write")
+    s.add_argument(
+        "--overwrite", action="store_true", help="replace the file at --out if it exists (atomically)"
+    )
     _output_options(s)
 
     s = _add(
@@ -230,27 +360,177 @@ def build_tool_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("parquet", help="the .parquet file")
     s.add_argument(
-        "--save-path", required=True, help="the buffer directory to create (must not exist or be empty)"
+        "--save-path", required=True, help="the buffer directory to create (must not exist, or be empty)"
     )
     s.add_argument(
-        "--trajectory-format", default="pt", choices=("pt", "pkl", "segment"), help="format of its files"
+        "--trajectory-format",
+        default="pt",
+        choices=("pt", "pkl", "segment"),
+        help="file format of the new directory: pt (torch.save files, the default) or pkl (pickle), "
+        "both readable by RLinf, or segment (this library's packed columns)",
     )
     _output_options(s)
     return p
 
 
+def _merge_options(s: argparse.ArgumentParser, split: bool) -> None:
+    s.add_argument("--source-path", required=True, help=f"a buffer directory, or {_RANKS}")
+    s.add_argument(
+        "--save-path", required=True, help="the buffer directory to create (must not exist, or be empty)"
+    )
+    if split:
+        s.add_argument("--split-count", type=int, required=True, help="trajectories to keep (>= 1)")
+    s.add_argument("--copy", action="store_true", help="copy the files instead of moving them")
+    _output_options(s)
+
+
 def _output_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--json", action="store_true", help="print the result as one JSON object (see docs/cli.md)"
+    )
+    p.add_argument("--quiet", action="store_true", help="draw no progress bar on stderr")
+
+
+# -- JSON output -----------------------------------------------------------------------------------
+#: Every key ``--json`` prints: ``(key, type, emitted by, meaning)``. A key ``a[].b`` is key ``b``
+#: of the objects listed under ``a``; ``(ranks)`` marks the form for a folder of ``rank_*``
+#: directories. Types: ``string``, ``integer``, ``number``, ``boolean``, ``list of T``,
+#: ``[integer, integer]``, ``object of integer``, ``T or null``, and ``output`` (an object with
+#: the keys of the same subcommand's output for one directory). docs/cli.md shows this table;
+#: ``tests/test_cli_json.py`` checks every subcommand's output against it.
+JSON_KEYS: tuple[tuple[str, str, str, str], ...] = (
+    ("path", "string", "info, info (ranks), sample, verify, verify (ranks), view, export",
+     "absolute path of the buffer directory read (PATH), or of the folder of rank_* directories"),
+    ("source_path", "string", "merge, split", "absolute path of --source-path"),
+    ("sources", "list of string", "merge, split",
+     "the buffer directories read from --source-path, in rank order"),
+    ("save_path", "string", "merge, split, import", "absolute path of the buffer directory written"),
+    ("parquet_path", "string", "import", "absolute path of the Parquet file read"),
+    ("out_path", "string", "view, export", "absolute path of the file written (--out)"),
+    ("trajectory_format", "string or null", "info, verify, export, import",
+     "format of the trajectory files: pt, pkl or segment (of PATH; for import, of --save-path); "
+     "null if verify cannot tell"),
+    ("format_version", "integer", "info", "the directory's format_version (0: written by RLinf)"),
+    ("num_trajectories", "integer",
+     "info, info (ranks), sample, merge, split, verify, verify (ranks), export, import",
+     "trajectories: in the directory, loaded, written, exported or imported; for verify, those "
+     "that passed every check"),
+    ("total_samples", "integer",
+     "info, info (ranks), sample, merge, split, verify, verify (ranks), export, import",
+     "transitions (sum of steps x environments over those trajectories)"),
+    ("bytes", "integer", "info, info (ranks), export, import",
+     "size on disk: info, of the trajectory data; export, of the Parquet file; import, of every "
+     "file under --save-path"),
+    ("ranks", "list of output", "info (ranks), verify (ranks)",
+     "one object per rank_* directory, in rank order: the subcommand's output for that directory"),
+    ("ok", "boolean", "verify, verify (ranks)",
+     "no problem remains (after the repair, with --repair); the exit status is 0 exactly then"),
+    ("fields", "list of object", "info", "every stored field, one object each"),
+    ("fields[].name", "string", "info", "dotted field name, e.g. curr_obs.main_images"),
+    ("fields[].shape", "list of integer", "info", "shape of one transition's value"),
+    ("fields[].dtype", "string", "info", "torch dtype, e.g. torch.uint8"),
+    ("trajectory_id_range", "[integer, integer] or null", "info",
+     "first and last trajectory id in index order (null: no trajectory)"),
+    ("next_trajectory_id", "integer", "info", "the id the next added trajectory gets"),
+    ("num_steps_range", "[integer, integer] or null", "info", "fewest and most steps per trajectory"),
+    ("num_envs_range", "[integer, integer] or null", "info",
+     "fewest and most parallel environments per trajectory"),
+    ("model_update_count_range", "[integer, integer] or null", "info",
+     "lowest and highest model_update_count of the trajectories"),
+    ("num_model_weights_ids", "integer", "info", "distinct model_weights_id values"),
+    ("num_checksummed", "integer", "info", "index entries that carry a checksum"),
+    ("num_journal_entries", "integer", "info",
+     "index entries not yet folded into trajectory_index.json"),
+    ("milliseconds", "number", "sample", "time the sampling call took (loading excluded)"),
+    ("batch", "list of object", "sample", "every tensor of the sampled batch, one object each"),
+    ("batch[].name", "string", "sample", "dotted key, e.g. curr_obs.states"),
+    ("batch[].shape", "list of integer", "sample",
+     "shape of the tensor: [--num-chunks, ...], or [--num-chunks, --seq-len, ...]"),
+    ("batch[].dtype", "string", "sample", "torch dtype, e.g. torch.float32"),
+    ("stats", "object of integer", "sample",
+     "the buffer's get_stats() counters after loading (num_trajectories, total_samples, "
+     "window_trajectories, ...)"),
+    ("moved", "boolean", "merge, split", "the files were moved (false: copied, with --copy)"),
+    ("origin", "list of [string, integer]", "merge, split",
+     "for each new trajectory id in order: its source directory and original id"),
+    ("problems", "list of object", "verify", "everything found wrong, in the order found"),
+    ("problems[].kind", "string", "verify",
+     "metadata, index, missing, unsafe, checksum, unreadable, shape, orphan or leftover"),
+    ("problems[].message", "string", "verify", "what is wrong, naming the file"),
+    ("problems[].trajectory_id", "integer or null", "verify", "the trajectory concerned, if any"),
+    ("problems[].path", "string or null", "verify", "the file concerned, if any"),
+    ("problems[].action", "string", "verify", "what --repair did about it (empty without --repair)"),
+    ("repaired", "boolean", "verify", "--repair rewrote the index and metadata"),
+    ("quarantine_path", "string or null", "verify",
+     "the folder damaged files were moved to by --repair, if any"),
+    ("after_repair", "output", "verify",
+     "with --repair, when something was repaired: verify's output for the repaired directory"),
+    ("width", "integer", "view", "width of the picture in pixels"),
+    ("height", "integer", "view", "height of the picture in pixels"),
+    ("num_frames", "integer", "view", "camera frames drawn (all cameras together)"),
+    ("cameras", "list of string", "view", "the camera fields whose frames are drawn"),
+    ("frame_indices", "list of integer", "view",
+     "the steps (--trajectory) or sample numbers (--sample) the frames show"),
+    ("plotted_fields", "list of string", "view", "the fields plotted under the frames"),
+    ("num_row_groups", "integer", "export", "Parquet row groups written"),
+    ("image_fields", "list of string", "export", "the fields stored as PNG images"),
+    ("trajectory_ids", "list of integer", "import", "the ids of the imported trajectories, in index order"),
+)  # fmt: skip
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _info_json(info: Any) -> dict[str, Any]:
+    """:class:`.tools.info.DirectoryInfo` in the JSON vocabulary."""
+    return {
+        "path": info.path,
+        "trajectory_format": info.trajectory_format,
+        "format_version": info.format_version,
+        "num_trajectories": info.trajectories,
+        "total_samples": info.transitions,
+        "bytes": info.bytes,
+        "fields": [{"name": f.name, "shape": list(f.shape), "dtype": f.dtype} for f in info.fields],
+        "trajectory_id_range": _pair(info.trajectory_ids),
+        "next_trajectory_id": info.next_trajectory_id,
+        "num_steps_range": _pair(info.steps),
+        "num_envs_range": _pair(info.envs),
+        "model_update_count_range": _pair(info.model_update_counts),
+        "num_model_weights_ids": info.model_weights_ids,
+        "num_checksummed": info.checksummed,
+        "num_journal_entries": info.journal_entries,
+    }
+
+
+def _pair(pair: tuple[int, int] | None) -> list[int] | None:
+    return None if pair is None else [pair[0], pair[1]]
+
+
+def _verify_json(report_: Any) -> dict[str, Any]:
+    """:class:`.tools.verify.VerifyReport` in the JSON vocabulary."""
+    return {
+        "path": report_.path,
+        "trajectory_format": report_.fmt,
+        "ok": report_.ok,
+        "num_trajectories": report_.trajectories,
+        "total_samples": report_.transitions,
+        "problems": [
+            {
+                "kind": p.kind,
+                "message": p.message,
+                "trajectory_id": p.trajectory_id,
+                "path": p.path,
+                "action": p.action,
+            }
+            for p in report_.problems
+        ],
+        "repaired": report_.repaired,
+        "quarantine_path": report_.quarantine,
+    }
 
 
 # -- subcommands -----------------------------------------------------------------------------------
-def _as_json(obj: Any) -> str:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = obj.to_json() if hasattr(obj, "to_json") else dataclasses.asdict(obj)
-    return json.dumps(obj, indent=2, default=str)
-
-
 def _ranks(path: str) -> list[str] | None:
     """The ``rank_*`` buffer directories of a folder that is not itself a buffer directory
     (a sharded buffer or a per-rank checkpoint), else ``None``."""
@@ -272,21 +552,23 @@ def _info(args: argparse.Namespace) -> int:
     with progress_bar("reading index", args.quiet) as progress:
         infos = [describe_directory(p, progress=progress) for p in ranks or [args.path]]
     if ranks is None:
-        print(_as_json(infos[0]) if args.json else format_info(infos[0]))
+        if args.json:
+            _print_json(_info_json(infos[0]))
+        else:
+            print(format_info(infos[0]))
         return 0
     totals = {
         "path": os.path.abspath(args.path),
-        "ranks": len(infos),
-        "trajectories": sum(i.trajectories for i in infos),
-        "transitions": sum(i.transitions for i in infos),
+        "num_trajectories": sum(i.trajectories for i in infos),
+        "total_samples": sum(i.transitions for i in infos),
         "bytes": sum(i.bytes for i in infos),
     }
     if args.json:
-        print(json.dumps({**totals, "rank_info": [i.to_json() for i in infos]}, indent=2, default=str))
+        _print_json({**totals, "ranks": [_info_json(i) for i in infos]})
         return 0
     print(
-        f"{totals['path']}: {totals['ranks']} ranks, {totals['trajectories']} trajectories, "
-        f"{totals['transitions']} transitions, {totals['bytes'] / (1 << 20):.1f} MiB"
+        f"{totals['path']}: {len(infos)} ranks, {totals['num_trajectories']} trajectories, "
+        f"{totals['total_samples']} transitions, {totals['bytes'] / (1 << 20):.1f} MiB"
     )
     for info in infos:
         print()
@@ -305,10 +587,22 @@ def _sample(args: argparse.Namespace) -> int:
             seed=args.seed,
             seq_len=args.seq_len,
             progress=progress,
+            pad=args.pad,
         )
     if args.json:
-        leaves = {name: {"shape": list(t.shape), "dtype": str(t.dtype)} for name, t in iter_leaves(batch)}
-        print(_as_json({"stats": stats, "milliseconds": seconds * 1e3, "keys": leaves}))
+        _print_json(
+            {
+                "path": os.path.abspath(args.path),
+                "num_trajectories": stats["num_trajectories"],
+                "total_samples": stats["total_samples"],
+                "milliseconds": seconds * 1e3,
+                "batch": [
+                    {"name": name, "shape": list(t.shape), "dtype": str(t.dtype)}
+                    for name, t in iter_leaves(batch)
+                ],
+                "stats": stats,
+            }
+        )
     else:
         report(args.path, args.num_chunks, batch, stats, seconds)
     return 0
@@ -326,7 +620,17 @@ def _merge(args: argparse.Namespace) -> int:
             progress=progress,
         )
     if args.json:
-        print(_as_json(result))
+        _print_json(
+            {
+                "source_path": os.path.abspath(args.source_path),
+                "sources": result.sources,
+                "save_path": result.save_path,
+                "num_trajectories": result.trajectories,
+                "total_samples": result.transitions,
+                "moved": result.moved,
+                "origin": [[src, tid] for src, tid in result.origin],
+            }
+        )
         return 0
     verb = "moved" if result.moved else "copied"
     print(
@@ -338,21 +642,24 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     ranks = _ranks(args.path)
-    if ranks is not None:  # a sharded buffer or per-rank checkpoint: each rank on its own
-        codes = []
-        outs = []
-        for path in ranks:
-            code, out = _verify_one(path, args)
-            codes.append(code)
-            outs.append(out)
-        if args.json:
-            print(json.dumps({"ok": not any(codes), "ranks": outs}, indent=2))
-        else:
-            print("\n".join(outs))
-        return 1 if any(codes) else 0
-    code, out = _verify_one(args.path, args)
-    print(out)
-    return code
+    results = [_verify_one(path, args) for path in ranks or [args.path]]
+    failed = any(code for code, _ in results)
+    if not args.json:
+        print("\n".join(out for _, out in results))
+    elif ranks is None:
+        _print_json(results[0][1])
+    else:  # a sharded buffer or per-rank checkpoint: each rank on its own
+        outs = [out for _, out in results]
+        _print_json(
+            {
+                "path": os.path.abspath(args.path),
+                "ok": not failed,
+                "num_trajectories": sum(o["num_trajectories"] for o in outs),
+                "total_samples": sum(o["total_samples"] for o in outs),
+                "ranks": outs,
+            }
+        )
+    return 1 if failed else 0
 
 
 def _verify_one(path: str, args: argparse.Namespace) -> tuple[int, Any]:
@@ -362,16 +669,17 @@ def _verify_one(path: str, args: argparse.Namespace) -> tuple[int, Any]:
     with progress_bar("verifying", args.quiet) as progress:
         report_ = verify_directory(path, repair=args.repair, progress=progress)
     after = verify_directory(path) if report_.repaired else None
-    final = after if after is not None else report_
+    code = 0 if (after if after is not None else report_).ok else 1
     if args.json:
-        out = report_.to_json()
+        out = _verify_json(report_)
         if after is not None:
-            out["after_repair"] = after.to_json()
-        return (0 if final.ok else 1), (out if path != args.path else json.dumps(out, indent=2))
+            out["ok"] = after.ok
+            out["after_repair"] = _verify_json(after)
+        return code, out
     lines = [format_report(report_)]
     if after is not None:
         lines += ["after repair:", format_report(after)]
-    return (0 if final.ok else 1), "\n".join(lines)
+    return code, "\n".join(lines)
 
 
 def _view(args: argparse.Namespace) -> int:
@@ -382,7 +690,18 @@ def _view(args: argparse.Namespace) -> int:
     else:
         result = view.render_sample(args.path, args.sample, args.out, seed=args.seed)
     if args.json:
-        print(_as_json(result))
+        _print_json(
+            {
+                "path": os.path.abspath(args.path),
+                "out_path": result.out,
+                "width": result.width,
+                "height": result.height,
+                "num_frames": result.frames,
+                "cameras": result.cameras,
+                "frame_indices": result.frame_indices,
+                "plotted_fields": result.fields,
+            }
+        )
     else:
         print(f"wrote {result.out} ({result.width}x{result.height} px)")
     return 0
@@ -392,10 +711,22 @@ def _export(args: argparse.Namespace) -> int:
     from .tools.parquet import export_parquet
 
     with progress_bar("exporting", args.quiet) as progress:
-        result = export_parquet(args.path, args.out, progress=progress)
-    print(
-        _as_json(result) if args.json else f"exported {result.transitions} transitions to {result.out_path}"
-    )
+        result = export_parquet(args.path, args.out, progress=progress, overwrite=args.overwrite)
+    if args.json:
+        _print_json(
+            {
+                "path": result.source_path,
+                "out_path": result.out_path,
+                "trajectory_format": result.source_format,
+                "num_trajectories": result.trajectories,
+                "total_samples": result.transitions,
+                "num_row_groups": result.row_groups,
+                "bytes": result.bytes,
+                "image_fields": result.image_fields,
+            }
+        )
+    else:
+        print(f"exported {result.transitions} transitions to {result.out_path}")
     return 0
 
 
@@ -407,7 +738,17 @@ def _import(args: argparse.Namespace) -> int:
             args.parquet, args.save_path, trajectory_format=args.trajectory_format, progress=progress
         )
     if args.json:
-        print(_as_json(result))
+        _print_json(
+            {
+                "parquet_path": result.parquet_path,
+                "save_path": result.dest_path,
+                "trajectory_format": result.trajectory_format,
+                "num_trajectories": result.trajectories,
+                "total_samples": result.transitions,
+                "bytes": result.bytes,
+                "trajectory_ids": result.trajectory_ids,
+            }
+        )
     else:
         print(
             f"imported {result.trajectories} trajectories ({result.transitions} transitions) "
@@ -428,46 +769,73 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def _run(call: Callable[[], int]) -> int:
+def _run(call: Callable[[], int], flags: Mapping[str, str]) -> int:
     try:
         return call()
     except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (ReplayBufferError, OSError, ImportError) as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the library said
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {command_line_message(str(exc), flags)}", file=sys.stderr)
         return 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``rlinf-buffer``, ``python -m rlinf_replay_buffer`` and the seed's
+    """Entry point of ``rlinf-buffer``, ``python -m rlinf_replay_buffer`` and RLinf's legacy
     ``python rlinf/data/replay_buffer.py``; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].startswith("--") and argv[0] not in ("--help",):  # the seed's form
-        args = build_parser().parse_args(argv)
-        args.path, args.seq_len, args.json, args.quiet = args.load_path, None, False, False
-        return _run(lambda: _sample(args))
+    legacy = build_parser()
+    first = argv[0].split("=", 1)[0] if argv else ""
+    if first in legacy._option_string_actions and first not in ("-h", "--help", "--version"):
+        args = legacy.parse_args(argv)  # the legacy form: it starts with one of its options
+        args.path, args.seq_len, args.pad, args.json, args.quiet = args.load_path, None, False, False, False
+        return _run(lambda: _sample(args), FLAG_NAMES["sample"])
     args = build_tool_parser().parse_args(argv)
-    return _run(lambda: COMMANDS[args.command](args))
+    return _run(lambda: COMMANDS[args.command](args), FLAG_NAMES.get(args.command, {}))
+
+
+def json_markdown() -> str:
+    """The "JSON output" section of ``docs/cli.md``: :data:`JSON_KEYS` as a table."""
+    lines = [
+        "## JSON output",
+        "",
+        "With `--json` every subcommand prints one JSON object on stdout. The keys share one "
+        "vocabulary: `num_trajectories` and `total_samples` (transitions) are the buffer's "
+        "`get_stats()` names; paths are absolute, named after the argument they come from "
+        "(`path` for PATH, `source_path`, `save_path`, `parquet_path`, `out_path` for `--out`); "
+        "other counts are `num_*`; `*_range` keys are `[lowest, highest]`, or null when the "
+        "directory is empty. `info` and `verify` given a folder of `rank_*` directories print the "
+        "form marked (ranks): totals and one object per rank under `ranks`.",
+        "",
+        "A key `a[].b` is the key `b` of every object of the list `a`. The type `output` means an "
+        "object with the keys of the same subcommand's output for one directory.",
+        "",
+        "| Key | Type | Printed by | Meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [f"| `{key}` | {type_} | {by} | {meaning} |" for key, type_, by, meaning in JSON_KEYS]
+    return "\n".join(lines) + "\n"
 
 
 def reference_markdown() -> str:
-    """``docs/cli.md``: the ``--help`` of every command (a test keeps the file equal to this)."""
+    """``docs/cli.md``: the ``--help`` of every command and the ``--json`` keys (a test keeps the
+    file equal to this)."""
     parts = [
         "# Command-line reference",
         "",
-        'Generated from `--help` (`python -c "from rlinf_replay_buffer.cli import reference_markdown; '
+        "Generated from `--help` and the `--json` key table of `rlinf_replay_buffer/cli.py` (`python -c "
+        '"from rlinf_replay_buffer.cli import reference_markdown; '
         "print(reference_markdown(), end='')\" > docs/cli.md`); `tests/test_cli.py` checks it is current.",
         "",
     ]
     tool = build_tool_parser()
     sections = [
         (PROG, tool.format_help()),
-        ("python rlinf/data/replay_buffer.py", build_parser().format_help()),
+        (LEGACY_PROG, build_parser().format_help()),
     ]
     sub = next(a for a in tool._actions if isinstance(a, argparse._SubParsersAction))
     sections[1:1] = [(f"{PROG} {name}", parser.format_help()) for name, parser in sub.choices.items()]
     for title, text in sections:
         parts += [f"## `{title}`", "", "```text", text.rstrip(), "```", ""]
+    parts.append(json_markdown())
     return "\n".join(parts)

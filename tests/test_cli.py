@@ -14,7 +14,8 @@ import pytest
 from conftest import REPO, coded_trajectory
 
 from rlinf_replay_buffer import TrajectoryReplayBuffer
-from rlinf_replay_buffer.cli import COMMANDS, main, reference_markdown
+from rlinf_replay_buffer.cli import COMMANDS, command_line_message, main, reference_markdown
+from rlinf_replay_buffer.tools import merge_split_cli, visualize_cli
 from rlinf_replay_buffer.tools.progress import progress_bar
 
 
@@ -62,9 +63,10 @@ def test_info_json_is_machine_readable(tmp_path, capsys):
     path = written_dir(tmp_path, "segment")
     code, out, _ = run(capsys, "info", str(path), "--json")
     info = json.loads(out)
-    assert code == 0 and info["trajectory_format"] == "segment" and info["trajectories"] == 4
-    assert info["transitions"] == 4 * 6 * 2 and info["bytes"] > 0
+    assert code == 0 and info["trajectory_format"] == "segment" and info["num_trajectories"] == 4
+    assert info["total_samples"] == 4 * 6 * 2 and info["bytes"] > 0
     assert {"name": "rewards", "shape": [1], "dtype": "torch.float32"} in info["fields"]
+    assert info["trajectory_id_range"] == [0, 3] and info["model_update_count_range"] == [0, 3]
 
 
 def test_sample_subcommand_and_the_seed_form_print_the_same_keys(tmp_path, capsys):
@@ -83,8 +85,10 @@ def test_sample_json_and_sequences(tmp_path, capsys):
     code, out, _ = run(capsys, "sample", str(path), "--num-chunks", "8", "--seq-len", "3", "--json")
     result = json.loads(out)
     assert code == 0
-    assert result["keys"]["actions"]["shape"] == [8, 3, 2]
-    assert result["keys"]["mask"] == {"shape": [8, 3], "dtype": "torch.bool"}
+    batch = {leaf["name"]: leaf for leaf in result["batch"]}
+    assert batch["actions"]["shape"] == [8, 3, 2]
+    assert batch["mask"] == {"name": "mask", "shape": [8, 3], "dtype": "torch.bool"}
+    assert result["num_trajectories"] == 4 and result["stats"]["total_samples"] == 48
 
 
 def test_merge_and_split_subcommands(tmp_path, capsys):
@@ -94,7 +98,7 @@ def test_merge_and_split_subcommands(tmp_path, capsys):
     code, out, _ = run(
         capsys, "merge", "--source-path", str(src), "--save-path", str(tmp_path / "m"), "--copy", "--json"
     )
-    assert code == 0 and json.loads(out)["trajectories"] == 6
+    assert code == 0 and json.loads(out)["num_trajectories"] == 6
     code, out, _ = run(
         capsys,
         "split",
@@ -132,7 +136,7 @@ def test_export_then_import_round_trip(tmp_path, capsys):
     code, out, _ = run(capsys, "export", str(path), "--out", str(parquet))
     assert code == 0 and parquet.exists() and "exported 48 transitions" in out
     code, out, _ = run(capsys, "import", str(parquet), "--save-path", str(tmp_path / "back"), "--json")
-    assert code == 0 and json.loads(out)["trajectories"] == 4
+    assert code == 0 and json.loads(out)["num_trajectories"] == 4
     back = TrajectoryReplayBuffer()
     back.load_checkpoint(str(tmp_path / "back"))
     assert back.size == 4
@@ -193,7 +197,7 @@ def test_console_script_and_module_run_the_same_cli(tmp_path):
             [*cmd, "info", str(path), "--json"], capture_output=True, text=True, timeout=120
         )
         assert proc.returncode == 0, proc.stderr
-        assert json.loads(proc.stdout)["trajectories"] == 4
+        assert json.loads(proc.stdout)["num_trajectories"] == 4
 
 
 def test_loading_a_directory_reports_progress(tmp_path):
@@ -216,10 +220,184 @@ def test_info_and_verify_take_a_folder_of_ranks(tmp_path, capsys):
     assert "2 ranks, 3 trajectories, 24 transitions" in out and "rank_1" in out
     assert main(["info", "--json", str(tmp_path)]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["trajectories"] == 3 and [r["trajectories"] for r in data["rank_info"]] == [2, 1]
+    assert data["num_trajectories"] == 3 and [r["num_trajectories"] for r in data["ranks"]] == [2, 1]
     assert main(["verify", "--quiet", str(tmp_path)]) == 0
     next((tmp_path / "rank_1").glob("trajectory_*.pt")).unlink()
     capsys.readouterr()
     assert main(["verify", "--quiet", "--json", str(tmp_path)]) == 1
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] is False and [r["ok"] for r in data["ranks"]] == [True, False]
+    assert data["path"] == str(tmp_path) and data["num_trajectories"] == 2
+
+
+# -- version, abbreviations, help text -------------------------------------------------------------
+def test_version_is_printed_and_exits_0(tmp_path, capsys):
+    from importlib.metadata import version
+
+    from rlinf_replay_buffer import __version__
+
+    assert version("rlinf-replay-buffer") == __version__
+    for argv in (["--version"], ["--load-path", str(tmp_path), "--version"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out == f"rlinf-buffer {__version__}\n"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlinf_replay_buffer", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout == f"rlinf-buffer {__version__}\n", proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--vers"],
+        ["--load", "{path}"],
+        ["--load-path", "{path}", "--num", "8"],
+        ["info", "{path}", "--js"],
+        ["sample", "{path}", "--seq", "2"],
+        ["export", "{path}", "--out", "{tmp}/x.parquet", "--over"],
+        ["verify", "{path}", "--rep"],
+    ],
+)
+def test_options_are_never_abbreviated(tmp_path, capsys, argv):
+    path = written_dir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(path=path, tmp=tmp_path) for a in argv])
+    assert exit_info.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_help_speaks_to_users():
+    text = reference_markdown()
+    for word in ("seed's", "the seed form", "=True", "is_ready", "SOURCE ("):
+        assert word not in text
+
+
+# -- errors name the flag that fixes them ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["sample", "{path}", "--num-chunks", "0"], "--num-chunks must be an int >= 1, got 0"),
+        (["sample", "{path}", "--seq-len", "2", "--num-chunks", "0"], "--num-chunks must be"),
+        (["sample", "{path}", "--seq-len", "0"], "--seq-len must be an int >= 1"),
+        (["sample", "{path}", "--seq-len", "50"], "shorten --seq-len or pass --pad"),
+        (["sample", "{path}", "--cache-size", "-1"], "--cache-size must be an int >= 0"),
+        (["sample", "{path}", "--sample-window-size", "-1"], "--sample-window-size must be an int >= 0"),
+        (["sample", "{path}", "--seed", "-1"], "--seed must be an int >= 0"),
+        (["sample", "{empty}"], "the buffer directory is empty"),
+        (["--load-path", "{path}", "--num-chunks", "0"], "--num-chunks must be an int >= 1"),
+        (
+            ["split", "--source-path", "{path}", "--save-path", "{tmp}/s", "--split-count", "0"],
+            "--split-count",
+        ),
+        (
+            ["split", "--source-path", "{path}", "--save-path", "{tmp}/s", "--split-count", "9"],
+            "--split-count 9",
+        ),
+        (["merge", "--source-path", "{path}", "--save-path", "{full}"], "choose a new or empty --save-path"),
+        (["merge", "--source-path", "{path}", "--save-path", "{path}/in"], "--save-path must not be inside"),
+        (
+            ["view", "{path}", "--trajectory", "9", "--out", "{tmp}/v.png"],
+            "--trajectory takes one of the ids 0..3",
+        ),
+        (
+            ["view", "{path}", "--trajectory", "0", "--env", "5", "--out", "{tmp}/v.png"],
+            "--env 5 is out of range",
+        ),
+        (["view", "{path}", "--trajectory", "0", "--out", "{tmp}/v.jpg"], "--out must end in .png"),
+        (["view", "{path}", "--sample", "0", "--out", "{tmp}/v.png"], "--sample must be an int >= 1"),
+        (["view", "{path}", "--sample", "2", "--seed", "-1", "--out", "{tmp}/v.png"], "--seed must be"),
+        (["view", "{empty}", "--sample", "2", "--out", "{tmp}/v.png"], "the buffer directory is empty"),
+        (["export", "{path}", "--out", "{full}/file"], "choose a new path or pass --overwrite"),
+        (["export", "{path}", "--out", "{full}"], "give --out the path of the Parquet file"),
+        (["export", "{path}", "--out", ""], "--out must be a file path"),
+        (["import", "{parquet}", "--save-path", "{full}"], "choose a new or empty --save-path"),
+    ],
+)
+def test_errors_name_the_flag_that_fixes_them(tmp_path, capsys, argv, expected):
+    path = written_dir(tmp_path)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "file").write_bytes(b"")
+    empty = tmp_path / "empty"
+    TrajectoryReplayBuffer().save_checkpoint(str(empty))
+    parquet = tmp_path / "p.parquet"
+    if "{parquet}" in argv:
+        assert main(["export", str(path), "--out", str(parquet), "--quiet"]) == 0
+        capsys.readouterr()
+    names = {"path": path, "tmp": tmp_path, "full": full, "empty": empty, "parquet": parquet}
+    code, out, err = run(capsys, *[a.format(**names) for a in argv])
+    assert code == 1 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert expected in err, err
+    for python_word in (
+        "=True",
+        "is_ready",
+        "num_chunks",
+        "num_sequences",
+        "seq_len",
+        "out_path",
+        "dest_path",
+    ):
+        assert python_word not in err
+
+
+def test_export_overwrite_replaces_the_file(tmp_path, capsys):
+    path = written_dir(tmp_path)
+    parquet = tmp_path / "p.parquet"
+    parquet.write_bytes(b"old")
+    assert main(["export", str(path), "--out", str(parquet)]) == 1
+    assert parquet.read_bytes() == b"old"
+    assert main(["export", str(path), "--out", str(parquet), "--overwrite"]) == 0
+    assert parquet.read_bytes()[:4] == b"PAR1"
+
+
+def test_sample_pad_lets_runs_cross_episode_ends(tmp_path, capsys):
+    path = written_dir(tmp_path)
+    code, _, err = run(capsys, "sample", str(path), "--num-chunks", "4", "--seq-len", "50")
+    assert code == 1 and "--pad" in err
+    code, out, _ = run(capsys, "sample", str(path), "--num-chunks", "4", "--seq-len", "50", "--pad", "--json")
+    batch = {leaf["name"]: leaf["shape"] for leaf in json.loads(out)["batch"]}
+    assert code == 0 and batch["mask"] == [4, 50]
+
+
+def test_command_line_message_replaces_argument_names_only():
+    flags = {
+        "out": "--out",
+        "seed": "--seed",
+        "env": "--env",
+        "out_path": "--out",
+        "overwrite=True": "--overwrite",
+    }
+    assert command_line_message("out must end in .png, got '/a/out_path/seed.jpg'", flags) == (
+        "--out must end in .png, got '/a/out_path/seed.jpg'"
+    )
+    assert command_line_message("env 5 is out of range: trajectory 0 has 2", flags) == (
+        "--env 5 is out of range: trajectory 0 has 2"
+    )
+    assert command_line_message("seed must be >= 0 (too small: seed must be >= 0)", flags) == (
+        "--seed must be >= 0 (too small: --seed must be >= 0)"
+    )
+    assert command_line_message("/x/out_path:\n exists;   pass overwrite=True", flags) == (
+        "/x/out_path: exists; pass --overwrite"
+    )
+
+
+def test_the_toolkit_scripts_name_their_flags(tmp_path, capsys):
+    path = written_dir(tmp_path)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_bytes(b"")
+    argv = ["--source-path", str(path), "--save-path", str(tmp_path / "full"), "--copy"]
+    assert merge_split_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "choose a new or empty --save-path" in err
+    assert visualize_cli.main(["--replay_dir", str(path), "--output", str(tmp_path / "v.jpg")]) == 1
+    assert "--output must end in .png" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        merge_split_cli.main(["--source", str(path), "--save-path", str(tmp_path / "x")])
+    assert exit_info.value.code == 2

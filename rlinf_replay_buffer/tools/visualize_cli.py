@@ -34,6 +34,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..cli import command_line_message
 from ..directory import read_directory
 from ..errors import ReplayBufferError
 from . import view
@@ -178,11 +179,15 @@ class _Viewer:
         return self.move(self.ids.index(tid))
 
 
+#: the library's argument names -> these tools' flags, in error messages
+_FLAGS = {"out": "--output"}
+
+
 def _run(call: Callable[[], int]) -> int:
     try:
         return call()
     except (ReplayBufferError, OSError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"error: {command_line_message(str(exc), _FLAGS)}", file=sys.stderr)
         return 1
 
 
