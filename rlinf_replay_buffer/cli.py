@@ -790,7 +790,10 @@ def main(argv: list[str] | None = None) -> int:
         args = legacy.parse_args(argv)  # the legacy form: it starts with one of its options
         args.path, args.seq_len, args.pad, args.json, args.quiet = args.load_path, None, False, False, False
         return _run(lambda: _sample(args), FLAG_NAMES["sample"])
-    args = build_tool_parser().parse_args(argv)
+    tool = build_tool_parser()
+    if first.startswith("-") and first not in ("-h", "--help", "--version"):
+        tool.error(f"unknown option {first}: options follow a command (see rlinf-buffer --help)")
+    args = tool.parse_args(argv)
     return _run(lambda: COMMANDS[args.command](args), FLAG_NAMES.get(args.command, {}))
 
 

@@ -401,3 +401,10 @@ def test_the_toolkit_scripts_name_their_flags(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         merge_split_cli.main(["--source", str(path), "--save-path", str(tmp_path / "x")])
     assert exit_info.value.code == 2
+
+
+def test_a_mistyped_top_level_option_is_named_in_the_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--vers"])
+    assert info.value.code == 2
+    assert "unknown option --vers" in capsys.readouterr().err
