@@ -527,6 +527,63 @@ def _scale(case: Case, label: str, opts: Options, work: str, rows: list[dict[str
     _with_directory(case, label, opts, use)
 
 
+def _ranks_of(path: str) -> str:
+    """A folder of two ``rank_*`` directories, each a hard-linked copy of ``path`` (for merge)."""
+    ranks = path + "-ranks"
+    if not os.path.isdir(ranks):
+        building = ranks + ".building"
+        shutil.rmtree(building, ignore_errors=True)
+        for rank in (0, 1):
+            link_copy(path, os.path.join(building, f"rank_{rank}"))
+        os.rename(building, ranks)
+    return ranks
+
+
+def _memory(case: Case, label: str, opts: Options, work: str, rows: list[dict[str, Any]]) -> None:
+    """Run one command (the label's variant) once, in process, on a directory 10x the cache; the
+    parent records this child's peak RSS. ``load`` is the library call: a buffer with
+    ``cache_size`` loads the directory and samples once."""
+    from rlinf_replay_buffer import TrajectoryReplayBuffer
+    from rlinf_replay_buffer.cli import main
+
+    (table,) = case.tables()
+    src = cached_tiny_dir(opts, case.spec, "pt", case.count)
+    command = variant_of(label)
+    out = os.path.join(work, "out")
+    argv = {
+        "info": ["info", src, "--quiet"],
+        "sample": ["sample", src, "--num-chunks", str(case.batches[0]), "--quiet"]
+        + ["--sample-window-size", "0"],
+        "verify": ["verify", src, "--quiet"],
+        "view": ["view", src, "--trajectory", "0", "--out", out + ".png", "--quiet"],
+        "export": ["export", src, "--out", out + ".parquet", "--quiet"],
+        "merge": ["merge", "--source-path", _ranks_of(src), "--save-path", out, "--copy", "--quiet"],
+        "split": ["split", "--source-path", src, "--save-path", out, "--copy", "--quiet"]
+        + ["--split-count", str(case.count // 2)],
+    }
+
+    def run() -> None:
+        if command == "load":
+            buf = TrajectoryReplayBuffer(sample_window_size=0, cache_size=case.cache_size)
+            buf.load_checkpoint(src)
+            buf.sample(case.batches[0])
+            rows_cached[0] = buf.get_stats()["cached_bytes"]
+            buf.close()
+            return
+        with open(os.devnull, "w") as sink:
+            stdout, sys.stdout = sys.stdout, sink
+            try:
+                code = main(argv[command])
+            finally:
+                sys.stdout = stdout
+        if code != 0:
+            raise RuntimeError(f"rlinf-buffer {' '.join(argv[command])} exited with status {code}")
+
+    rows_cached = [None]
+    timing = _timed(opts, run, warmup=0, repeats=1)
+    rows.append(make_row(table, label, timing=timing, cached=rows_cached[0], ratio=False))
+
+
 def _sampler_store(case: Case, label: str, opts: Options, mode: str) -> Store:
     """An in-memory store for a sampler scenario, holding ``case.window`` trajectories."""
     cfg = StoreConfig(
@@ -728,6 +785,7 @@ PROCEDURES: dict[str, Callable[[Case, str, Options, str, list[dict[str, Any]]], 
     "prioritized": _prioritized,
     "rate_limited": _rate_limited,
     "ray": _ray,
+    "memory": _memory,
 }
 
 
@@ -745,6 +803,9 @@ that no contender's peak RSS includes building them)."""
 def prepare_case(case: Case, opts: Options) -> None:
     """Build the cached directories of tiny trajectories a ``tiny``/``scale`` case reads
     (rebuilt with ``opts.refresh_cache``)."""
+    if case.kind == "memory":
+        _ranks_of(cached_tiny_dir(opts, case.spec, "pt", case.count, refresh=opts.refresh_cache))
+        return
     if case.kind not in ("tiny", "scale"):
         return
     for fmt in dict.fromkeys(_directory_format(label) for label in case.contenders):

@@ -43,6 +43,7 @@ SCENARIO_ORDER = (
     "freshness",
     "rate_limited",
     "ray",
+    "memory",
 )
 UNIFORM = "ours[uniform]"
 """The sampler scenarios' reference row: a plain ``sample`` of as many rows (``vs uniform``)."""

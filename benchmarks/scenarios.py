@@ -184,6 +184,17 @@ FRESHNESS_CONTENDERS = (
     "torchrl_stale_half",
 )
 RATE_CONTENDERS = ("limit", "ours[uniform]", "ours[rate_limited]", "ours[limiter_only]")
+# the memory scenario: one child per command, each on the same directory 10x the cache
+COMMAND_CONTENDERS = (
+    "ours[load]",
+    "ours[info]",
+    "ours[sample]",
+    "ours[verify]",
+    "ours[view]",
+    "ours[export]",
+    "ours[merge]",
+    "ours[split]",
+)
 # the ray scenario: the sharded buffer against the local one (the "vs local" column divides by
 # ``ours[local]``); each ray contender's child starts its own local Ray cluster
 RAY_CONTENDERS = ("ours[local]", "ours[ray-1]", "ours[ray-2]")
@@ -233,6 +244,13 @@ class Case:
             ]
         if self.kind == "tiny":
             return ["add+flush of one tiny trajectory (T=2, B=1) vs trajectories indexed"]
+        if self.kind == "memory":
+            mb = self.count * self.spec.trajectory_bytes / 1e6
+            cache_mb = self.cache_size * self.spec.trajectory_bytes / 1e6
+            return [
+                f"memory: each command once on a {mb:.4g} MB directory of {self.count} {self.spec.name} "
+                f"trajectories, cache {self.cache_size} ({cache_mb:.3g} MB)"
+            ]
         if self.kind == "scale":
             n = self.batches[0]
             return [
@@ -391,6 +409,26 @@ def build_scenarios(quick: bool = False) -> dict[str, Scenario]:
     )
     out.update(sampler_scenarios(quick))
     out["ray"] = ray_scenario(quick)
+    memory_count = 4 if quick else write_counts["images"]
+    out["memory"] = Scenario(
+        "memory",
+        f"peak RSS of load_checkpoint + sample(256) and of every command-line tool on a directory "
+        f"of {memory_count} image trajectories ({images.describe()}), 10x the cache; bound: "
+        "1.2 x cached bytes + 300 MB",
+        (
+            Case(
+                "memory",
+                "commands",
+                "memory",
+                images,
+                COMMAND_CONTENDERS,
+                window=0,
+                cache_size=max(1, memory_count // 10),
+                batches=(256,),
+                count=memory_count,
+            ),
+        ),
+    )
     out["scale"] = Scenario(
         "scale",
         f"directories of {', '.join(level_name(n) for n in scale_levels)} tiny trajectories "

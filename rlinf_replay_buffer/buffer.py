@@ -103,6 +103,8 @@ class TrajectoryReplayBuffer:
     max_trajectories, max_transitions = read_only("max_trajectories"), read_only("max_transitions")
     max_disk_bytes, max_staleness = read_only("max_disk_bytes"), read_only("max_staleness")
     prioritized, rate_limit_timeout = read_only("prioritized"), read_only("rate_limit_timeout")
+    reserve_bytes, max_pending_bytes = read_only("reserve_bytes"), read_only("max_pending_bytes")
+    priority_alpha, priority_eps = read_only("priority_alpha"), read_only("priority_eps")
 
     @property
     def rate_limiter(self) -> RateLimiter | None:
@@ -162,8 +164,7 @@ class TrajectoryReplayBuffer:
             return len(self._contents.index) >= min_size and self._contents.window().total > 0
 
     async def is_ready_async(self, min_size: int = 1) -> bool:
-        """:meth:`is_ready` for asyncio code (RLinf's async workers ``await`` it); it runs in a
-        worker thread, so a long add or load never blocks the event loop."""
+        """:meth:`is_ready` for asyncio code (RLinf's workers ``await`` it), in a worker thread."""
         return await asyncio.to_thread(self.is_ready, min_size)
 
     def get_stats(self) -> dict[str, int]:
@@ -349,9 +350,9 @@ class TrajectoryReplayBuffer:
         self._contents.clear()
 
     def clear_cache(self) -> None:
-        """Finish pending writes, stop the writer thread and empty the memory. With
-        ``auto_save`` the trajectories stay and are read from disk; without it the memory is
-        the storage, so the buffer becomes empty (counters are kept)."""
+        """Finish pending writes, stop the writer thread and empty the memory. Trajectories with
+        a file (auto-saved or loaded) stay and are read from disk; those held only in memory
+        (added without ``auto_save``) leave the buffer (counters are kept)."""
         self._contents.clear_memory()
 
     # -- RLinf's private names (read-only views, for RLinf's own tools) -----------------------

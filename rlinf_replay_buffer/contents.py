@@ -146,10 +146,13 @@ class Contents:
         self, records: list[Record], schema: Schema | None, progress: Progress | None = None
     ) -> tuple[list[Record], list[tuple[Record, Rows]]]:
         """What a load keeps (without ``auto_save``: the window) and the rows it warms the ring
-        with, read without changing the buffer (may be called without the lock)."""
+        with (the newest ``cache_size``; the rest stay in their files, read on demand), read
+        without changing the buffer (may be called without the lock)."""
         s = self.settings
         keep = records[-s.sample_window_size :] if not s.auto_save and s.sample_window_size else records
-        keep, warm, skipped = self.store.read_newest(keep, schema, s.on_corrupt == "skip", progress)
+        keep, warm, skipped = self.store.read_newest(
+            keep, schema, s.on_corrupt == "skip", progress, limit=s.warm_limit, max_bytes=s.cache_max_bytes
+        )
         self.counts["corrupt_skipped"] += skipped
         return keep, warm
 
@@ -274,14 +277,25 @@ class Contents:
 
     # -- leaving ------------------------------------------------------------------------------
     def _left_ring(self, evicted: list[int]) -> None:
-        """Without ``auto_save`` the ring is the storage: what it evicts leaves the buffer."""
-        if not self.settings.auto_save:
-            for tid in evicted:
-                oldest = self.index.pop_oldest()
-                assert oldest.trajectory_id == tid, "ring and index out of step"
-                self.store.forget(oldest)
-                self.counts["evicted"] += 1
-                self._limiter.removed(oldest.num_transitions)
+        """What the ring evicted: a trajectory with a file stays (read from it on demand); one
+        held only in memory leaves the buffer (without ``auto_save`` the ring is its storage).
+        Without ``auto_save`` the buffer then keeps only its window."""
+        if self.settings.auto_save:
+            return
+        for tid in evicted:
+            record = self.index.get(tid)
+            if record is not None and record.path is None:
+                self._leave(self.index.remove(tid), "evicted")
+        window = self.settings.sample_window_size
+        while window and len(self.index) > window:
+            record = self.index.pop_oldest()
+            self.store.evict(record)
+            self._leave(record, "evicted")
+
+    def _leave(self, record: Record, reason: str) -> None:
+        self.store.forget(record)
+        self.counts[reason] += 1
+        self._limiter.removed(record.num_transitions)
 
     def _over_capacity(self) -> bool:
         s, index, saver = self.settings, self.index, self.saver
@@ -332,13 +346,16 @@ class Contents:
 
     def clear_memory(self) -> None:
         """Finish pending writes, empty the ring, close open files and stop the writer thread;
-        without ``auto_save`` that empties the buffer (takes the lock)."""
+        without ``auto_save`` the trajectories held only in memory leave the buffer, those
+        loaded from a directory stay, read from their files (takes the lock)."""
         if self.saver is not None:
             self.saver.drain()
         with self.lock:
             if not self.settings.auto_save:
-                self.counts["evicted"] += len(self.index)
-                self.reset()
+                for record in [r for r in self.index if r.path is None]:
+                    self._leave(self.index.remove(record.trajectory_id), "evicted")
+                if not len(self.index):
+                    self.reset()
             self.store.clear_ring()
             self.store.close_files()
         if self.saver is not None:

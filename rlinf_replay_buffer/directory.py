@@ -21,7 +21,7 @@ import os
 import uuid as uuidlib
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -262,9 +262,7 @@ def _segment_records(
                     "restore it or repair the directory with the verify tool"
                 )
             continue
-        record = record_from_entry(path, entry, name, where)
-        record.row = row
-        records.append(record)
+        records.append(replace(record_from_entry(path, entry, name, where), row=row))
     return records, (schema if records else None)
 
 

@@ -179,8 +179,14 @@ class TrajectoryIndex:
         self._window = None
         self._checked_window = None
 
+    def get(self, trajectory_id: int) -> Record | None:
+        """The record of ``trajectory_id``, or ``None`` if it is not indexed."""
+        return self._records.get(trajectory_id)
+
     def remove(self, trajectory_id: int) -> Record:
-        """Remove one trajectory wherever it is (O(n): for the rare damaged trajectory)."""
+        """Remove one trajectory wherever it is (O(1) for the oldest, else O(n))."""
+        if len(self) and int(self._arrays["ids"][self._head]) == trajectory_id:
+            return self.pop_oldest()
         p = self._pos.pop(trajectory_id)
         for arr in (*self._arrays.values(), self._checked):
             arr[p : self._tail - 1] = arr[p + 1 : self._tail].copy()

@@ -17,9 +17,9 @@ from .naming import rlinf_weights_id, trajectory_file_name
 from .trajectory import AlignedTrajectory
 
 
-@dataclass
+@dataclass(frozen=True)
 class Record:
-    """What the index knows of one trajectory.
+    """What the index knows of one trajectory (frozen: a move makes a new record).
 
     Attributes:
         trajectory_id: unique, increasing id.

@@ -124,6 +124,13 @@ class BufferSettings:
         return False
 
     @property
+    def warm_limit(self) -> int:
+        """Trajectories of a loaded or reopened directory read into memory: the newest
+        ``cache_size`` with a cache, else none. The others are read from their files on demand,
+        with or without ``auto_save``, so memory follows the cache settings."""
+        return self.cache_size if self.enable_cache else 0
+
+    @property
     def bounded(self) -> bool:
         """Whether a capacity limit is set."""
         return (self.max_trajectories, self.max_transitions, self.max_disk_bytes) != (None, None, None)

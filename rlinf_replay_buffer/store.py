@@ -39,7 +39,7 @@ from .errors import (
     CorruptTrajectoryError,
     UnsafeFileError,
 )
-from .formats.segment import SegmentStore
+from .formats.segment import SegmentStore, file_resident_bytes
 from .index import TrajectoryIndex, Window
 from .integrity import mismatch, verify_file, verify_rows
 from .record import Record
@@ -47,7 +47,25 @@ from .schema import Schema, combine
 from .trajectory import AlignedTrajectory, Key, key_name, source_steps
 
 logger = logging.getLogger("rlinf_replay_buffer")
-_READER_POOL = 64  # trajectory files kept mapped for reading
+_READER_POOL = 64  # trajectory files kept open for reading
+_READER_BYTES = 256 << 20  # bytes of files read whole (pkl) kept open, at most
+#: File-backed bytes the open trajectory files may add to this process's resident memory before
+#: they are closed (the kernel maps whole large folios, often 2 MiB, per row read through a
+#: mapping; closing unmaps them, the data stays in the page cache and files reopen when read)
+_MAPPED_FILE_BYTES = 32 << 20
+
+Fingerprint = tuple[int, int, int, int]
+"""``(device, inode, size, mtime_ns)`` of a file: changes when the file is replaced or written."""
+
+
+def fingerprint(path: str) -> Fingerprint | None:
+    """The :data:`Fingerprint` of ``path``, or ``None`` if it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
 
 Rows = dict[Key, torch.Tensor]
 """Aligned rows of one trajectory: ``{column: [T * B, *row_shape]}``."""
@@ -154,7 +172,10 @@ class RowStore:
         self._own_segments = own_segments
         self._schema: Schema | None = None
         self._pending: dict[int, Rows] = {}
-        self._readers: OrderedDict[str, Rows] = OrderedDict()  # path -> mapped raw columns
+        self._readers: OrderedDict[str, tuple[Rows, int]] = OrderedDict()  # path -> (columns, bytes held)
+        self._reader_bytes = 0
+        self._file_base: int | None = None  # resident file-backed bytes with no file open
+        self._fingerprints: dict[str, Fingerprint] = {}  # path -> as when its data was checked
         self._segment_stores: dict[str, SegmentStore] = {}
         self._episode_ends: dict[int, np.ndarray] = {}
 
@@ -297,6 +318,16 @@ class RowStore:
                 self._gather_rest(out, window.ids, positions[rest], rows[rest], where[rest])
         return out
 
+    def _bound_mapped_files(self) -> None:
+        """Close the open trajectory files once reading through their mappings made this
+        process hold more than ``_MAPPED_FILE_BYTES`` of file pages beyond its level without
+        them, so resident memory follows the cache settings rather than the files sampled."""
+        resident = file_resident_bytes()
+        if not self._readers or self._file_base is None or resident < self._file_base:
+            self._file_base = resident  # (re)based while no file is open, or after a drop
+        elif resident - self._file_base > _MAPPED_FILE_BYTES:
+            self.close_files()
+
     def _gather_segments(self, out: Rows, segs: np.ndarray, rows: np.ndarray, dest: np.ndarray) -> None:
         """``out[k][dest[i]]`` = row ``rows[i]`` of segment ``segs[i]``: one ``index_select``
         per (segment, column) over the memory-mapped column files."""
@@ -321,6 +352,8 @@ class RowStore:
     ) -> None:
         """``out[k][dest[i]]`` = row ``rows[i]`` of window trajectory ``positions[i]``, from
         pending rows or files: one group of array operations per trajectory."""
+        if not self._readers:
+            self._file_base = file_resident_bytes()
         order = np.argsort(positions, kind="stable")
         bounds = np.flatnonzero(np.diff(positions[order])) + 1
         for group in np.split(order, bounds):
@@ -341,6 +374,8 @@ class RowStore:
                 src = source_steps(key, int(tensor.shape[0]), record.num_steps)[t] * b + env
                 flat = tensor.reshape(-1, *tensor.shape[2:])
                 scatter_rows(out[key], to, flat.index_select(0, torch.from_numpy(src)))
+            del raw, tensor, flat
+            self._bound_mapped_files()
 
     def column(self, record: Record, key: Key) -> torch.Tensor:
         """One column of a trajectory's aligned rows ``[T * B, ...]``, from memory or disk
@@ -400,7 +435,9 @@ class RowStore:
         store = None
         if record.fmt == formats.SEGMENT and schema is not None:
             store = self._segments(record.directory or "", schema)
-        return read_rows(record, schema, store)
+            return read_rows(record, schema, store)
+        with self._unchanged(record):
+            return read_rows(record, schema, store)
 
     def read_newest(
         self,
@@ -408,9 +445,13 @@ class RowStore:
         schema: Schema | None,
         skip_corrupt: bool,
         progress: Callable[[int, int], None] | None = None,
+        *,
+        limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> tuple[list[Record], list[tuple[Record, Rows]], int]:
-        """Read, without storing, the rows of the newest ``records`` the ring can hold (a load
-        warms the ring with them).
+        """Read, without storing, the rows of the newest ``records`` a load warms the ring with:
+        at most ``limit`` trajectories and ``max_bytes`` bytes of rows (``None``: no bound), and
+        no more than the ring holds.
 
         Returns ``(records left, [(record, rows)], damaged trajectories skipped)``; a damaged
         one raises :class:`CorruptTrajectoryError` unless ``skip_corrupt``.
@@ -418,9 +459,15 @@ class RowStore:
         keep, skipped = records, 0
         if self._ring is None or not keep:
             return keep, [], 0
-        limit = self._ring.max_trajectories
+        ring_limit = self._ring.max_trajectories
+        count = min(x for x in (limit, ring_limit, len(keep)) if x is not None)
+        if max_bytes is not None and schema is not None:
+            sizes = np.cumsum(
+                [r.num_transitions * schema.row_bytes for r in reversed(keep[-count:] if count else [])]
+            )
+            count = int(np.searchsorted(sizes, max_bytes, side="right"))
         while True:
-            warm = keep if limit is None else keep[max(0, len(keep) - limit) :]
+            warm = keep[len(keep) - min(count, len(keep)) :] if count else []
             try:
                 rows = []
                 for done, record in enumerate(warm, 1):
@@ -438,11 +485,31 @@ class RowStore:
     def check(self, record: Record) -> None:
         """Check a trajectory's data against its checksum before its first read from disk."""
         if record.trajectory_id not in self._pending and record.path is not None:
-            store = None
             if record.fmt == formats.SEGMENT:
-                store = self._segments(record.directory or "")
-            verify_record(record, store)
+                verify_record(record, self._segments(record.directory or ""))
+            else:
+                with self._unchanged(record):
+                    verify_record(record)
         self._index.mark_checked(record.trajectory_id)
+
+    @contextlib.contextmanager
+    def _unchanged(self, record: Record) -> Iterator[None]:
+        """Run a read or check of ``record``'s file and remember the file's fingerprint, so a
+        later reopening notices if the file was replaced or rewritten meanwhile."""
+        path = record.path
+        assert path is not None
+        before = fingerprint(path)
+        yield
+        after = fingerprint(path)
+        if before != after:
+            raise CorruptTrajectoryError(
+                f"{path}: the file of trajectory {record.trajectory_id} changed while it was read; "
+                "another process is writing this directory: reload it once that is done",
+                record.trajectory_id,
+                path,
+            )
+        if after is not None:
+            self._fingerprints[path] = after
 
     def _segments(self, directory: str, schema: Schema | None = None) -> SegmentStore:
         store = self._segment_stores.get(directory)
@@ -454,42 +521,73 @@ class RowStore:
         return store
 
     def _mapped(self, record: Record) -> Rows:
+        """The raw columns of a record's file, from the pool of open files.
+
+        A file opened again (it left the pool) must be the file that was checked: if its
+        fingerprint changed since, it is checked again against its checksum, and without a
+        checksum refused, so a replaced or rewritten file never yields other data.
+        """
         path = record.path
         if path is None:
             raise CorruptBufferError(f"trajectory {record.trajectory_id} has neither data nor file")
-        raw = self._readers.get(path)
-        if raw is None:
-            with reading(record):
-                raw = load_columns(record, mmap=True)
-            schema = self._schema
-            assert schema is not None
-            missing = [key_name(k) for k in schema if k not in raw]
-            if missing:
-                raise CorruptBufferError(f"{path}: lacks fields {missing} that the buffer holds")
-            self._readers[path] = raw
-            if len(self._readers) > _READER_POOL:
-                self._readers.popitem(last=False)
-        else:
+        entry = self._readers.get(path)
+        if entry is not None:
             self._readers.move_to_end(path)
+            return entry[0]
+        known = self._fingerprints.get(path)
+        if known is not None and fingerprint(path) not in (known, None):
+            if record.checksum is None:
+                raise CorruptTrajectoryError(
+                    f"{path}: the file of trajectory {record.trajectory_id} changed after the buffer "
+                    "read it and has no checksum to check it against; reload the buffer directory",
+                    record.trajectory_id,
+                    path,
+                )
+            with self._unchanged(record):
+                verify_record(record)  # raises CorruptTrajectoryError if the data differs
+        with self._unchanged(record), reading(record):
+            raw = load_columns(record, mmap=True)
+        schema = self._schema
+        assert schema is not None
+        missing = [key_name(k) for k in schema if k not in raw]
+        if missing:
+            raise CorruptBufferError(f"{path}: lacks fields {missing} that the buffer holds")
+        held = 0 if record.fmt == "pt" else sum(int(t.nbytes) for t in raw.values())  # pkl is read whole
+        self._readers[path] = (raw, held)
+        self._reader_bytes += held
+        while len(self._readers) > 1 and (
+            len(self._readers) > _READER_POOL or self._reader_bytes > _READER_BYTES
+        ):
+            self._reader_bytes -= self._readers.popitem(last=False)[1][1]
         return raw
+
+    def _drop_reader(self, path: str) -> None:
+        entry = self._readers.pop(path, None)
+        if entry is not None:
+            self._reader_bytes -= entry[1]
 
     # -- forgetting ---------------------------------------------------------------------------
     def forget(self, record: Record) -> None:
         """Drop what is open or derived for a trajectory that left (its mapping, its flags)."""
         if record.path is not None:
-            self._readers.pop(record.path, None)
+            self._drop_reader(record.path)
+            self._fingerprints.pop(record.path, None)
         self._episode_ends.pop(record.trajectory_id, None)
 
     def forget_directory(self, path: str) -> None:
         """Forget open files of a directory whose contents were replaced (map them afresh)."""
         replaced = os.path.realpath(path)
-        self._readers.clear()
+        self.close_files()
+        self._fingerprints = {
+            p: f for p, f in self._fingerprints.items() if os.path.realpath(os.path.dirname(p)) != replaced
+        }
         for directory in [d for d in self._segment_stores if os.path.realpath(d) == replaced]:
             del self._segment_stores[directory]
 
     def close_files(self) -> None:
-        """Close the file mappings (they reopen when read)."""
+        """Close the open files (they reopen when read, checked against their fingerprints)."""
         self._readers.clear()
+        self._reader_bytes = 0
 
     def clear_ring(self) -> None:
         """Empty the ring (its reservation too)."""
@@ -500,7 +598,8 @@ class RowStore:
         """Forget everything: rows, mappings, the schema."""
         self.clear_ring()
         self._pending.clear()
-        self._readers.clear()
+        self.close_files()
+        self._fingerprints.clear()
         self._segment_stores.clear()
         self._episode_ends.clear()
         self._schema = None

@@ -1,433 +1,47 @@
 """The tutorial's examples, run as a reader runs them: docs/tutorial.md, in order, in a fresh directory.
 
-What runs, in document order, in a fresh temporary working directory:
+The page runs with :mod:`doc_runner` (read its docstring): every ```python block in one Python
+session, every ```bash block except installation as a ``bash -euo pipefail`` script at its place
+between them, in a fresh temporary working directory that links ``rlinf`` and ``toolkits`` into
+the checkout, as the tutorial's "Following along" tells readers to do; ``python`` and
+``rlinf-buffer`` are served by a zygote (``DOCS_SNIPPETS_REAL_PYTHON=1``: the real interpreter).
+``<!-- skip: reason -->`` before a block leaves it out; ``test_skip_marks_are_rare`` keeps it
+rare.
 
-* every ```python block, in one Python process fed block by block (a shared namespace, as if the
-  blocks were pasted into one interpreter session); tracebacks name the line of the Markdown file;
-* every ```bash block that invokes this project's command-line tools (``rlinf-buffer ...``,
-  ``python -m rlinf_replay_buffer ...``, ``python rlinf/data/replay_buffer.py ...``,
-  ``python toolkits/replay_buffer/merge_or_split_replay_buffer.py ...``), as a script of
-  ``bash -euo pipefail``, at its place between the Python blocks, so it sees the directories they
-  made (``./buffer``, ``./ckpt``, ...) and the blocks after it see what it made. It must exit 0
-  and print nothing on stderr. Other bash blocks (installation, ``cd``) are not run.
-
-**Skipping.** A block is not run when the last non-blank line before its opening fence is
-``<!-- skip -->`` or ``<!-- skip: reason -->`` (visible in the Markdown source, invisible when
-rendered). Use it only for what cannot run on a CPU-only machine without a cluster (a CUDA
-device, several nodes); ``test_skip_marks_are_rare`` keeps it rare.
-
-The working directory holds two links into the checkout, ``rlinf`` and ``toolkits``, as the
-tutorial's "Following along" tells readers to make, so the seed's script paths work as written.
-``python`` and ``rlinf-buffer`` on the commands' ``PATH`` run this checkout's code.
-
-**Speed.** Starting Python and importing torch takes 1.5 to 3 s here, and the tutorial runs more
-than a dozen commands. So by default ``python`` and ``rlinf-buffer`` are small launchers that hand
-the command (arguments, working directory, environment, and standard input, output and error as
-file descriptors) to a *zygote*: a Python process started once, which has imported torch and this
-library and runs nothing else. For each command it forks a child that runs the script exactly as
-the interpreter would (``runpy.run_path`` for ``python FILE``, ``runpy.run_module`` for
-``python -m``, the console-script entry point for ``rlinf-buffer``) and exits through the normal
-interpreter shutdown with the script's status. Any other use of ``python`` runs the real
-interpreter. Set ``DOCS_SNIPPETS_REAL_PYTHON=1`` to run every command with the real interpreter
-instead (slower, no zygote).
-
-Also checked: docs/zh/tutorial.md has the same code blocks, byte for byte (and the same skip
-marks), and every code block of the seed tutorial appears in docs/tutorial.md (paths aside).
+Also checked: every way of calling the tools is run at least once, and every code block of the
+seed tutorial appears in docs/tutorial.md (paths aside). That docs/zh/tutorial.md has the same
+code blocks is checked with every other Chinese page by tests/test_all_docs_snippets.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import select
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from doc_runner import REPO, Commands, PageRun, code_blocks, commands, docs_env, run_page
 
-REPO = Path(__file__).resolve().parents[1]
 TUTORIAL = REPO / "docs" / "tutorial.md"
-TUTORIAL_ZH = REPO / "docs" / "zh" / "tutorial.md"
 SEED = REPO.parent / "shared" / "seed" / "README.md"
-
-SKIP_MARK = re.compile(r"^<!--\s*skip(?::[^>]*)?\s*-->$")
-FENCE = re.compile(r"^```([\w-]*)\s*$")
-#: a command line that runs one of this project's command-line tools
-CLI_COMMAND = re.compile(
-    r"^(rlinf-buffer|python -m rlinf_replay_buffer"
-    r"|python rlinf/data/replay_buffer\.py|python toolkits/replay_buffer/merge_or_split_replay_buffer\.py)\b"
-)
-BLOCK_TIMEOUT = 120.0  # seconds, per block
-
-
-@dataclass(frozen=True)
-class Block:
-    lang: str
-    code: str
-    line: int  # line number of the block's first code line in the Markdown file
-    skip: bool
-
-    @property
-    def runs_cli(self) -> bool:
-        return any(CLI_COMMAND.match(command) for command in commands(self.code))
-
-
-def code_blocks(path: Path) -> list[Block]:
-    """Every fenced code block of a Markdown file, in order."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    blocks, i = [], 0
-    while i < len(lines):
-        m = FENCE.match(lines[i])
-        if not m:
-            i += 1
-            continue
-        previous = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
-        start = i + 1
-        end = start
-        while end < len(lines) and lines[end].rstrip() != "```":
-            end += 1
-        assert end < len(lines), f"{path}:{i + 1}: code block never closed"
-        code = "\n".join(lines[start:end]) + "\n"
-        blocks.append(Block(m.group(1), code, start + 1, bool(SKIP_MARK.match(previous))))
-        i = end + 1
-    return blocks
-
-
-def commands(script: str) -> list[str]:
-    """The commands of a shell block: continuation lines joined, comments and blank lines dropped."""
-    joined = re.sub(r"\\\n\s*", " ", script)
-    out = []
-    for line in joined.splitlines():
-        line = line.split(" #", 1)[0].strip() if not line.lstrip().startswith("#") else ""
-        if line:
-            out.append(line)
-    return out
-
-
-# -- the Python worker ---------------------------------------------------------------------------
-WORKER = r"""
-import json, os, sys, traceback, types
-
-reply = os.fdopen(int(sys.argv[1]), "w", buffering=1)
-main = types.ModuleType("__main__")  # the blocks run in a fresh __main__, as a pasted script does
-main.__dict__["__builtins__"] = __builtins__
-sys.modules["__main__"] = main
-for line in sys.stdin:
-    request = json.loads(line)
-    try:
-        exec(compile(request["source"], request["filename"], "exec"), main.__dict__)
-        status = {"ok": True}
-    except BaseException:
-        status = {"ok": False, "error": traceback.format_exc()}
-    sys.stdout.flush()
-    sys.stderr.flush()
-    reply.write(json.dumps(status) + "\n")
-"""
-
-
-class PythonWorker:
-    """One Python process that executes the tutorial's Python blocks in a shared namespace."""
-
-    def __init__(self, cwd: Path, env: dict[str, str], logs: Path) -> None:
-        read_fd, write_fd = os.pipe()
-        self.stdout_path, self.stderr_path = logs / "python.out", logs / "python.err"
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(write_fd)],
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=err,
-                pass_fds=(write_fd,),
-                text=True,
-            )
-        os.close(write_fd)
-        self.replies = os.fdopen(read_fd, "r")
-
-    def run(self, block: Block) -> dict:
-        # pad with newlines so that tracebacks name the block's lines in the Markdown file
-        source = "\n" * (block.line - 1) + block.code
-        request = {"source": source, "filename": str(TUTORIAL)}  # tracebacks quote the line
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.replies], [], [], BLOCK_TIMEOUT)
-        if not ready:
-            self.proc.kill()
-            return {"ok": False, "error": f"timed out after {BLOCK_TIMEOUT:g} s"}
-        line = self.replies.readline()
-        if not line:
-            return {"ok": False, "error": f"the Python process died (exit status {self.proc.wait()})"}
-        return json.loads(line)
-
-    def finish(self) -> int:
-        """End the session as a script ends (normal interpreter shutdown); returns the exit status."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            return self.proc.wait(timeout=BLOCK_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-        finally:
-            self.replies.close()
-
-    def output(self) -> str:
-        return f"stdout:\n{self.stdout_path.read_text()}\nstderr:\n{self.stderr_path.read_text()}"
-
-
-# -- the command-line zygote ------------------------------------------------------------------
-ZYGOTE = r"""
-import gc, json, os, runpy, signal, socket, struct, sys
-
-import numpy, torch  # the slow imports, done once
-import rlinf_replay_buffer, rlinf_replay_buffer.cli
-import rlinf_replay_buffer.tools.info, rlinf_replay_buffer.tools.merge_split_cli
-import rlinf_replay_buffer.tools.parquet, rlinf_replay_buffer.tools.verify, rlinf_replay_buffer.tools.view
-try:
-    import matplotlib.figure, matplotlib.backends.backend_agg, PIL.Image
-except ImportError:
-    pass
-gc.freeze()  # what the imports made is never collected again: a child's shutdown takes 0.2 s, not 0.7
-
-
-def receive(conn):
-    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
-    size = struct.unpack("!I", data[:4])[0]
-    data = data[4:]
-    while len(data) < size:
-        data += conn.recv(1 << 16)
-    return json.loads(data), fds
-
-
-def child(request, fds):
-    signal.alarm(int(request["timeout"]))
-    for target, fd in zip((0, 1, 2), fds):
-        os.dup2(fd, target)
-        os.close(fd)
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    kind, argv = request["kind"], request["argv"]
-    if kind == "entry":  # a console script, as pip generates it
-        from rlinf_replay_buffer.cli import main
-        sys.argv = argv
-        sys.exit(main())
-    if kind == "module":  # python -m MODULE ARGS
-        sys.argv = argv
-        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
-    else:  # python FILE ARGS
-        sys.argv = argv
-        sys.path[0] = os.path.dirname(os.path.realpath(argv[0]))
-        runpy.run_path(argv[0], run_name="__main__")
-    sys.exit(0)
-
-
-server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-server.bind(sys.argv[1])
-server.listen(4)
-print("ready", flush=True)
-while True:
-    conn, _ = server.accept()
-    request, fds = receive(conn)
-    pid = os.fork()
-    if pid == 0:
-        server.close()
-        conn.close()
-        child(request, fds)  # ends with SystemExit: the child leaves through interpreter shutdown
-    for fd in fds:
-        os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    conn.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
-    conn.close()
-"""
-
-LAUNCHER = r"""#!{python} -S
-import json, os, socket, struct, sys
-
-REAL = {python!r}
-name, args = os.path.basename(sys.argv[0]), sys.argv[1:]
-if name == "rlinf-buffer":
-    kind, argv = "entry", ["rlinf-buffer", *args]
-elif args[:1] == ["-m"] and len(args) > 1:
-    kind, argv = "module", args[1:]
-elif args and args[0].endswith(".py") and os.path.isfile(args[0]):
-    kind, argv = "path", args
-else:
-    os.execv(REAL, [REAL, *args])
-request = {{"kind": kind, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "timeout": {timeout}}}
-data = json.dumps(request).encode()
-conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-conn.connect({socket_path!r})
-socket.send_fds(conn, [struct.pack("!I", len(data)) + data], [0, 1, 2])
-reply = b""
-while len(reply) < 4:
-    chunk = conn.recv(4 - len(reply))
-    if not chunk:
-        sys.exit("the zygote closed the connection")
-    reply += chunk
-sys.exit(struct.unpack("!i", reply)[0])
-"""
-
-#: ``rlinf-buffer`` as pip's console script runs it, for DOCS_SNIPPETS_REAL_PYTHON=1
-REAL_RLINF_BUFFER = """#!/bin/sh
-exec {python} -c 'import sys; from rlinf_replay_buffer.cli import main
-sys.argv[0] = "rlinf-buffer"; sys.exit(main())' "$@"
-"""
-
-
-class Commands:
-    """Runs the tutorial's bash blocks with ``python`` and ``rlinf-buffer`` of this checkout."""
-
-    def __init__(self, root: Path, cwd: Path, env: dict[str, str]) -> None:
-        self.cwd = cwd
-        self.zygote: subprocess.Popen | None = None
-        self.zygote_log = None
-        self.socket_dir: str | None = None
-        bin_dir = root / "bin"
-        bin_dir.mkdir()
-        python, rlinf_buffer = bin_dir / "python", bin_dir / "rlinf-buffer"
-        if os.environ.get("DOCS_SNIPPETS_REAL_PYTHON"):
-            python.symlink_to(sys.executable)
-            rlinf_buffer.write_text(REAL_RLINF_BUFFER.format(python=sys.executable))
-        else:
-            # a short path: a Unix socket's path must stay under 108 bytes, pytest's may not
-            self.socket_dir = tempfile.mkdtemp(prefix="docs-zygote-")
-            socket_path = Path(self.socket_dir) / "sock"
-            self.zygote_log = open(root / "logs" / "zygote.err", "wb")  # noqa: SIM115 - closed in close()
-            self.zygote = subprocess.Popen(
-                [sys.executable, "-c", ZYGOTE, str(socket_path)],
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=self.zygote_log,
-                text=True,
-            )
-            launcher = LAUNCHER.format(
-                python=sys.executable, socket_path=str(socket_path), timeout=int(BLOCK_TIMEOUT)
-            )
-            python.write_text(launcher)
-            shutil.copy(python, rlinf_buffer)
-        python.chmod(0o755)
-        rlinf_buffer.chmod(0o755)
-        self.env = {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
-
-    def wait_ready(self) -> None:
-        if self.zygote is not None:
-            assert self.zygote.stdout is not None
-            line = self.zygote.stdout.readline()
-            assert line.strip() == "ready", f"the command zygote did not start (exit {self.zygote.poll()})"
-
-    def run(self, block: Block) -> tuple[bool, str]:
-        """Run a block; ``(ok, details)``: ok when it exits 0 with nothing on stderr."""
-        try:
-            proc = subprocess.run(
-                ["bash", "-euo", "pipefail", "-c", block.code],
-                cwd=self.cwd,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                timeout=BLOCK_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            return False, f"timed out after {BLOCK_TIMEOUT:g} s\nstdout:\n{exc.stdout}\nstderr:\n{exc.stderr}"
-        detail = f"exit status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-        return proc.returncode == 0 and not proc.stderr.strip(), detail
-
-    def close(self) -> None:
-        if self.zygote is not None:
-            self.zygote.kill()
-            self.zygote.wait()
-        if self.zygote_log is not None:
-            self.zygote_log.close()
-        if self.socket_dir is not None:
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
-
-
-# -- the run -------------------------------------------------------------------------------------
-@dataclass
-class Step:
-    block: Block
-    ok: bool
-    detail: str = ""
-    seconds: float = 0.0
-
-
-@dataclass
-class TutorialRun:
-    steps: list[Step]
-    python_status: int | None
-    python_output: str
-    seconds: float
-
-    def failure(self) -> Step | None:
-        return next((s for s in self.steps if not s.ok), None)
-
-
-def describe(step: Step) -> str:
-    return (
-        f"docs/tutorial.md:{step.block.line}: {step.block.lang} block failed\n"
-        f"--- block ---\n{step.block.code}--- details ---\n{step.detail}"
-    )
 
 
 @pytest.fixture(scope="module")
-def tutorial_run(tmp_path_factory) -> TutorialRun:
-    start = time.perf_counter()
+def tutorial_run(tmp_path_factory) -> PageRun:
     root = tmp_path_factory.mktemp("tutorial")
-    work, logs = root / "work", root / "logs"
-    work.mkdir()
-    logs.mkdir()
-    for name in ("rlinf", "toolkits"):  # "Following along": links to the checkout's scripts
-        (work / name).symlink_to(REPO / name, target_is_directory=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
-    env.update(PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1", MPLBACKEND="Agg")
-
-    blocks = [b for b in code_blocks(TUTORIAL) if not b.skip]
-    commands_ = Commands(root, work, env)
-    worker = PythonWorker(work, env, logs)
-    steps: list[Step] = []
-    status = None
+    env = docs_env()
+    commands_ = Commands(root, env)
     try:
-        commands_.wait_ready()
-        for block in blocks:
-            began = time.perf_counter()
-            if block.lang == "python":
-                result = worker.run(block)
-                steps.append(Step(block, result["ok"], result.get("error", "")))
-            elif block.lang == "bash" and block.runs_cli:
-                steps.append(Step(block, *commands_.run(block)))
-            else:
-                continue
-            steps[-1].seconds = time.perf_counter() - began
-            if not steps[-1].ok:
-                break  # the blocks after it depend on it
-        status = worker.finish()
+        return run_page(TUTORIAL, root, commands_, env)
     finally:
-        if worker.proc.poll() is None:
-            worker.proc.kill()
         commands_.close()
-    return TutorialRun(steps, status, worker.output(), time.perf_counter() - start)
 
 
 def test_every_block_runs(tutorial_run):
     failed = tutorial_run.failure()
-    assert failed is None, describe(failed) + "\n--- Python session ---\n" + tutorial_run.python_output
-    python_blocks = [b for b in code_blocks(TUTORIAL) if b.lang == "python" and not b.skip]
-    cli_blocks = [b for b in code_blocks(TUTORIAL) if b.lang == "bash" and b.runs_cli and not b.skip]
+    assert failed is None, tutorial_run.describe(failed)
     ran = [s.block for s in tutorial_run.steps]
-    assert ran == sorted(python_blocks + cli_blocks, key=lambda b: b.line)
-    slowest = sorted(tutorial_run.steps, key=lambda s: -s.seconds)[:5]
-    timing = ", ".join(f"line {s.block.line}: {s.seconds:.1f} s" for s in slowest)
+    assert ran == [b for b in code_blocks(TUTORIAL) if b.runs]
+    assert any(b.runs_cli for b in ran) and any(b.lang == "python" for b in ran)
+    timing = tutorial_run.timing()
     assert tutorial_run.seconds < 60, f"the tutorial took {tutorial_run.seconds:.1f} s (slowest: {timing})"
 
 
@@ -435,10 +49,8 @@ def test_python_session_ends_cleanly(tutorial_run):
     """The session ends like a script: exit status 0, nothing reported during shutdown."""
     if tutorial_run.failure() is not None:
         pytest.skip("a block failed (see test_every_block_runs)")
-    assert tutorial_run.python_status == 0, tutorial_run.python_output
-    stderr = tutorial_run.python_output.split("\nstderr:\n", 1)[1]
-    for marker in ("Traceback", "Exception ignored"):
-        assert marker not in stderr, tutorial_run.python_output
+    problem = tutorial_run.shutdown_problems()
+    assert problem is None, problem
 
 
 def test_every_cli_form_is_exercised():
@@ -463,15 +75,6 @@ def test_every_cli_form_is_exercised():
 def test_skip_marks_are_rare():
     skipped = [b for b in code_blocks(TUTORIAL) if b.skip]
     assert len(skipped) <= 2, [f"docs/tutorial.md:{b.line}" for b in skipped]
-
-
-def test_chinese_tutorial_has_the_same_code_blocks():
-    english, chinese = code_blocks(TUTORIAL), code_blocks(TUTORIAL_ZH)
-    assert [b.lang for b in chinese] == [b.lang for b in english], "the blocks differ in number or order"
-    for en, zh in zip(english, chinese, strict=True):
-        where = f"docs/zh/tutorial.md:{zh.line} differs from docs/tutorial.md:{en.line}"
-        assert zh.code == en.code, f"{where}\n{zh.code}\n---\n{en.code}"
-        assert zh.skip == en.skip, f"docs/zh/tutorial.md:{zh.line}: skip mark differs"
 
 
 def normalize_paths(code: str) -> str:

@@ -464,6 +464,11 @@ def test_a_load_survives_the_restart_of_a_shard(make, tmp_path):
     [
         ({"shard_options": {"rate_limiter": None}}, "rate_limiter"),
         ({"shard_options": {"prioritized": True}}, "pass prioritized to RayTrajectoryReplayBuffer itself"),
+        (
+            {"shard_options": {"trajectory_format": "segment"}},
+            "pass trajectory_format to RayTrajectoryReplayBuffer itself",
+        ),
+        ({"shard_options": {"cache_size": 3}}, "pass cache_size to RayTrajectoryReplayBuffer itself"),
         ({"prioritized": True, "priority_alpha": -1}, "alpha"),
         ({"shard_options": {"auto_save_path": "/x"}}, "auto_save_path"),
         ({"call_timeout": 0}, "call_timeout"),
@@ -560,13 +565,12 @@ def test_the_first_example_of_the_distributed_guide_runs(tmp_path):
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text()
     code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
-    code = code.replace("/tmp/ray_buffer", str(tmp_path / "buf")).replace(
-        "/tmp/ray_ckpt", str(tmp_path / "ckpt")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[(0, 0), (1, 0), (0, 1)]" in out.stdout
-    assert sorted(os.listdir(tmp_path / "ckpt")) == ["rank_0", "rank_1"]
+    assert sorted(os.listdir(tmp_path / "ray_ckpt")) == ["rank_0", "rank_1"]
 
 
 def _soak_selected(config) -> bool:

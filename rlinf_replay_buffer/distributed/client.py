@@ -55,6 +55,18 @@ try:  # the "ray" extra
 except ImportError:  # pragma: no cover - exercised only without the extra
     ray = None
 
+#: the client's own arguments that it passes on to every shard (never through ``shard_options``)
+CLIENT_OPTIONS = (
+    "sample_window_size",
+    "enable_cache",
+    "cache_size",
+    "trajectory_format",
+    "prioritized",
+    "priority_alpha",
+    "priority_beta",
+    "priority_eps",
+)
+
 _EMPTY_RETRIES = 3  # draws again after a shard found its window emptied since the split
 
 
@@ -153,7 +165,7 @@ class RayTrajectoryReplayBuffer:
                 f"shard_options {reserved} cannot be used with the sharded buffer (it auto-saves each "
                 "shard to path/rank_k; a rate limiter works within one process)"
             )
-        for key in ("prioritized", "priority_alpha", "priority_beta", "priority_eps"):
+        for key in CLIENT_OPTIONS:
             if key in options:
                 raise InvalidArgumentError(
                     f"pass {key} to RayTrajectoryReplayBuffer itself, not in shard_options"
@@ -245,9 +257,7 @@ class RayTrajectoryReplayBuffer:
             raise InvalidArgumentError(
                 "the sharded buffer needs a directory: set auto_save_path in the configuration or pass path="
             )
-        own = ("seed", "sample_window_size", "enable_cache", "cache_size", "trajectory_format")
-        own += ("prioritized", "priority_alpha", "priority_beta", "priority_eps")
-        mine = {k: kwargs.pop(k) for k in own if k in kwargs}
+        mine = {k: kwargs.pop(k) for k in ("seed", *CLIENT_OPTIONS) if k in kwargs}
         shard_options = {**kwargs, **client.pop("shard_options", {})}
         buffer = cls(where, num_shards, **mine, shard_options=shard_options, **client)
         buffer.config_extras = extras

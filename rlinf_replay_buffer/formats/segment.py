@@ -239,7 +239,7 @@ class SegmentStore:
         ``MAPPED_RESIDENT_BYTES`` of file pages beyond what it mapped before the first segment
         (the kernel maps whole large folios, often 2 MiB, per touched row), drop every mapped
         page from this process; reads fault them back from the page cache."""
-        shared = _file_resident_bytes()
+        shared = file_resident_bytes()
         if self._resident_base is None:
             self._resident_base = shared
         if shared - self._resident_base < MAPPED_RESIDENT_BYTES:
@@ -308,7 +308,7 @@ class SegmentStore:
         self._mmaps.clear()
 
 
-def _file_resident_bytes() -> int:
+def file_resident_bytes() -> int:
     """Resident file-backed bytes of this process (``/proc/self/statm``; 0 if unavailable)."""
     try:
         with open("/proc/self/statm", "rb") as f:

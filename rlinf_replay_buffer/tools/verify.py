@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .. import formats
@@ -334,8 +334,7 @@ class _Checker:
             return None
         try:
             int_field(entry, "row", where)
-            record = record_from_entry(self.path, entry, name, where)
-            record.row = row
+            record = replace(record_from_entry(self.path, entry, name, where), row=row)
         except CorruptBufferError as exc:
             self.problem("index", str(exc), tid)
             return None
@@ -377,7 +376,7 @@ class _Checker:
                     self.bad_files.append((p, name))
                     continue
                 if self.check_file(record, name):
-                    record.checksum = file_checksum(fpath)
+                    record = replace(record, checksum=file_checksum(fpath))
                     p.action = "listed in the index again"
                     self.good.append(record)
                     good_ids.add(tid)
