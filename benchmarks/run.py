@@ -27,6 +27,24 @@ if __name__ == "__main__" and not __package__:  # run as a script: make the pack
     sys.path.insert(0, str(REPO))
 
 from benchmarks.procedures import PREPARE, Options, expected_rows, make_row, run_case  # noqa: E402
+
+
+def measured_package() -> str:
+    """The directory of the ``rlinf_replay_buffer`` this run measures. It must be this
+    checkout's: an environment where another checkout is installed (an editable install's
+    ``.pth`` imports it at interpreter start, before ``sys.path`` is touched) would otherwise be
+    measured silently, e.g. when a second worktree is benchmarked for a before/after table."""
+    import rlinf_replay_buffer
+
+    found = Path(rlinf_replay_buffer.__file__).resolve().parent
+    if REPO not in found.parents:
+        raise SystemExit(
+            f"benchmarks/run.py in {REPO} would measure the rlinf_replay_buffer installed at {found}; "
+            "run it where that package is this checkout's (pip install -e . here, or uninstall the other)"
+        )
+    return str(found)
+
+
 from benchmarks.scenarios import Case, Scenario, build_scenarios, level_name  # noqa: E402
 
 RESULT_PREFIX = "BENCH-RESULT "
@@ -183,6 +201,7 @@ def machine_facts(threads: int, inline: bool = False) -> dict[str, Any]:
         "torchrl": _version("torchrl"),
         "tensordict": _version("tensordict"),
         "commit": commit or "unknown",
+        "package": measured_package(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "threads": threads,
         "peak_rss": "whole process (--inline)" if inline else "per contender (one child process each)",
@@ -198,7 +217,8 @@ def header(facts: dict[str, Any], opts: Options) -> str:
             f"Linux {facts['kernel']}",
             f"  python {facts['python']}, torch {facts['torch']}, numpy {facts['numpy']}, "
             f"torchrl {facts['torchrl']}, tensordict {facts['tensordict']}",
-            f"  commit {facts['commit']}; {facts['date']}; torch threads {facts['threads']}",
+            f"  commit {facts['commit']}; {facts['date']}; torch threads {facts['threads']}; "
+            f"package {facts['package']}",
             f"  timing: median of up to {opts.repeats} calls after {opts.warmup} warm-up calls "
             f"(fewer once a measurement took {opts.max_seconds:g} s); peak RSS {facts['peak_rss']}",
             "  ratio = limit time / contender time (1.0 = as fast as the limit); MB = 10^6 bytes",

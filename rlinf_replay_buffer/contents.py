@@ -169,8 +169,11 @@ class Contents:
         for record in keep:
             self.index.append(record, checked=record.checksum is None or record.trajectory_id in warmed)
         self._limiter.rebase(self.index.total_transitions)  # loaded transitions count as inserted
-        for record, rows in warm:
+        warm.reverse()
+        while warm:  # one at a time, each released once copied: its mapped pages go with it
+            record, rows = warm.pop()
             self._left_ring(self.store.put(record.trajectory_id, rows))
+            del rows
         if self.settings.max_disk_bytes is not None and self.saver is not None and schema is not None:
             self.saver.count_existing(keep, schema)
         self._enforce_capacity()

@@ -177,14 +177,19 @@ class Workers:
 
         self.threads.append(threading.Thread(target=run, name=name, daemon=True))
 
-    def run_for(self, seconds: float, main_step: Callable[[], None] | None = None) -> None:
-        """Start the workers, let them run ``seconds`` (calling ``main_step`` meanwhile), stop
-        them, and fail with every collected exception or with the stacks of hung threads."""
+    def run_for(
+        self, seconds: float, main_step: Callable[[], None] | None = None, min_steps: int = 0
+    ) -> None:
+        """Start the workers, let them run ``seconds`` (calling ``main_step`` meanwhile, at least
+        ``min_steps`` times however slow the machine), stop them, and fail with every collected
+        exception or with the stacks of hung threads."""
         for t in self.threads:
             t.start()
         deadline = time.monotonic() + seconds
+        steps = 0
         try:
-            while time.monotonic() < deadline and not self.stop.is_set():
+            while (time.monotonic() < deadline or steps < min_steps) and not self.stop.is_set():
+                steps += 1
                 if main_step is None:
                     self.stop.wait(min(0.05, max(0.0, deadline - time.monotonic())))
                 else:
@@ -447,7 +452,7 @@ def test_prefetch_thread_while_main_adds_flushes_and_clears_cache(make_buffer, s
             assert same_batch(batch, copy), "a prefetched batch changed after later adds"
             consumed["batches"] += 1
 
-    workers.run_for(seconds, main_step)
+    workers.run_for(seconds, main_step, min_steps=24)  # one clear_cache() at least
     assert consumed["batches"] > 0 and consumed["clear_cache"] > 0 and consumed["flush"] > 0, consumed
     adder.step()  # without auto_save the last clear_cache() may have emptied the buffer
     buf.flush()
