@@ -780,12 +780,19 @@ def _run(call: Callable[[], int], flags: Mapping[str, str]) -> int:
         return 1
 
 
+#: file names of RLinf's buffer scripts (both layouts), which run :func:`main` as RLinf's CLI
+LEGACY_SCRIPTS = ("replay_buffer.py", "buffer.py")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rlinf-buffer``, ``python -m rlinf_replay_buffer`` and RLinf's legacy
     ``python rlinf/data/replay_buffer.py``; returns the process exit status."""
+    as_script = argv is None and os.path.basename(sys.argv[0]) in LEGACY_SCRIPTS
     argv = list(sys.argv[1:] if argv is None else argv)
     legacy = build_parser()
     first = argv[0].split("=", 1)[0] if argv else ""
+    if as_script and first in ("-h", "--help"):
+        legacy.parse_args(argv)  # RLinf's script: its own usage, as docs/cli.md shows it
     if first in legacy._option_string_actions and first not in ("-h", "--help", "--version"):
         args = legacy.parse_args(argv)  # the legacy form: it starts with one of its options
         args.path, args.seq_len, args.pad, args.json, args.quiet = args.load_path, None, False, False, False

@@ -408,3 +408,12 @@ def test_a_mistyped_top_level_option_is_named_in_the_error(capsys):
         main(["--vers"])
     assert info.value.code == 2
     assert "unknown option --vers" in capsys.readouterr().err
+
+
+def test_rlinfs_script_prints_its_own_usage_for_help(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["rlinf/data/replay_buffer.py", "--help"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--load-path" in out and "COMMAND" not in out
