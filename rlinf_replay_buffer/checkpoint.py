@@ -162,18 +162,32 @@ def place_records(
     return placed
 
 
-def prepare_destination(save_path: str) -> str:
-    """Absolute destination path, refusing a file or a non-empty non-buffer directory."""
-    if not isinstance(save_path, str | os.PathLike) or not os.fspath(save_path):
-        raise InvalidArgumentError(f"save_path must be a directory path, got {save_path!r}")
-    dest = os.path.abspath(os.fspath(save_path))
-    if os.path.lexists(dest):
-        if not os.path.isdir(dest):
-            raise BufferDirectoryError(f"{dest}: exists and is not a directory")
-        if os.listdir(dest) and not is_buffer_directory(dest):
+def output_directory(path: str, *, replace_buffer: bool, argument: str = "save_path") -> str:
+    """Absolute path of a buffer directory about to be written at ``path``, with its parent made.
+
+    ``path`` may be missing or an empty directory; an existing buffer directory only with
+    ``replace_buffer`` (it is then swapped out atomically by :func:`publish`). Anything else (a
+    file, a symlink, a directory of other files) is refused and never touched.
+
+    Raises:
+        InvalidArgumentError: ``path`` is not a path.
+        BufferDirectoryError: ``path`` holds something that may not be replaced.
+    """
+    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+        raise InvalidArgumentError(f"{argument} must be a directory path, got {path!r}")
+    dest = os.path.abspath(os.fspath(path))
+    if os.path.islink(dest) or (os.path.lexists(dest) and not os.path.isdir(dest)):
+        raise BufferDirectoryError(f"{dest}: exists and is not a directory; choose a new or empty {argument}")
+    if os.path.lexists(dest) and os.listdir(dest):
+        if not is_buffer_directory(dest):
             raise BufferDirectoryError(
                 f"{dest}: exists, is not empty and is not a buffer directory; refusing to "
-                "replace it (choose a new or empty directory)"
+                f"replace it (choose a new or empty {argument})"
+            )
+        if not replace_buffer:
+            raise BufferDirectoryError(
+                f"{dest}: already exists and is not empty; choose a new or empty {argument}, "
+                "or pass overwrite=True to replace the buffer directory there"
             )
     with writing(dest):
         os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -202,7 +216,7 @@ def save(snapshot: Snapshot, save_path: str) -> dict[int, Record]:
     Returns:
         ``{trajectory_id: record re-homed in save_path}`` of the trajectories written.
     """
-    dest = prepare_destination(save_path)
+    dest = output_directory(save_path, replace_buffer=True)
     with writing(dest), staged_directory(dest) as staging:
         placed = place_records(snapshot.records, snapshot.rows_of, staging, snapshot.fmt, snapshot.schema)
         if snapshot.extra is not None:

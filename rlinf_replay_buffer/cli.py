@@ -122,8 +122,8 @@ FLAG_NAMES: dict[str, dict[str, str]] = {
         "seed": "--seed",
         _EMPTY_WINDOW: "the buffer directory is empty",
     },
-    "merge": {"split_count": "--split-count", "save path": "--save-path"},
-    "split": {"split_count": "--split-count", "save path": "--save-path"},
+    "merge": {"split_count": "--split-count", "save path": "--save-path", "overwrite=True": "--overwrite"},
+    "split": {"split_count": "--split-count", "save path": "--save-path", "overwrite=True": "--overwrite"},
     "view": {
         "trajectory id": "--trajectory",
         "the directory holds ids": "--trajectory takes one of the ids",
@@ -142,6 +142,7 @@ FLAG_NAMES: dict[str, dict[str, str]] = {
         "dest_path": "--save-path",
         "trajectory_format": "--trajectory-format",
         "empty destination": "empty --save-path",
+        "overwrite=True": "--overwrite",
     },
 }
 
@@ -359,9 +360,7 @@ def build_tool_parser() -> argparse.ArgumentParser:
         "Rebuild a buffer directory from a Parquet file written by `export`.",
     )
     s.add_argument("parquet", help="the .parquet file")
-    s.add_argument(
-        "--save-path", required=True, help="the buffer directory to create (must not exist, or be empty)"
-    )
+    _save_path_options(s)
     s.add_argument(
         "--trajectory-format",
         default="pt",
@@ -373,11 +372,23 @@ def build_tool_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _save_path_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--save-path",
+        required=True,
+        help="the buffer directory to create (must not exist, or be empty; see --overwrite)",
+    )
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the buffer directory at --save-path if there is one (atomically, once the "
+        "new one is complete; anything else there is never replaced)",
+    )
+
+
 def _merge_options(s: argparse.ArgumentParser, split: bool) -> None:
     s.add_argument("--source-path", required=True, help=f"a buffer directory, or {_RANKS}")
-    s.add_argument(
-        "--save-path", required=True, help="the buffer directory to create (must not exist, or be empty)"
-    )
+    _save_path_options(s)
     if split:
         s.add_argument("--split-count", type=int, required=True, help="trajectories to keep (>= 1)")
     s.add_argument("--copy", action="store_true", help="copy the files instead of moving them")
@@ -618,6 +629,7 @@ def _merge(args: argparse.Namespace) -> int:
             split_count=getattr(args, "split_count", None),
             copy=args.copy,
             progress=progress,
+            overwrite=args.overwrite,
         )
     if args.json:
         _print_json(
@@ -735,7 +747,11 @@ def _import(args: argparse.Namespace) -> int:
 
     with progress_bar("importing", args.quiet) as progress:
         result = import_parquet(
-            args.parquet, args.save_path, trajectory_format=args.trajectory_format, progress=progress
+            args.parquet,
+            args.save_path,
+            trajectory_format=args.trajectory_format,
+            progress=progress,
+            overwrite=args.overwrite,
         )
     if args.json:
         _print_json(

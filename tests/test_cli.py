@@ -317,6 +317,11 @@ def test_help_speaks_to_users():
         (["export", "{path}", "--out", "{full}"], "give --out the path of the Parquet file"),
         (["export", "{path}", "--out", ""], "--out must be a file path"),
         (["import", "{parquet}", "--save-path", "{full}"], "choose a new or empty --save-path"),
+        (["import", "{parquet}", "--save-path", "{path}"], "or pass --overwrite to replace"),
+        (
+            ["split", "--source-path", "{path}", "--save-path", "{empty}", "--split-count", "1"],
+            "or pass --overwrite to replace",
+        ),
     ],
 )
 def test_errors_name_the_flag_that_fixes_them(tmp_path, capsys, argv, expected):
@@ -355,6 +360,24 @@ def test_export_overwrite_replaces_the_file(tmp_path, capsys):
     assert parquet.read_bytes() == b"old"
     assert main(["export", str(path), "--out", str(parquet), "--overwrite"]) == 0
     assert parquet.read_bytes()[:4] == b"PAR1"
+
+
+def test_overwrite_replaces_a_buffer_directory_for_import_merge_and_split(tmp_path, capsys):
+    path = written_dir(tmp_path)  # 4 trajectories
+    small = written_dir(tmp_path, name="small", n=1)
+    parquet = tmp_path / "p.parquet"
+    assert main(["export", str(path), "--out", str(parquet), "--quiet"]) == 0
+    for argv, expected in (
+        (["import", str(parquet), "--save-path", str(small)], 4),
+        (["merge", "--source-path", str(path), "--save-path", str(small), "--copy"], 4),
+        (["split", "--source-path", str(path), "--save-path", str(small), "--split-count", "2", "--copy"], 2),
+    ):
+        assert main([*argv, "--quiet"]) == 1
+        assert main([*argv, "--quiet", "--overwrite"]) == 0
+        back = TrajectoryReplayBuffer()
+        back.load_checkpoint(str(small))
+        assert back.size == expected, argv
+    capsys.readouterr()
 
 
 def test_sample_pad_lets_runs_cross_episode_ends(tmp_path, capsys):

@@ -145,6 +145,42 @@ def test_non_empty_destination_is_refused(tmp_path):
     assert (dest / "notes.txt").read_text() == "mine"
 
 
+def test_a_buffer_directory_at_the_save_path_is_replaced_only_with_overwrite(tmp_path):
+    src = make_ranks(tmp_path / "buf", [2, 1])
+    old = make_ranks(tmp_path / "old", [4]) / "rank_0"
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    with pytest.raises(BufferDirectoryError, match="or pass overwrite=True to replace"):
+        merge_or_split(str(src), str(old), copy=True)
+    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+    result = merge_or_split(str(src), str(old), overwrite=True)  # move mode
+    assert result.trajectories == 3
+    assert sorted(codes_by_id(old).values()) == [0, 1, 100]
+    assert not [n for n in os.listdir(old.parent) if n.startswith(".rank_0")]
+
+
+def test_overwrite_never_replaces_what_is_not_a_buffer_directory(tmp_path):
+    src = make_ranks(tmp_path / "buf", [2])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine")
+    with pytest.raises(BufferDirectoryError, match="not a buffer directory; refusing to replace"):
+        merge_or_split(str(src), str(dest), copy=True, overwrite=True)
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(BufferDirectoryError, match="exists and is not a directory"):
+        merge_or_split(str(src), str(tmp_path / "file"), copy=True, overwrite=True)
+    assert (dest / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_save_path_around_a_source_is_refused(tmp_path):
+    outer = make_ranks(tmp_path / "buf", [2]) / "rank_0"  # a buffer directory ...
+    inner = make_ranks(outer / "nested", [1]) / "rank_0"  # ... holding another one
+    with pytest.raises(BufferDirectoryError, match="must not contain a source"):
+        merge_or_split(str(inner), str(outer), overwrite=True)
+    TrajectoryReplayBuffer().load_checkpoint(str(inner))
+    TrajectoryReplayBuffer().load_checkpoint(str(outer))
+
+
 def test_destination_inside_a_source_is_refused(tmp_path):
     src = make_ranks(tmp_path / "buf", [2])
     with pytest.raises(BufferDirectoryError, match="inside a source"):

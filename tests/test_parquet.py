@@ -487,8 +487,8 @@ def test_import_refuses_a_missing_file_and_a_non_empty_destination(tmp_path, exp
     full = tmp_path / "full"
     full.mkdir()
     (full / "something").write_text("x")
-    with pytest.raises(BufferDirectoryError, match="already exists and is not an empty directory"):
-        import_parquet(str(exported), str(full))
+    with pytest.raises(BufferDirectoryError, match="is not a buffer directory; refusing to replace"):
+        import_parquet(str(exported), str(full), overwrite=True)
     assert os.listdir(full) == ["something"]
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -603,3 +603,20 @@ def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch):
         export_parquet(str(tmp_path), str(tmp_path / "x.parquet"))
     with pytest.raises(ImportError, match=r"rlinf-replay-buffer\[tools\]"):
         import_parquet(str(tmp_path / "x.parquet"), str(tmp_path / "dest"))
+
+
+def test_import_replaces_a_buffer_directory_only_with_overwrite(tmp_path, exported):
+    dest = tmp_path / "dest"
+    buf = TrajectoryReplayBuffer()
+    buf.add_trajectories([coded_trajectory(0, n=2, e=1)])
+    buf.save_checkpoint(str(dest))
+    before = sorted(os.listdir(dest))
+    with pytest.raises(BufferDirectoryError, match="or pass overwrite=True to replace"):
+        import_parquet(str(exported), str(dest))
+    assert sorted(os.listdir(dest)) == before
+    result = import_parquet(str(exported), str(dest), overwrite=True)
+    assert result.trajectories == 3
+    loaded = TrajectoryReplayBuffer()
+    loaded.load_checkpoint(str(dest))
+    assert loaded.get_stats()["num_trajectories"] == 3
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".dest")]

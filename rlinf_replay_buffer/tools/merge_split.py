@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..checkpoint import read_rows
+from ..checkpoint import output_directory, read_rows
 from ..directory import DirectoryContents, check_directory, is_buffer_directory, read_directory
 from ..errors import BufferDirectoryError, CorruptBufferError, InvalidArgumentError
 from ..formats import SEGMENT
@@ -93,18 +93,15 @@ def plan(contents: list[DirectoryContents], split_count: int | None) -> list[tup
     return chosen
 
 
-def _check_destination(save_path: str, sources: list[str]) -> str:
-    dest = os.path.abspath(os.fspath(save_path))
-    if os.path.lexists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
-        raise BufferDirectoryError(
-            f"{dest}: already exists and is not empty; choose a new or empty save path"
-        )
+def _check_destination(save_path: str, sources: list[str], overwrite: bool) -> str:
+    dest = output_directory(save_path, replace_buffer=overwrite, argument="save path")
     real = os.path.realpath(dest)
     for src in sources:
         src_real = os.path.realpath(src)
         if real == src_real or real.startswith(src_real + os.sep):
             raise BufferDirectoryError(f"{dest}: save path must not be inside a source ({src})")
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if src_real.startswith(real + os.sep):
+            raise BufferDirectoryError(f"{dest}: save path must not contain a source ({src})")
     return dest
 
 
@@ -157,13 +154,15 @@ def merge_or_split(
     split_count: int | None = None,
     copy: bool = False,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> MergeSplitResult:
     """Merge the ``rank_*`` directories under ``source_path`` (or take ``source_path`` itself)
     into ``save_path``, keeping the first ``split_count`` trajectories if given.
 
     Raises:
         InvalidArgumentError: ``split_count`` < 1 or larger than the source.
-        BufferDirectoryError: the destination exists and is not empty, or lies in a source.
+        BufferDirectoryError: the destination exists and is not empty (without ``overwrite``), is
+            not a buffer directory, or lies in or around a source.
         CorruptBufferError, BufferNotFoundError: a source is inconsistent (nothing is changed).
     """
     split_count = check_int("--split-count", split_count, 1, allow_none=True)
@@ -182,7 +181,7 @@ def merge_or_split(
         )
     fmt = fmts.pop()
     chosen = plan(contents, split_count)
-    dest = _check_destination(save_path, sources)
+    dest = _check_destination(save_path, sources, overwrite)
     placed: list[tuple[Record, Record]] = []  # (source record, record in the output)
     with staged_directory(dest) as staging:
         store = SegmentStore(staging, schema) if fmt == SEGMENT and schema is not None else None

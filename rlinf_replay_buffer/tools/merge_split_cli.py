@@ -30,12 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="a buffer directory, or a folder holding rank_0, rank_1, ... buffer directories",
     )
     p.add_argument(
-        "--save-path", required=True, help="the buffer directory to create (must not exist, or be empty)"
+        "--save-path",
+        required=True,
+        help="the buffer directory to create (must not exist, or be empty; see --overwrite)",
     )
     p.add_argument(
         "--split-count", type=int, default=None, metavar="N", help="keep the first N trajectories (>= 1)"
     )
     p.add_argument("--copy", action="store_true", help="copy the files instead of moving them")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the buffer directory at --save-path if there is one (atomically, once the "
+        "new one is complete; anything else there is never replaced)",
+    )
     return p
 
 
@@ -44,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = merge_or_split(
-            args.source_path, args.save_path, split_count=args.split_count, copy=args.copy
+            args.source_path,
+            args.save_path,
+            split_count=args.split_count,
+            copy=args.copy,
+            overwrite=args.overwrite,
         )
     except (ReplayBufferError, OSError) as exc:
         print(f"error: {command_line_message(str(exc), FLAG_NAMES['split'])}", file=sys.stderr)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .. import formats
-from ..checkpoint import place_records, read_rows, writing
+from ..checkpoint import output_directory, place_records, read_rows, writing
 from ..directory import read_directory
 from ..errors import (
     BufferDirectoryError,
@@ -768,19 +768,6 @@ def decode_trajectory(
     return file_dict_from_columns(columns, mel, weights, count)
 
 
-def _check_dest(dest_path: str) -> str:
-    if not isinstance(dest_path, str | os.PathLike) or not os.fspath(dest_path):
-        raise InvalidArgumentError(f"dest_path must be a directory path, got {dest_path!r}")
-    dest = os.path.abspath(os.fspath(dest_path))
-    if os.path.lexists(dest) and (not os.path.isdir(dest) or os.path.islink(dest) or os.listdir(dest)):
-        raise BufferDirectoryError(
-            f"{dest}: already exists and is not an empty directory; choose a new or empty destination"
-        )
-    with writing(dest):
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-    return dest
-
-
 def _directory_bytes(path: str) -> int:
     total = 0
     for root, _, files in os.walk(path):
@@ -796,6 +783,7 @@ def import_parquet(
     trajectory_format: str = "pt",
     progress: Progress | None = None,
     batch_rows: int = 4096,
+    overwrite: bool = False,
 ) -> ImportResult:
     """Rebuild a buffer directory from a Parquet file written by :func:`export_parquet`.
 
@@ -808,6 +796,8 @@ def import_parquet(
     Args:
         parquet_path: the Parquet file.
         dest_path: the buffer directory to create (must not exist, or be empty).
+        overwrite: ``dest_path`` may also be a buffer directory, replaced atomically once the
+            new one is complete (anything else there is refused).
         trajectory_format: ``"pt"``, ``"pkl"`` or ``"segment"``.
         progress: ``progress(done, total)`` after each trajectory.
         batch_rows: rows read at a time (memory holds one trajectory plus one batch).
@@ -817,7 +807,8 @@ def import_parquet(
 
     Raises:
         BufferNotFoundError: no such file.
-        BufferDirectoryError: the destination exists and is not an empty directory.
+        BufferDirectoryError: the destination exists and is not empty (without ``overwrite``)
+            or is not a buffer directory.
         InvalidArgumentError: the file is not an export of this library, or bad options.
         CorruptBufferError: the file is damaged or incomplete (nothing is written).
         MissingDependencyError: pyarrow or Pillow is not installed.
@@ -838,7 +829,7 @@ def import_parquet(
         raise CorruptBufferError(f"{path}: is not a readable Parquet file ({exc})") from None
     info = read_description(pa, path, pf.schema_arrow)
     Image = _pillow() if any(f.encoding == PNG for f in info.layout) else None
-    dest = _check_dest(dest_path)
+    dest = output_directory(dest_path, replace_buffer=overwrite, argument="dest_path")
     ids: list[int] = []
     entries: list[dict[str, Any]] = []
     transitions = 0
