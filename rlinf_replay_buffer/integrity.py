@@ -25,7 +25,7 @@ from .errors import CorruptBufferError, CorruptTrajectoryError, unreadable
 from .schema import Schema
 from .trajectory import Key
 
-_CHUNK = 8 << 20
+_CHUNK = 1 << 20
 
 
 def tensor_crc(tensor: torch.Tensor, crc: int = 0) -> int:
@@ -45,7 +45,7 @@ def rows_checksum(rows: Mapping[Key, torch.Tensor], schema: Schema) -> int:
 
 
 def file_checksum(path: str) -> int:
-    """CRC-32 of a file's bytes (read in 8 MiB blocks)."""
+    """CRC-32 of a file's bytes (read in 1 MiB blocks)."""
     crc = 0
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below

@@ -52,7 +52,7 @@ _READER_BYTES = 256 << 20  # bytes of files read whole (pkl) kept open, at most
 #: File-backed bytes the open trajectory files may add to this process's resident memory before
 #: they are closed (the kernel maps whole large folios, often 2 MiB, per row read through a
 #: mapping; closing unmaps them, the data stays in the page cache and files reopen when read)
-_MAPPED_FILE_BYTES = 16 << 20
+_MAPPED_FILE_BYTES = 8 << 20
 
 Fingerprint = tuple[int, int, int, int]
 """``(device, inode, size, mtime_ns)`` of a file: changes when the file is replaced or written."""

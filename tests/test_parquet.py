@@ -224,6 +224,18 @@ def test_export_is_readable_by_hugging_face_datasets(tmp_path, monkeypatch):
 # -- round trips ----------------------------------------------------------------------------------
 
 
+def test_a_trajectory_larger_than_a_row_group_spans_row_groups_and_reads_back(tmp_path):
+    src = make_source(tmp_path / "src", "pt", count=3)
+    out = tmp_path / "b.parquet"
+    export_parquet(str(src), str(out), row_group_bytes=1)  # a row group per transition
+    meta = pq.ParquetFile(str(out)).metadata
+    assert meta.num_row_groups == meta.num_rows == 3 * T * B
+    dest = tmp_path / "imported"
+    import_parquet(str(out), str(dest))
+    for a, b in zip(samples(src), samples(dest), strict=True):
+        assert_batches_equal(a, b)
+
+
 @pytest.mark.parametrize(("src_fmt", "dst_fmt"), [("pt", "pt"), ("pkl", "segment"), ("segment", "pkl")])
 def test_round_trip_samples_equal_the_original(tmp_path, src_fmt, dst_fmt):
     src = make_source(tmp_path / "src", src_fmt, count=5, first=3)

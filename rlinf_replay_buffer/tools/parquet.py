@@ -346,19 +346,24 @@ def trajectory_table(
     record: Record,
     rows: dict[Key, torch.Tensor],
     png_level: int = 1,
+    part: slice | None = None,
 ) -> Any:
-    """The Arrow table of one trajectory: ``T * B`` rows, ``row = step * B + env``."""
+    """The Arrow table of one trajectory's transitions ``part`` (default: all ``T * B``) in
+    transition order, ``transition = step * B + env``."""
     T, B = record.num_steps, record.num_envs
     n = T * B
+    start, stop, _ = (part or slice(None)).indices(n)
+    flat = np.arange(start, stop)
+    m = len(flat)
     arrays = [
-        pa.array(np.full(n, record.trajectory_id, dtype=np.int64)),
-        pa.array(np.repeat(np.arange(T, dtype=np.int32), B)),
-        pa.array(np.tile(np.arange(B, dtype=np.int32), T)),
-        pa.repeat(pa.scalar(record.model_weights_id, pa.string()), n),
-        pa.array(np.full(n, record.model_update_count, dtype=np.int64)),
-        pa.repeat(pa.scalar(record.max_episode_length, pa.int64()), n),
-        pa.array(np.full(n, T, dtype=np.int32)),
-        pa.array(np.full(n, B, dtype=np.int32)),
+        pa.array(np.full(m, record.trajectory_id, dtype=np.int64)),
+        pa.array((flat // B).astype(np.int32)),
+        pa.array((flat % B).astype(np.int32)),
+        pa.repeat(pa.scalar(record.model_weights_id, pa.string()), m),
+        pa.array(np.full(m, record.model_update_count, dtype=np.int64)),
+        pa.repeat(pa.scalar(record.max_episode_length, pa.int64()), m),
+        pa.array(np.full(m, T, dtype=np.int32)),
+        pa.array(np.full(m, B, dtype=np.int32)),
     ]
     for f in layout:
         if f.encoding == EMPTY:
@@ -368,8 +373,12 @@ def trajectory_table(
             raise CorruptBufferError(
                 f"{record.path}: {f.name} has {int(data.shape[0])} rows, expected {n} (T={T}, B={B})"
             )
-        arrays.append(_field_array(pa, f, data, png_level))
+        arrays.append(_field_array(pa, f, data[start:stop], png_level))
     return pa.Table.from_arrays(arrays, schema=schema_arrow)
+
+
+#: raw bytes of the transitions turned into one Arrow table at a time while exporting
+_SLICE_BYTES = 1 << 20
 
 
 def _check_out_path(out_path: str, overwrite: bool) -> str:
@@ -391,7 +400,7 @@ def export_parquet(
     *,
     progress: Progress | None = None,
     row_group_trajectories: int = 16,
-    row_group_bytes: int = 64 << 20,
+    row_group_bytes: int = 4 << 20,
     compression: str = "zstd",
     image_fields: Collection[str] | None = None,
     png_compress_level: int = 1,
@@ -401,15 +410,17 @@ def export_parquet(
 
     The source may be any buffer directory this library reads (``pt``, ``pkl`` or ``segment``,
     written by this library or by RLinf); rows are exported aligned (RLinf's extra rows are
-    dropped) and checked against their checksums. Trajectories are streamed: memory holds one
-    trajectory plus one row group.
+    dropped) and checked against their checksums. Trajectories are streamed a few MiB of transitions
+    at a time: memory holds one trajectory's mapped rows and about two row groups, whatever
+    the size of the directory.
 
     Args:
         source_path: the buffer directory.
         out_path: the Parquet file to write (its parent directories are created).
         progress: ``progress(done, total)`` after each trajectory.
-        row_group_trajectories: trajectories per row group (a row group never splits one).
-        row_group_bytes: also end a row group once its Arrow data reaches this many bytes.
+        row_group_trajectories: end a row group once this many trajectories ended in it.
+        row_group_bytes: also end a row group once its Arrow data reaches this many bytes
+            (a large trajectory then spans row groups; readers need not care).
         compression: Parquet codec: ``zstd``, ``snappy``, ``gzip``, ``brotli``, ``lz4`` or
             ``none`` (PNG bytes are already compressed; the codec matters for other fields).
         image_fields: dotted names of the fields to store as PNG (``None``: every ``uint8``
@@ -468,16 +479,28 @@ def export_parquet(
                         table = pa.concat_tables(pending)
                         pending, pending_bytes = [], 0
                         writer.write_table(table, row_group_size=max(1, table.num_rows))
+                        del table
+                        pa.default_memory_pool().release_unused()
                         row_groups += 1
 
+                finished = 0  # trajectories that end in the pending row group
+                step = max(1, min(_SLICE_BYTES, row_group_bytes) // max(1, schema.row_bytes if schema else 1))
                 for done, record in enumerate(records, start=1):
                     rows = read_rows(record, schema, store)
-                    table = trajectory_table(pa, schema_arrow, layout, record, rows, png_compress_level)
+                    for start in range(0, record.num_transitions, step):
+                        part = slice(start, start + step)
+                        pending.append(
+                            trajectory_table(pa, schema_arrow, layout, record, rows, png_compress_level, part)
+                        )
+                        pending_bytes += pending[-1].nbytes
+                        if pending_bytes >= row_group_bytes:
+                            flush()
+                            finished = 0
                     del rows
-                    pending.append(table)
-                    pending_bytes += table.nbytes
-                    if len(pending) >= row_group_trajectories or pending_bytes >= row_group_bytes:
+                    finished += 1
+                    if finished >= row_group_trajectories:
                         flush()
+                        finished = 0
                     if progress is not None:
                         progress(done, total)
                 flush()
