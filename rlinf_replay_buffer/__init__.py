@@ -25,6 +25,7 @@ _HOMES = {
     "replay_buffer_collate_fn": "datasets",
     "BufferDirectoryError": "errors",
     "BufferNotFoundError": "errors",
+    "DirectoryLockedError": "errors",
     "ConfigKeyWarning": "errors",
     "CorruptBufferError": "errors",
     "CorruptDataWarning": "errors",

@@ -13,6 +13,15 @@ rows it held in memory.
 Durability: a ``pt``/``pkl`` file is written atomically and its index entry journaled; segment
 rows are appended and become durable at the next group commit (every 64 MiB, when the queue
 runs dry, or on :meth:`AutoSaver.flush`), which fsyncs the rows before journaling them.
+
+Failures (disk full, I/O errors): a trajectory whose file or rows could not be written (or
+fsync'd) keeps its rows in memory and is written again by the next ``flush()``/``close()``; an
+index line that could not be appended stays queued (:class:`OwnDirectory`) and is appended, in
+order, before any later line and by the next ``flush()``/``close()``; a file whose removal line
+is not durable yet is never deleted. Each failure is recorded once and raised once, as
+:class:`WriterError`, by the first of ``flush()``, ``close()`` or an add that has to wait for the
+writer (:meth:`AutoSaver.make_room`) -- never by an add or a sample that does not wait. A call
+that raises a failure first recorded before it does not retry it: the next one does.
 """
 
 from __future__ import annotations
@@ -30,11 +39,12 @@ import torch
 from . import formats
 from .checkpoint import Snapshot, place_records, writing
 from .directory import DirectoryContents, is_buffer_directory, read_directory
-from .errors import BufferDirectoryError, WriterError
+from .errors import BufferDirectoryError, DirectoryLockedError, WriterError
 from .formats.segment import SEGMENT_RE, SegmentStore, truncate_segment
 from .fsio import fsync_dir, remove_tmp_files
 from .integrity import rows_checksum
-from .journal import JOURNAL, Journal, removed_ids, write_index
+from .journal import INDEX, JOURNAL, Journal, removed_ids, write_index
+from .lock import DirectoryLock
 from .metadata import write_metadata
 from .naming import list_trajectory_files
 from .record import Record
@@ -48,10 +58,21 @@ _GROUP_COMMIT_BYTES = 64 << 20  # segment rows appended before an fsync and jour
 Rows = dict[Key, torch.Tensor]
 OnDurable = Callable[[Record, Record, int], None]
 State = Callable[[], "tuple[int, Schema | None]"]
+#: segment rows appended, not yet journaled: (submitted record, segment, first row, crc32, rows,
+#: schema, ``SegmentStore.failed_syncs`` when the append started)
+Uncommitted = tuple[Record, str, int, int, Rows, Schema, int]
 
 
 def _nbytes(rows: Rows) -> int:
     return sum(t.numel() * t.element_size() for t in rows.values())
+
+
+def _ids_text(ids: list[int]) -> str:
+    """``"trajectory 3"``, ``"trajectories 3, 4"`` or ``"trajectories 3, 4, 5 and 9 more"``."""
+    if len(ids) == 1:
+        return f"trajectory {ids[0]}"
+    more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+    return f"trajectories {', '.join(map(str, ids[:3]))}{more}"
 
 
 class AutoSaver:
@@ -95,8 +116,10 @@ class AutoSaver:
         self._failed: dict[int, tuple[Record, Rows, Schema]] = {}  # retried by flush()/close()
         self._gone: set[int] = set()  # left the buffer while their write was queued
         # segment rows appended but not yet journaled (group commit)
-        self._uncommitted: list[tuple[Record, str, int, int, Rows, Schema]] = []
+        self._uncommitted: list[Uncommitted] = []
         self._uncommitted_bytes = 0
+        self._rows_in_flight = 0  # segment appends and commits under way (rows no entry names yet)
+        self._unflushed: tuple[int, int] | None = None  # (first id, count) landed since the last flush
         self._disk_sizes: dict[int, int] = {}  # bytes on disk of trajectories this buffer wrote
         self.disk_bytes = 0
         self.files_written = 0
@@ -153,10 +176,42 @@ class AutoSaver:
             self._queued_bytes += self._queued[tid]
         self._writer.submit(f"trajectory {tid}", lambda: self._write(record, rows, schema))
 
-    def wait_for_room(self) -> None:
-        """Wait (releasing the lock) while more than ``max_pending_bytes`` wait for the disk."""
-        while self._queued_bytes > self._max_pending and not self._failed and self._writer.pending:
+    def make_room(self, adding: int) -> bool:
+        """Before an add of ``adding`` trajectories (under the lock): if more than
+        ``max_pending_bytes`` wait for the disk, the add has to wait for the writer, and so it
+        is the call that reports a failed write. Returns whether it waited (the lock was
+        released meanwhile).
+
+        Raises:
+            WriterError: a write failed and was not reported yet, or failed again when retried
+                here; nothing was added.
+        """
+        if self._queued_bytes <= self._max_pending:
+            return False
+        self._refuse_add(adding)
+        self.retry_failed()  # failures reported before: this add waits for them
+        waited = self.wait_for_room()
+        self._refuse_add(adding)
+        return waited
+
+    def _refuse_add(self, adding: int) -> None:
+        self._writer.check(
+            f"This add_trajectories() call had to wait for the disk (more than max_pending_bytes "
+            f"wait for it), so its {adding} trajector{'y was' if adding == 1 else 'ies were'} NOT "
+            "added. The failed ones stay in memory and are written again by the next flush() or "
+            "close(); fix the cause (disk space, permissions), call flush() or save_checkpoint() "
+            "again, then add them again"
+        )
+
+    def wait_for_room(self) -> bool:
+        """Wait (releasing the lock) while more than ``max_pending_bytes`` wait for the disk;
+        stop at a failed write (it is reported by ``flush()``, ``close()`` or the next add that
+        has to wait). Returns whether it waited."""
+        waited = False
+        while self._queued_bytes > self._max_pending and not self._writer.failed and self._writer.pending:
             self._written.wait(timeout=0.5)
+            waited = True
+        return waited
 
     def forget(self, record: Record) -> bool:
         """A trajectory left the buffer (call under the lock). Its queued write is undone when
@@ -164,14 +219,23 @@ class AutoSaver:
         tid = record.trajectory_id
         if tid in self._queued:
             self._dequeue(tid)
-            self._failed.pop(tid, None)
-            self._gone.add(tid)
+            if self._failed.pop(tid, None) is None:  # a failed write is not queued: nothing to undo
+                self._gone.add(tid)
         self.disk_bytes -= self._disk_sizes.pop(tid, 0)
         return record.directory == self.path
+
+    def hold(self) -> None:
+        """Hold the directory's lock before writing into it (again, after :meth:`close`).
+
+        Raises:
+            DirectoryLockedError: another writer holds the directory.
+        """
+        self.own.hold()
 
     def remove(self, trajectory_ids: list[int]) -> None:
         """Delete listed trajectories from the directory (journal first), on the writer."""
         if trajectory_ids:
+            self.own.hold()
             self._writer.submit(
                 f"evicting trajectories {trajectory_ids[0]}..{trajectory_ids[-1]}",
                 lambda: self._remove(trajectory_ids),
@@ -180,27 +244,32 @@ class AutoSaver:
     def _remove(self, trajectory_ids: list[int]) -> None:
         self._commit_segments()  # rows appended before this job: the queue may not run dry soon
         with self._lock:
-            self.own.remove(trajectory_ids)
+            try:
+                self.own.remove(trajectory_ids)
+            except OSError as exc:  # the removal lines stay queued; the files stay until they are durable
+                self._writer.report(f"evicting {_ids_text(trajectory_ids)}", exc)
 
     def _dequeue(self, trajectory_id: int) -> None:
         self._queued_bytes -= self._queued.pop(trajectory_id, 0)
 
     def _write(self, record: Record, rows: Rows, schema: Schema) -> None:
+        tid = record.trajectory_id
+        with self._lock:
+            if tid in self._gone:  # left the buffer before its turn
+                self._gone.discard(tid)
+                return
         try:
-            with self._lock:
-                if record.trajectory_id in self._gone:  # left the buffer before its turn
-                    self._gone.discard(record.trajectory_id)
-                    return
             if self.fmt == formats.SEGMENT:
                 self._append_segment(record, rows, schema)
             else:
                 self._write_file(record, rows, schema)
-        except BaseException:
+        except BaseException as exc:  # noqa: BLE001 - reported by flush(), close() or a waiting add
             with self._lock:
-                if record.trajectory_id in self._queued:
-                    self._failed[record.trajectory_id] = (record, rows, schema)
+                if tid in self._queued:  # its rows stay in memory; written again by flush()/close()
+                    self._failed[tid] = (record, rows, schema)
+                self._writer.report(f"trajectory {tid}", exc)
                 self._written.notify_all()
-            raise
+            return
         with self._lock:
             self._written.notify_all()
 
@@ -215,66 +284,106 @@ class AutoSaver:
         with self._lock:
             if record.trajectory_id in self._gone:  # left the buffer while being written
                 self._gone.discard(record.trajectory_id)
-                # a durable removal line first: a crash before the unlink then leaves a file
-                # that reopening deletes and verify calls a leftover, never an orphan to relist
-                self.own.journal.append({"trajectory_id": record.trajectory_id, "removed": True})
-                self.own.journal.sync()
-                os.unlink(path)
+                self.own.drop_unlisted(record.trajectory_id, name)
                 return
             written = replace(record, directory=self.path, file=name, row=None, checksum=crc)
             self._landed(record, written, schema, os.path.getsize(path))
 
     def _landed(self, submitted: Record, written: Record, schema: Schema, nbytes: int) -> None:
-        """A trajectory is durable in the directory (under the lock)."""
-        self._dequeue(submitted.trajectory_id)
+        """A trajectory is durable in the directory (under the lock). Its index line is
+        appended; if that fails the line stays queued (appended before any later line and by
+        the next flush() or close()) and the failure is reported, so the trajectory is never
+        written twice."""
+        tid = submitted.trajectory_id
+        self._dequeue(tid)
         self.files_written += 1
-        self.own.record_written(written, written.file or "", self._state()[0], schema)
+        first, count = self._unflushed or (tid, 0)
+        self._unflushed = (first, count + 1)
+        try:
+            self.own.record_written(written, written.file or "", self._state()[0], schema)
+        except OSError as exc:
+            self._writer.report(f"indexing trajectory {tid}", exc)
         self._on_durable(written, submitted, nbytes)
 
     def _append_segment(self, record: Record, rows: Rows, schema: Schema) -> None:
         """Append a trajectory's rows to the segment; its index entry is written at the next
         group commit (when the writer's queue runs dry, every 64 MiB, or on flush)."""
         crc = rows_checksum(rows, schema)
+        store = self.own.segment_store(schema)
+        with self._lock:
+            self._rows_in_flight += 1
+            syncs = store.failed_syncs  # a fsync failing from now on may have lost these rows
         try:
-            name, row = self.own.segment_store(schema).append(rows, sync=False)
+            name, row = store.append(rows, sync=False)
         except BaseException:
+            with self._lock:
+                self._rows_in_flight -= 1
             self._commit_segments()  # rows appended before this one are fine: commit them
             raise
         with self._lock:
-            self._uncommitted.append((record, name, row, crc, rows, schema))
+            self._rows_in_flight -= 1
+            self._uncommitted.append((record, name, row, crc, rows, schema, syncs))
             self._uncommitted_bytes += _nbytes(rows)
             commit = self._uncommitted_bytes >= _GROUP_COMMIT_BYTES or self._writer.pending <= 1
         if commit:
             self._commit_segments()
 
     def _commit_segments(self) -> None:
-        """Make appended segment rows durable (one fsync per column file), then journal them."""
+        """Make appended segment rows durable (one fsync per column file), then journal them.
+
+        Never raises: a failed fsync is reported, and the trajectories whose rows it may have
+        lost (every one appended since a fsync last failed) keep their rows in memory and are
+        appended again by the next ``flush()`` or ``close()``.
+        """
         with self._lock:
             batch, self._uncommitted, self._uncommitted_bytes = self._uncommitted, [], 0
-        if not batch:
-            return
+            if not batch:
+                return
+            self._rows_in_flight += 1
         try:
-            self.own.segment_store(batch[-1][5]).sync()  # rows are durable before any entry names them
-        except BaseException:
-            with self._lock:  # their rows stay in memory; flush()/close() append them again
-                for record, _, _, _, rows, schema in batch:
-                    if record.trajectory_id in self._queued:
-                        self._failed[record.trajectory_id] = (record, rows, schema)
-            raise
+            self._commit(batch)
+        finally:
+            with self._lock:
+                self._rows_in_flight -= 1
+
+    def _commit(self, batch: list[Uncommitted]) -> None:
+        store = self.own.segment_store(batch[-1][5])
+        try:
+            store.sync()  # rows are durable before any entry names them
+        except BaseException as exc:  # noqa: BLE001 - reported by flush(), close() or a waiting add
+            with self._lock:
+                self._abandon(batch)
+                ids = [item[0].trajectory_id for item in batch]
+                self._writer.report(f"{_ids_text(ids)} (fsync of their segment rows)", exc)
+                self._written.notify_all()
+            return
         with self._lock:
-            for record, name, row, crc, _, schema in batch:
+            failed_syncs = store.failed_syncs
+            self._abandon([item for item in batch if item[6] != failed_syncs])
+            for record, name, row, crc, _, schema, syncs in batch:
+                if syncs != failed_syncs:
+                    continue
                 written = replace(record, directory=self.path, file=name, row=row, checksum=crc)
                 self._landed(record, written, schema, record.num_transitions * schema.row_bytes)
                 if record.trajectory_id in self._gone:  # left the buffer while appended
                     self._gone.discard(record.trajectory_id)
-                    self.own.remove([record.trajectory_id])
+                    try:
+                        self.own.remove([record.trajectory_id])
+                    except OSError as exc:
+                        self._writer.report(f"evicting trajectory {record.trajectory_id}", exc)
             self._written.notify_all()
 
-    # -- durability ---------------------------------------------------------------------------
-    def check(self) -> None:
-        """Raise the first failed background write as :class:`WriterError` (then forget it)."""
-        self._writer.check()
+    def _abandon(self, batch: list[Uncommitted]) -> None:
+        """Segment rows not known durable (under the lock): each trajectory still held keeps
+        its rows in memory and is appended again by the next ``flush()`` or ``close()``."""
+        for record, _, _, _, rows, schema, _ in batch:
+            tid = record.trajectory_id
+            if tid in self._queued:
+                self._failed[tid] = (record, rows, schema)
+            else:  # left the buffer meanwhile: nothing to write
+                self._gone.discard(tid)
 
+    # -- durability ---------------------------------------------------------------------------
     def retry_failed(self) -> None:
         """Queue again the writes that failed (their rows are still held)."""
         with self._lock:
@@ -283,24 +392,44 @@ class AutoSaver:
                 self.submit(record, rows, schema)
 
     def drain(self) -> None:
-        """Wait for the writes queued so far and commit what they appended."""
+        """Wait for the writes queued so far and commit what they appended (failures stay
+        recorded for the next ``flush()`` or ``close()``)."""
         self._writer.wait()
         self._commit_segments()
 
-    def flush(self) -> None:
-        """Return once every trajectory queued before the call is durable, listed by the
-        journal and, for ``pt``/``pkl``, by ``trajectory_index.json`` (so RLinf's loader,
-        which reads no journal, sees it). Failed writes are retried first.
+    def _settle(self) -> None:
+        """Wait for the writes queued so far. Raise a failure no call reported yet (without
+        retrying it: the next call does); else write again, and wait for, the trajectories whose
+        writes failed before, raising if one fails again.
 
         Raises:
-            WriterError: a write failed (its rows stay in memory; call again once fixed).
+            WriterError: a write failed; its rows stay in memory.
         """
-        self.retry_failed()
         self.drain()
-        self._writer.check()  # a failed trajectory write is the error to report first
+        self._writer.check()
+        if self._failed:
+            self.retry_failed()
+            self.drain()
+            self._writer.check()
+
+    def flush(self) -> None:
+        """Return once every trajectory queued before the call is durable, listed by the
+        journal (its line fsync'd) and, for ``pt``/``pkl``, by ``trajectory_index.json`` (so
+        RLinf's loader, which reads no journal, sees it). Writes and index lines that failed
+        before, and were reported, are retried first (see :meth:`_settle`).
+
+        Raises:
+            WriterError: a write failed (its rows stay in memory), or the journal, directory,
+                index or metadata could not be written or fsync'd (what was not written waits
+                in memory); call again once fixed: nothing is lost and nothing written twice.
+        """
+        if not self.own.holding:
+            return  # closed, and nothing written since (every write takes the lock again)
+        self._settle()
         with self._lock, self._index_io():
+            self.own.sync(*self._state())  # queued index lines, the directory, the journal's fsync
             self._publish_index()
-            self.own.sync(*self._state())
+            self._unflushed = None
 
     def _publish_index(self) -> None:
         """Rewrite ``trajectory_index.json`` whole (atomically) if the journal holds lines it
@@ -323,6 +452,7 @@ class AutoSaver:
     def save_here(self, snapshot: Snapshot) -> None:
         """A checkpoint into the auto-save directory itself: copy in what it lacks, compact,
         then ``snapshot.extra(path)``."""
+        self.own.hold()
         with self._lock, self._index_io():
             self.own.absorb(snapshot)
             self.own.compact(*self._state())
@@ -334,19 +464,28 @@ class AutoSaver:
         the files and stop the writer thread (a later :meth:`submit` restarts it).
 
         Raises:
-            WriterError: a write failed.
+            WriterError: as :meth:`flush`; nothing was closed, call again once fixed.
         """
-        self.retry_failed()
-        self.drain()
+        if not self.own.holding:  # closed, and nothing written since
+            if extra is not None:
+                self.own.hold()  # a prioritized buffer's priorities.bin is written here
+            else:
+                self._writer.close()
+                return
+        self._settle()
         with self._lock, self._index_io():
+            if not self._rows_in_flight and not self._uncommitted:  # no rows on their way to the index
+                self.own.seal_segment()
             self.own.compact(*self._state())
             if extra is not None:
                 extra(self.path)
             self.own.close()
+            self._unflushed = None
         self._writer.close()
 
     def stop(self) -> None:
-        """Finish queued writes and stop the writer thread (raises a failed write)."""
+        """Finish queued writes and stop the writer thread (failures stay recorded for the next
+        ``flush()`` or ``close()``)."""
         self._writer.close()
 
     def reset(self) -> None:
@@ -361,13 +500,21 @@ class AutoSaver:
 
     @contextlib.contextmanager
     def _index_io(self) -> Iterator[None]:
-        """Report a failure to write the index or metadata as :class:`WriterError`."""
+        """Report a failure to write or fsync the journal, the directory, the index or the
+        metadata as :class:`WriterError`, naming the trajectories that may not be durable."""
         try:
             yield
         except OSError as exc:
+            unflushed = ""
+            if self._unflushed is not None:
+                first, count = self._unflushed
+                later = f" and the {count - 1} written after it" if count > 1 else ""
+                unflushed = f"; trajectory {first}{later} may not be durable yet"
             raise WriterError(
-                f"{self.path}: cannot write the index or metadata ({type(exc).__name__}: {exc}). "
-                "The trajectories stay in memory; fix the cause (disk space, permissions) and call "
+                f"{self.path}: cannot write or fsync the index (journal, {INDEX}) or the metadata "
+                f"({type(exc).__name__}: {exc})"
+                f"{unflushed}. Nothing is lost: what was not written waits in memory and is written "
+                "by the next flush() or close(); fix the cause (disk space, permissions) and call "
                 "flush() again"
             ) from exc
 
@@ -400,6 +547,8 @@ class OwnDirectory:
         self._doomed: list[str] = []  # files or segments to delete once their removal is durable
         self._segment_refs: dict[str, int] = {}  # segment -> entries naming it
         self._unreferenced: set[str] = set()  # segments no entry names (deleted once sealed)
+        self._unjournaled: list[dict[str, Any]] = []  # lines whose append failed, oldest first
+        self.lock: DirectoryLock | None = None  # held from open() to close(); see .lock
         for entry in self.entries.values():
             if entry.get("row") is not None:
                 self._segment_refs[entry["file"]] = self._segment_refs.get(entry["file"], 0) + 1
@@ -417,7 +566,21 @@ class OwnDirectory:
         if os.path.lexists(path) and not os.path.isdir(path):
             raise BufferDirectoryError(f"auto_save_path {path} exists and is not a directory")
         with writing(path, "auto_save_path"):
-            return cls._open(path, fmt, seed)
+            os.makedirs(path, exist_ok=True)
+        try:  # before anything in it is touched
+            lock = DirectoryLock.acquire(path, "auto-save")
+        except DirectoryLockedError:
+            raise
+        except BufferDirectoryError as exc:
+            raise BufferDirectoryError(f"auto_save_path {exc}") from None
+        try:
+            with writing(path, "auto_save_path"):
+                own = cls._open(path, fmt, seed)
+        except BaseException:
+            lock.release()
+            raise
+        own.lock = lock
+        return own
 
     @classmethod
     def _open(cls, path: str, fmt: str, seed: int | None) -> OwnDirectory:
@@ -457,18 +620,51 @@ class OwnDirectory:
         return own
 
     def record_written(self, record: Record, name: str, counter: int, schema: Schema | None) -> None:
-        """Append the entry of a file just written; compact when the journal grows long."""
+        """Append the entry of a file just written; compact when the journal grows long.
+
+        Raises:
+            OSError: the line could not be appended (it stays queued: see :meth:`journal_line`),
+                or the compaction failed (the journal keeps every entry).
+        """
         entry = record.to_entry(name)
         self._set_entry(entry)
         self.next_id = max(self.next_id, record.trajectory_id + 1)
-        self.journal.append(entry)
+        self.journal_line(entry)
         if self.journal.lines > max(_COMPACT_MIN, len(self.entries)):
             self.compact(counter, schema)
 
-    def sync(self, counter: int, schema: Schema | None) -> None:
-        """Make every appended entry and written file durable; refresh metadata."""
+    def journal_line(self, line: dict[str, Any]) -> None:
+        """Append a journal line after every line queued before it.
+
+        Raises:
+            OSError: a line could not be appended. It stays queued, with every later one, and is
+                appended, in order, by the next call or :meth:`sync_journal`; none is dropped
+                and none is written twice.
+        """
+        self._unjournaled.append(line)
+        self._append_unjournaled()
+
+    def _append_unjournaled(self) -> None:
+        while self._unjournaled:
+            self.journal.append(self._unjournaled[0])  # raises: the line is not in the journal
+            del self._unjournaled[0]
+
+    def sync_journal(self) -> None:
+        """Append the queued lines, then make the journal durable (fsync; after a failed one the
+        journal writes its unsynced lines again first). Raises ``OSError`` if either fails."""
+        self._append_unjournaled()
         self.journal.sync()
+
+    def sync(self, counter: int, schema: Schema | None) -> None:
+        """Make every appended entry and written file durable; refresh metadata.
+
+        The queued lines are appended first and the directory is fsync'd before the journal,
+        so a durable line never names a file whose name is not; files whose removal lines are
+        now durable are deleted.
+        """
+        self._append_unjournaled()
         fsync_dir(self.path)
+        self.sync_journal()
         self._delete_doomed()
         self._write_metadata(counter, schema)
 
@@ -478,25 +674,60 @@ class OwnDirectory:
         A removal line goes to the journal first; the files go once it is durable (at the next
         :meth:`sync` or :meth:`compact`, or every 32 removals), so a crash never leaves an
         entry naming a deleted file. A segment goes once no entry names it and it is sealed.
+
+        Raises:
+            OSError: a removal line could not be appended. It stays queued (see
+                :meth:`journal_line`) and the files stay: on disk the trajectories stay listed
+                until the line is durable, and only then are their files deleted.
         """
+        failure: OSError | None = None
         for tid in trajectory_ids:
             entry = self.entries.pop(tid, None)
             if entry is None:
                 continue
             self._total -= int(entry["num_samples"])
-            self.journal.append({"trajectory_id": tid, "removed": True})
             name = entry["file"]
             if entry.get("row") is None:
                 self._doomed.append(name)
-                continue
-            self._segment_refs[name] -= 1
-            if self._segment_refs[name] == 0:
-                del self._segment_refs[name]
-                self._unreferenced.add(name)
+            else:
+                self._segment_refs[name] -= 1
+                if self._segment_refs[name] == 0:
+                    del self._segment_refs[name]
+                    self._unreferenced.add(name)
+            try:  # if it fails the line stays queued, and nothing is deleted until it is durable
+                self.journal_line({"trajectory_id": tid, "removed": True})
+            except OSError as exc:
+                failure = failure or exc
         self._sweep_unreferenced()
+        if failure is not None:
+            raise failure
         if len(self._doomed) >= 32:
-            self.journal.sync()
+            self.sync_journal()
             self._delete_doomed()
+
+    def drop_unlisted(self, trajectory_id: int, name: str) -> None:
+        """Delete the file just written for a trajectory that left the buffer meanwhile (never
+        listed). A durable removal line comes first: a crash before the deletion leaves a file
+        that reopening deletes and verify calls a leftover, never an orphan to list again.
+
+        Raises:
+            OSError: the line could not be appended or fsync'd; the file stays until it is.
+        """
+        self._doomed.append(name)
+        self.journal_line({"trajectory_id": trajectory_id, "removed": True})
+        self.sync_journal()
+        self._delete_doomed()
+
+    def seal_segment(self) -> None:
+        """Close the segment being appended (the next append starts a new one). If no entry
+        names it (every append to it failed, or its trajectories were evicted) it is deleted
+        with the next removals; call only while no append is under way."""
+        if self._store is None:
+            return
+        active = self._store.active_name
+        self._store.close()
+        if active is not None and active not in self._segment_refs:
+            self._unreferenced.add(active)
 
     def _sweep_unreferenced(self) -> None:
         """Doom the sealed segments no entry names (the active one waits until it is sealed)."""
@@ -524,7 +755,7 @@ class OwnDirectory:
 
     def compact(self, counter: int, schema: Schema | None) -> None:
         """Rewrite ``trajectory_index.json`` with every entry and drop the journal."""
-        self.journal.sync()
+        self.sync_journal()  # the queued lines too: a file goes only once its removal is durable
         fsync_dir(self.path)
         self._delete_doomed()
         write_index(self.path, sorted(self.entries.values(), key=lambda e: e["trajectory_id"]))
@@ -562,11 +793,31 @@ class OwnDirectory:
             placed = place_records([record], snapshot.rows_of, self.path, self.fmt, snapshot.schema, store)
             self._set_entry(placed[record.trajectory_id].to_entry())
 
+    @property
+    def holding(self) -> bool:
+        """Whether this directory's lock is held (from open() to close(), and again from the
+        next write on)."""
+        return self.lock is not None and self.lock.held
+
+    def hold(self) -> None:
+        """Take the directory's lock again if :meth:`close` released it.
+
+        Raises:
+            DirectoryLockedError: another writer holds the directory, or held it since.
+        """
+        if self.lock is None or not self.lock.held:
+            token = self.lock.token if self.lock is not None else None
+            self.lock = DirectoryLock.acquire(self.path, "auto-save", resume=token)
+
     def close(self) -> None:
-        """Close the journal handle and the segment being appended."""
-        self.journal.close()
-        if self._store is not None:
-            self._store.close()
+        """Close the journal handle and the segment being appended; release the lock."""
+        try:
+            self.journal.close()
+            if self._store is not None:
+                self._store.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
 
 def recover_segments(path: str, schema: Schema | None, records: list[Record]) -> None:

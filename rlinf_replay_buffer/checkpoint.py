@@ -32,6 +32,7 @@ from .fsio import link_or_copy, staged_directory
 from .fsio import publish_directory as publish  # save's last step, by this name
 from .integrity import file_checksum, rows_checksum
 from .journal import write_index
+from .lock import destination_lock, is_empty_directory
 from .metadata import write_metadata
 from .naming import safe_file
 from .record import Record
@@ -108,7 +109,7 @@ def write_record(
         if record.fmt == fmt:
             link_or_copy(record.path, target)  # same bytes: the checksum still finds damage
             return record.checksum if record.checksum is not None else file_checksum(target)
-        verify_record(record)
+        verify_record(record, schema=schema)
         with reading(record):
             data = formats.read(record.path, record.fmt or "pt")
         return formats.write(target, fmt, data)
@@ -178,7 +179,7 @@ def output_directory(path: str, *, replace_buffer: bool, argument: str = "save_p
     dest = os.path.abspath(os.fspath(path))
     if os.path.islink(dest) or (os.path.lexists(dest) and not os.path.isdir(dest)):
         raise BufferDirectoryError(f"{dest}: exists and is not a directory; choose a new or empty {argument}")
-    if os.path.lexists(dest) and os.listdir(dest):
+    if os.path.lexists(dest) and not is_empty_directory(dest):
         if not is_buffer_directory(dest):
             raise BufferDirectoryError(
                 f"{dest}: exists, is not empty and is not a buffer directory; refusing to "
@@ -217,13 +218,18 @@ def save(snapshot: Snapshot, save_path: str) -> dict[int, Record]:
         ``{trajectory_id: record re-homed in save_path}`` of the trajectories written.
     """
     dest = output_directory(save_path, replace_buffer=True)
-    with writing(dest), staged_directory(dest) as staging:
+    with (
+        writing(dest),
+        destination_lock(dest, "save_checkpoint") as target,
+        staged_directory(dest) as staging,
+    ):
         placed = place_records(snapshot.records, snapshot.rows_of, staging, snapshot.fmt, snapshot.schema)
         if snapshot.extra is not None:
             snapshot.extra(staging)
         entries = [placed[r.trajectory_id].to_entry() for r in snapshot.records]
         write_index(staging, entries)
         write_metadata(staging, snapshot.fmt, entries, snapshot.counter, snapshot.seed, snapshot.schema)
+        target.claim()
         publish(staging, dest)
     return {tid: replace(r, directory=dest) for tid, r in placed.items()}
 

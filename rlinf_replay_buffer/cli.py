@@ -471,6 +471,9 @@ JSON_KEYS: tuple[tuple[str, str, str, str], ...] = (
     ("problems[].trajectory_id", "integer or null", "verify", "the trajectory concerned, if any"),
     ("problems[].path", "string or null", "verify", "the file concerned, if any"),
     ("problems[].action", "string", "verify", "what --repair did about it (empty without --repair)"),
+    ("notes", "list of object", "verify",
+     "traces a crash normally leaves (torn last journal line, temporary files, unlisted rows or "
+     "files, stale metadata counts): not problems, ok stays true; objects with the keys of problems[]"),
     ("repaired", "boolean", "verify", "--repair rewrote the index and metadata"),
     ("quarantine_path", "string or null", "verify",
      "the folder damaged files were moved to by --repair, if any"),
@@ -518,6 +521,17 @@ def _pair(pair: tuple[int, int] | None) -> list[int] | None:
     return None if pair is None else [pair[0], pair[1]]
 
 
+def _problem_json(p: Any) -> dict[str, Any]:
+    """One :class:`.tools.verify.Problem` (or note) in the JSON vocabulary."""
+    return {
+        "kind": p.kind,
+        "message": p.message,
+        "trajectory_id": p.trajectory_id,
+        "path": p.path,
+        "action": p.action,
+    }
+
+
 def _verify_json(report_: Any) -> dict[str, Any]:
     """:class:`.tools.verify.VerifyReport` in the JSON vocabulary."""
     return {
@@ -526,16 +540,8 @@ def _verify_json(report_: Any) -> dict[str, Any]:
         "ok": report_.ok,
         "num_trajectories": report_.trajectories,
         "total_samples": report_.transitions,
-        "problems": [
-            {
-                "kind": p.kind,
-                "message": p.message,
-                "trajectory_id": p.trajectory_id,
-                "path": p.path,
-                "action": p.action,
-            }
-            for p in report_.problems
-        ],
+        "problems": [_problem_json(p) for p in report_.problems],
+        "notes": [_problem_json(p) for p in report_.notes],
         "repaired": report_.repaired,
         "quarantine_path": report_.quarantine,
     }

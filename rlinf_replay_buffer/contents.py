@@ -114,15 +114,23 @@ class Contents:
             "files_written": saver.files_written if saver else 0,
         }  # fmt: skip
 
-    def check_writes(self) -> None:
-        """Raise the auto-saver's :class:`WriterError` if a background write failed."""
-        if self.saver is not None:
-            self.saver.check()
-
     # -- entering -----------------------------------------------------------------------------
     def add(self, aligned: list[AlignedTrajectory], schema: Schema) -> list[int]:
-        """Add validated trajectories whose merged schema is ``schema``; returns their ids."""
-        self.check_writes()
+        """Add validated trajectories whose merged schema is ``schema``; returns their ids.
+
+        Either every trajectory is added (in the buffer, queued for the auto-saver) or none is
+        and the call raises. A failed background write is raised here only when this add has
+        to wait for the writer (more than ``max_pending_bytes`` wait for the disk); otherwise
+        ``flush()``, ``close()`` or such an add reports it.
+
+        Raises:
+            WriterError: this add had to wait for the writer and a write failed; nothing was
+                added.
+        """
+        if self.saver is not None and self.saver.make_room(len(aligned)):
+            schema = self.store.admit(aligned)  # the lock was released: check against the schema now
+        if self.saver is not None:
+            self.saver.hold()  # raises, changing nothing, if another writer took the directory
         self.store.set_schema(schema)
         ids = []
         for t in aligned:
@@ -238,8 +246,8 @@ class Contents:
 
     # -- sampling -----------------------------------------------------------------------------
     def sample(self, sampler: Sampler, request: Request) -> Batch:
-        """``request`` drawn by ``sampler`` from the window, as a nested batch."""
-        self.check_writes()
+        """``request`` drawn by ``sampler`` from the window, as a nested batch (a failed
+        background write is not raised here: ``flush()`` or ``close()`` reports it)."""
         return self._on_window(lambda window: self._batch(window, sampler.draw(window, request)))
 
     def population(self, sampler: Sampler, request: Request) -> float:
@@ -345,7 +353,6 @@ class Contents:
             self.counter = self.saver.next_id if self.saver is not None else 0
             if self.saver is not None:
                 self.saver.files_written = 0
-        self.check_writes()
 
     def clear_memory(self) -> None:
         """Finish pending writes, empty the ring, close open files and stop the writer thread;

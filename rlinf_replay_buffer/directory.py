@@ -91,8 +91,9 @@ def check_directory(path: str) -> str:
 
 
 def is_buffer_directory(path: str) -> bool:
-    """Whether ``path`` looks like a buffer directory (it has ``metadata.json``)."""
-    return os.path.isfile(os.path.join(path, METADATA))
+    """Whether ``path`` looks like a buffer directory (something is named ``metadata.json``:
+    a FIFO or a link there is refused when it is read, never taken for "no buffer here")."""
+    return os.path.lexists(os.path.join(path, METADATA))
 
 
 _MAX_INT = 1 << 48  # ids, counts and rows beyond this are corrupt (and would overflow int64 math)
@@ -208,7 +209,13 @@ def record_from_entry(path: str, entry: dict[str, Any], name: str, where: str = 
     )
 
 
-def _schema_of_segment(path: str, name: Any) -> Schema:
+def schema_of_segment(path: str, name: Any) -> Schema:
+    """The columns segment ``name`` of the directory ``path`` describes (its ``segment.json``),
+    for a directory whose ``metadata.json`` has no field list yet.
+
+    Raises:
+        CorruptBufferError, UnsafeFileError: naming the file.
+    """
     if not isinstance(name, str) or not segment.SEGMENT_RE.match(name):
         raise CorruptBufferError(f"{os.path.join(path, INDEX)}: names segment {name!r} (expected seg-NNNNNN)")
     meta_path = os.path.join(path, name, segment.SEGMENT_META)
@@ -237,7 +244,7 @@ def _segment_records(
     if selected and not schema:
         # metadata.json is refreshed at flush/close: a crash before the first one leaves it
         # without fields, but every segment describes its own columns
-        schema = _schema_of_segment(path, selected[0].get("file"))
+        schema = schema_of_segment(path, selected[0].get("file"))
     records = []
     seen: dict[str, bool] = {}  # segment name -> its directory exists (checked once each)
     for entry in selected:

@@ -38,6 +38,11 @@ class BufferNotFoundError(BufferDirectoryError, FileNotFoundError):
     """The directory, or a file the index names, does not exist."""
 
 
+class DirectoryLockedError(BufferDirectoryError):
+    """Another writer (a process, or another buffer of this one) holds the buffer directory;
+    the message names it (pid, host, since when, what for)."""
+
+
 def unreadable(path: str, exc: OSError) -> BufferDirectoryError:
     """The error for a buffer file the OS refuses to read or write (permissions, disk full, ...):
     it names the file and the cause; it is not corruption, so it is never skipped."""
@@ -55,7 +60,9 @@ class UnsafeFileError(CorruptBufferError):
 
 
 class WriterError(ReplayBufferError, RuntimeError):
-    """A background write failed. Raised on the next call, on ``flush()`` and on ``close()``."""
+    """A background write failed (the ``OSError`` is the ``__cause__``). Each failure is raised
+    once, by the next ``flush()`` or ``close()`` or by an ``add_trajectories`` that has to wait
+    for the disk (which then adds nothing); the next ``flush()`` writes the data again."""
 
 
 class CorruptTrajectoryError(CorruptBufferError):

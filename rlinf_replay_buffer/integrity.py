@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import torch
 
 from .errors import CorruptBufferError, CorruptTrajectoryError, unreadable
+from .safe_open import open_regular, trajectory_file_limit
 from .schema import Schema
 from .trajectory import Key
 
@@ -33,6 +34,8 @@ def tensor_crc(tensor: torch.Tensor, crc: int = 0) -> int:
     flat = tensor.detach().contiguous().reshape(-1)
     if flat.numel() == 0:
         return crc
+    if flat.stride(0) != 1:  # one element: "contiguous" whatever its stride, which view() refuses
+        flat = flat.clone(memory_format=torch.contiguous_format)
     return zlib.crc32(memoryview(flat.view(torch.uint8).numpy()), crc)
 
 
@@ -44,16 +47,33 @@ def rows_checksum(rows: Mapping[Key, torch.Tensor], schema: Schema) -> int:
     return crc
 
 
-def file_checksum(path: str) -> int:
-    """CRC-32 of a file's bytes (read in 1 MiB blocks)."""
+def file_limit(transitions: int, schema: Schema | None) -> int | None:
+    """The most bytes the file of a trajectory of ``transitions`` (``T * B``) transitions may
+    hold in a buffer of ``schema`` (:func:`~.safe_open.trajectory_file_limit`); ``None`` (no
+    bound) when the schema is not known."""
+    return trajectory_file_limit(transitions, schema.row_bytes if schema else None)
+
+
+def file_checksum(path: str, max_bytes: int | None = None) -> int:
+    """CRC-32 of a trajectory file's bytes (read in 1 MiB blocks).
+
+    The file is opened with :func:`~.safe_open.open_regular` (links only inside its directory):
+    a FIFO or a device is refused without being opened, and a file of more than ``max_bytes``
+    bytes before a byte of it is read.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        UnsafeFileError: it is not a regular file, or a link out of its directory.
+        CorruptBufferError: it holds more than ``max_bytes`` bytes.
+        BufferDirectoryError: the system refused to read it.
+    """
     crc = 0
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
-    except PermissionError as exc:
-        raise unreadable(path, exc) from None
-    with f:
-        while block := f.read(_CHUNK):
-            crc = zlib.crc32(block, crc)
+    with open_regular(path, max_bytes, what="trajectory file", links=True) as f:
+        try:
+            while block := f.read(_CHUNK):
+                crc = zlib.crc32(block, crc)
+        except OSError as exc:
+            raise unreadable(path, exc) from None
     return crc
 
 
@@ -88,11 +108,13 @@ def mismatch(trajectory_id: int, path: str, expected: int, found: int) -> Corrup
     )
 
 
-def verify_file(trajectory_id: int, path: str, expected: int | None) -> None:
-    """Raise :class:`CorruptTrajectoryError` unless the file's CRC is ``expected``."""
+def verify_file(trajectory_id: int, path: str, expected: int | None, max_bytes: int | None = None) -> None:
+    """Raise :class:`CorruptTrajectoryError` unless the file's CRC is ``expected``; a file of
+    more than ``max_bytes`` bytes (see :func:`file_limit`) is refused unread
+    (:class:`CorruptBufferError`), anything but a regular file too (:class:`UnsafeFileError`)."""
     if expected is None:
         return
-    found = file_checksum(path)
+    found = file_checksum(path, max_bytes)
     if found != expected:
         raise mismatch(trajectory_id, path, expected, found)
 

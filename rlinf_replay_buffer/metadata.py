@@ -20,10 +20,21 @@ from .schema import Schema
 
 FORMAT_VERSION = 1
 METADATA = "metadata.json"
+#: trajectory ids and counters are below this (larger ones are corrupt and would overflow int64)
+MAX_COUNTER = 1 << 48
 
 
 def read_metadata(path: str) -> dict[str, Any]:
-    """Parse ``metadata.json``; check its format and version."""
+    """Parse ``metadata.json``; check its format, version and counter.
+
+    The file must be a regular file of at most :data:`~.safe_open.JSON_BYTES` bytes
+    (:func:`~.naming.read_json`).
+
+    Raises:
+        BufferNotFoundError: there is no ``metadata.json``.
+        UnsafeFileError: it is a FIFO, a device, or a link out of the directory.
+        CorruptBufferError: it is too large, not JSON, or not valid metadata.
+    """
     meta_path = os.path.join(path, METADATA)
     if not os.path.exists(meta_path):
         from .journal import INDEX  # here, not at the top: .journal imports FORMAT_VERSION
@@ -44,6 +55,12 @@ def read_metadata(path: str) -> dict[str, Any]:
     fmt = meta.get("trajectory_format", meta.get("storage_format"))
     if fmt not in formats.ALL_FORMATS:
         raise CorruptBufferError(f"{meta_path}: trajectory_format {fmt!r} is not 'pt', 'pkl' or 'segment'")
+    counter = meta.get("trajectory_counter")
+    if isinstance(counter, int) and not 0 <= counter < MAX_COUNTER:
+        raise CorruptBufferError(
+            f"{meta_path}: trajectory_counter {str(counter)[:40]} is not an id in [0, 2**48); restore "
+            "the file from a copy or rebuild it with the verify tool (--repair)"
+        )
     return meta
 
 

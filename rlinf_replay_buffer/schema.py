@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .errors import InvalidTrajectoryError
-from .trajectory import Key, key_name
+from .trajectory import STORABLE_DTYPES, Key, key_name, key_of_name
 
 
 @dataclass(frozen=True)
@@ -79,38 +79,27 @@ class Schema(dict[Key, ColumnSpec]):
         }
 
 
-_DTYPES = {
-    str(t).removeprefix("torch."): t
-    for t in (
-        torch.float16,
-        torch.bfloat16,
-        torch.float32,
-        torch.float64,
-        torch.uint8,
-        torch.int8,
-        torch.int16,
-        torch.int32,
-        torch.int64,
-        torch.bool,
-    )
-}
+_DTYPES = {str(t).removeprefix("torch."): t for t in STORABLE_DTYPES}
 
 
 def schema_from_json(obj: Any, where: str, error: type[Exception]) -> Schema:
-    """Parse :meth:`Schema.to_json` output; raise ``error`` naming ``where`` if malformed."""
+    """Parse :meth:`Schema.to_json` output; raise ``error`` naming ``where`` if malformed.
+
+    A name is ``field`` or ``field.key`` with the dict key verbatim: it is split at its first
+    dot only (:func:`~.trajectory.key_of_name`), so keys holding dots come back whole."""
     if not isinstance(obj, dict):
         raise error(f"{where}: fields must be a JSON object, got {type(obj).__name__}")
     out = Schema()
     for name, spec in obj.items():
-        dtype = _DTYPES.get(spec.get("dtype")) if isinstance(spec, dict) else None
+        dtype = spec.get("dtype") if isinstance(spec, dict) else None
+        dtype = _DTYPES.get(dtype) if isinstance(dtype, str) else None
         shape = spec.get("shape") if isinstance(spec, dict) else None
-        parts = tuple(name.split(".")) if isinstance(name, str) else ()
+        parts = key_of_name(name) if isinstance(name, str) else None
         if (
             dtype is None
             or not isinstance(shape, list)
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-            or len(parts) not in (1, 2)
-            or not all(parts)
+            or parts is None
         ):
             raise error(f"{where}: field {name!r} has a bad description {spec!r}")
         out[parts] = ColumnSpec(dtype, tuple(shape))

@@ -41,7 +41,7 @@ from .errors import (
 )
 from .formats.segment import SegmentStore, file_resident_bytes
 from .index import TrajectoryIndex, Window
-from .integrity import mismatch, verify_file, verify_rows
+from .integrity import file_limit, mismatch, verify_file, verify_rows
 from .record import Record
 from .schema import Schema, combine
 from .trajectory import AlignedTrajectory, Key, key_name, source_steps
@@ -84,8 +84,9 @@ def reading(record: Record) -> Iterator[None]:
         raise CorruptTrajectoryError(str(exc), record.trajectory_id, record.path) from None
 
 
-def verify_record(record: Record, store: SegmentStore | None = None) -> None:
-    """Check a record's data against its ``crc32`` (no-op without one).
+def verify_record(record: Record, store: SegmentStore | None = None, schema: Schema | None = None) -> None:
+    """Check a record's data against its ``crc32`` (no-op without one); with the buffer's
+    ``schema``, a file larger than the trajectory can be is refused before it is read.
 
     Raises:
         CorruptTrajectoryError: mismatch, or a truncated, missing or unreadable file.
@@ -100,7 +101,8 @@ def verify_record(record: Record, store: SegmentStore | None = None) -> None:
                 raise mismatch(record.trajectory_id, record.path or "", record.checksum, found)
             return
         try:
-            verify_file(record.trajectory_id, record.path or "", record.checksum)
+            limit = file_limit(record.num_transitions, schema)
+            verify_file(record.trajectory_id, record.path or "", record.checksum, limit)
         except FileNotFoundError:
             raise BufferNotFoundError(
                 f"{record.path}: the file of trajectory {record.trajectory_id} is missing; "
@@ -127,7 +129,7 @@ def read_rows(record: Record, schema: Schema | None, store: SegmentStore | None 
             rows = store.read(record.file, record.row, n)
             verify_rows(record.trajectory_id, record.path or "", rows, schema, record.checksum)
         return rows
-    verify_record(record)
+    verify_record(record, schema=schema)
     with reading(record):
         raw = load_columns(record, mmap=True)
     columns = {
@@ -489,7 +491,7 @@ class RowStore:
                 verify_record(record, self._segments(record.directory or ""))
             else:
                 with self._unchanged(record):
-                    verify_record(record)
+                    verify_record(record, schema=self._schema)
         self._index.mark_checked(record.trajectory_id)
 
     @contextlib.contextmanager
@@ -544,7 +546,7 @@ class RowStore:
                     path,
                 )
             with self._unchanged(record):
-                verify_record(record)  # raises CorruptTrajectoryError if the data differs
+                verify_record(record, schema=self._schema)  # raises if the data differs
         with self._unchanged(record), reading(record):
             raw = load_columns(record, mmap=True)
         schema = self._schema

@@ -59,21 +59,43 @@ NO_VERSIONS_WEIGHTS_ID = "e58eb380-d5b9-5265-a382-0fc33930cf3e"
 _VERSIONS_NAMESPACE = uuid.UUID("5b0d6a52-2f3e-4c55-9d7a-7f1f4d1c2a90")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
+#: ``model_update_count`` is stored in the index (like ids, step counts and row numbers) as an int
+#: in ``[0, MAX_INDEX_INT)``, ``2**48``; readers refuse an entry outside that range, so
+#: :func:`align` refuses such a count before it is stored.
+MAX_INDEX_INT = 1 << 48
+
+#: The dtypes every trajectory format (``pt``, ``pkl``, ``segment``) stores and reads back bit for
+#: bit; ``add_trajectories`` refuses any other (``align(..., storable=True)``).
+STORABLE_DTYPES: tuple[torch.dtype, ...] = (
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+)
+
 
 @dataclass
 class Trajectory:
     """A batch of ``B`` environment rollouts over ``T`` steps, as produced by rollout workers.
 
-    Every tensor field is ``[T, B, ...]`` (any dtype; uint8 images stay uint8). Any field may be
+    Every tensor field is ``[T, B, ...]`` of a dtype in :data:`STORABLE_DTYPES` (bool, uint8,
+    int8 to int64, float16, bfloat16, float32, float64; uint8 images stay uint8). Any field may be
     ``None`` except ``rewards``, which :meth:`TrajectoryReplayBuffer.add_trajectories` requires to
-    count transitions. Dict fields map names to ``[T, B, ...]`` tensors.
+    count transitions. Dict fields map names to ``[T, B, ...]`` tensors; a name is a non-empty
+    string without ``/`` that does not start with ``.`` (other dots, spaces, any letters are kept).
 
     Attributes:
         max_episode_length: the environment's episode length limit, in steps (informational).
         model_weights_id: uuid (str) of the policy weights that produced the rollout. Derived
             from ``versions`` when ``None``.
-        model_update_count: how many updates the policy had when it produced the rollout.
-            Derived from ``versions`` (its maximum) when ``None``, else 0.
+        model_update_count: how many updates the policy had when it produced the rollout, in
+            ``[0, 2**48)``. Derived from ``versions`` (its maximum) when ``None``, else 0.
         actions, intervene_flags, versions, prev_logprobs, prev_values: action-like; in RLinf's
             layout they carry one extra (last) row per rollout epoch.
         rewards: one row per transition.
@@ -173,8 +195,20 @@ def file_dict_from_columns(
 
 
 def key_name(key: Key) -> str:
-    """``("curr_obs", "states")`` -> ``"curr_obs.states"`` (for messages and reports)."""
+    """``("curr_obs", "states")`` -> ``"curr_obs.states"``: the column's name in messages, in
+    ``metadata.json`` and in ``segment.json``. A dict key is kept verbatim, dots included
+    (``("curr_obs", "cam.rgb")`` -> ``"curr_obs.cam.rgb"``); field names have no dot, so the
+    first dot separates the two (:func:`key_of_name`)."""
     return ".".join(key)
+
+
+def key_of_name(name: str) -> Key | None:
+    """The inverse of :func:`key_name`: ``"curr_obs.cam.rgb"`` -> ``("curr_obs", "cam.rgb")``,
+    split at the *first* dot only; ``None`` if a part would be empty."""
+    top, dot, sub = name.partition(".")
+    if not top or (dot and not sub):
+        return None
+    return (top, sub) if dot else (top,)
 
 
 def role_of(key: Key) -> str:
@@ -384,10 +418,12 @@ def iter_columns(data: Mapping[str, Any], where: str = "") -> dict[Key, Any]:
         for sub, tensor in value.items():
             if not isinstance(sub, str) or not sub or "/" in sub or sub.startswith("."):
                 raise InvalidTrajectoryError(
-                    f"{where}{name} has key {sub!r}; keys must be non-empty strings without '/'"
+                    f"{where}{name} has key {sub!r}; keys must be non-empty strings that contain no "
+                    "'/' and do not start with '.' (dots elsewhere, spaces and any letters are fine)"
                 )
             if tensor is not None:
-                cols[(name, sub)] = tensor
+                # a str subclass (numpy.str_) would be pickled as its class, which no reader loads
+                cols[(name, str.__str__(sub))] = tensor
     return cols
 
 
@@ -405,13 +441,13 @@ def check_weights_id(value: Any, where: str = "") -> str:
     ``""`` is accepted: RLinf's ``Trajectory`` has it as its default and files it as such.
     """
     if value == "":
-        return value
+        return ""
     if not isinstance(value, str) or not _SAFE_ID.match(value) or ".." in value:
         raise InvalidTrajectoryError(
             f"{where}model_weights_id {value!r} is not a safe id: use letters, digits, '.', '_' and '-' "
-            "(a uuid string), at most 128 characters"
+            "(a uuid string), at most 128 characters, starting with a letter or digit, no '..'"
         )
-    return value
+    return str.__str__(value)  # a plain str: a subclass (numpy.str_) would not load from a file
 
 
 def fields_of(traj: Any, where: str = "") -> Mapping[str, Any]:
@@ -474,19 +510,30 @@ def align_all(trajectories: Any, check_finite: bool = False) -> list[AlignedTraj
             f"add_trajectories takes a list of Trajectory objects, got {type(trajectories).__name__}"
         )
     return [
-        align(t, where=f"trajectory {i}: ", check_finite=check_finite) for i, t in enumerate(trajectories)
+        align(t, where=f"trajectory {i}: ", check_finite=check_finite, storable=True)
+        for i, t in enumerate(trajectories)
     ]
 
 
 def align(
-    traj: Trajectory | Mapping[str, Any], where: str = "", check_finite: bool = False
+    traj: Trajectory | Mapping[str, Any],
+    where: str = "",
+    check_finite: bool = False,
+    storable: bool = False,
 ) -> AlignedTrajectory:
     """Validate a trajectory (a :class:`Trajectory` or its dict) and align its rows.
+
+    Always refused: a missing ``rewards``, non-tensors, tensors of fewer than two dims, complex,
+    sparse or ``meta`` tensors, ``T = 0`` or ``B = 0``, mismatched ``[T, B]``, row counts that
+    fit no layout, bad dict keys, an unsafe ``model_weights_id``, and a ``model_update_count``
+    (given, or the maximum of ``versions``) outside ``[0, 2**48)`` (:data:`MAX_INDEX_INT`).
 
     Args:
         traj: the trajectory.
         where: prefix for error messages (e.g. ``"trajectory 3: "``).
         check_finite: also reject NaN or infinite values in floating-point columns.
+        storable: also reject dtypes outside :data:`STORABLE_DTYPES` (what ``add_trajectories``
+            accepts; trajectories read from a directory are taken as they are).
 
     Returns:
         The aligned trajectory; its columns are CPU tensors, views of the input where possible.
@@ -516,6 +563,18 @@ def align(
         if tensor.is_complex() or tensor.layout != torch.strided:
             raise InvalidTrajectoryError(
                 f"{where}{key_name(key)} must be a dense real tensor, got {tensor.dtype} ({tensor.layout})"
+            )
+        if tensor.is_meta:
+            raise InvalidTrajectoryError(
+                f"{where}{key_name(key)} is on the 'meta' device and holds no data; pass a tensor "
+                "with values (CPU or any device that can copy to the CPU)"
+            )
+        if storable and tensor.dtype not in STORABLE_DTYPES:
+            allowed = ", ".join(str(d).removeprefix("torch.") for d in STORABLE_DTYPES)
+            raise InvalidTrajectoryError(
+                f"{where}{key_name(key)} has dtype {str(tensor.dtype).removeprefix('torch.')}, which not "
+                f"every trajectory format can store and read back; use one of {allowed} (e.g. "
+                "x.to(torch.int32) for uint16, x.to(torch.float16) for float8: both keep every value)"
             )
     num_steps, num_envs = int(rewards.shape[0]), int(rewards.shape[1])
     if num_steps == 0 or num_envs == 0:
@@ -548,12 +607,18 @@ def align(
     versions = raw.get(("versions",))
     weights_id = data.get("model_weights_id")
     weights_id = default_weights_id(versions) if weights_id is None else weights_id
-    check_weights_id(weights_id, where)
+    weights_id = check_weights_id(weights_id, where)
     count = data.get("model_update_count")
+    source = "model_update_count"
     if count is None:
-        count = _count_from_versions(versions)
+        count, source = _count_from_versions(versions), "model_update_count (the maximum of versions)"
     if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 0:
         raise InvalidTrajectoryError(f"{where}model_update_count must be a non-negative int, got {count!r}")
+    if count >= MAX_INDEX_INT:
+        raise InvalidTrajectoryError(
+            f"{where}{source} is {int(count)}, too large: the trajectory index stores it as an int in "
+            f"[0, 2**48) (at most {MAX_INDEX_INT - 1}); pass a model_update_count in that range"
+        )
     return AlignedTrajectory(
         columns=columns,
         num_steps=num_steps,

@@ -1,9 +1,11 @@
 """A background writer thread whose errors are never swallowed.
 
-Jobs run in submission order on one daemon thread. A job that raises is recorded; the first
-recorded error is raised (as :class:`WriterError`, chained to the original) by the next
-:meth:`BackgroundWriter.check`, :meth:`flush` or :meth:`close`, which the buffer calls at the start
-of every public operation.
+Jobs run in submission order on one daemon thread. A job that raises is recorded, and so is a
+failure a job reports without raising (:meth:`BackgroundWriter.report`: the job carried on, e.g.
+an index line that is retried later). Each recorded failure is raised once, as
+:class:`WriterError` chained to the original, by the next :meth:`BackgroundWriter.check` or
+:meth:`BackgroundWriter.flush`; the auto-saver calls them from ``flush()``, ``close()`` and an add
+that has to wait for the writer, the calls that can act on the error.
 """
 
 from __future__ import annotations
@@ -69,8 +71,22 @@ class BackgroundWriter:
                     self._finished += 1
                     self._cond.notify_all()
 
-    def check(self) -> None:
-        """Raise the first recorded error (and forget all recorded errors)."""
+    def report(self, description: str, exc: BaseException) -> None:
+        """Record a failure a job met and carried on after (raised by the next :meth:`check`);
+        ``description`` names what failed, e.g. ``"trajectory 7"``."""
+        with self._cond:
+            self._errors.append((description, exc))
+
+    @property
+    def failed(self) -> bool:
+        """Whether a failure was recorded that no :meth:`check` has raised yet."""
+        with self._cond:
+            return bool(self._errors)
+
+    def check(self, advice: str | None = None) -> None:
+        """Raise the first recorded failure as :class:`WriterError` and forget every recorded
+        failure (each is raised once). ``advice`` replaces the default last sentences of the
+        message (what happened to the data, what to do)."""
         with self._cond:
             if not self._errors:
                 return
@@ -78,9 +94,13 @@ class BackgroundWriter:
         description, exc = errors[0]
         more = f" (and {len(errors) - 1} more failed writes)" if len(errors) > 1 else ""
         raise WriterError(
-            f"background write failed: {description}: {type(exc).__name__}: {exc}{more}. The "
-            "trajectories stay in memory; fix the cause (disk space, permissions) and call "
-            "flush() or save_checkpoint() again"
+            f"background write failed: {description}: {type(exc).__name__}: {exc}{more}. "
+            + (
+                advice
+                or "The trajectories stay in memory and are written again by the next flush() or "
+                "close(); fix the cause (disk space, permissions) and call flush() or "
+                "save_checkpoint() again"
+            )
         ) from exc
 
     def wait(self) -> None:
@@ -98,11 +118,11 @@ class BackgroundWriter:
         self.check()
 
     def close(self) -> None:
-        """Finish queued jobs, stop the thread, then raise the first error if any."""
+        """Finish queued jobs and stop the thread (a later :meth:`submit` starts a new one).
+        Failures stay recorded for the next :meth:`check`."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-        self.check()

@@ -23,6 +23,7 @@ import torch
 from rlinf_replay_buffer import ReplayBufferError, Trajectory, TrajectoryReplayBuffer
 from rlinf_replay_buffer import contents as contents_module
 from rlinf_replay_buffer.cache import TrajectoryCache
+from rlinf_replay_buffer.lock import LOCK_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -128,6 +129,11 @@ def coded_trajectory(
     if logprobs:
         traj.prev_logprobs = action_field(steps[..., None].clone())
     return traj
+
+
+def data_files(root: Path) -> dict[Path, bytes]:
+    """Every file under ``root`` with its bytes, but the writers' lock files (not data)."""
+    return {p: p.read_bytes() for p in Path(root).rglob("*") if p.is_file() and p.name != LOCK_NAME}
 
 
 def assert_aligned(batch: dict, n: int | None = None) -> None:

@@ -33,6 +33,7 @@ from rlinf_replay_buffer import (
     TrajectoryReplayBuffer,
 )
 from rlinf_replay_buffer.cli import iter_leaves
+from rlinf_replay_buffer.lock import LOCK_NAME
 from rlinf_replay_buffer.writer import BackgroundWriter
 
 N, E, B = 4, 2, 2  # coded_trajectory defaults: 16 transitions per trajectory
@@ -82,7 +83,9 @@ def file_hashes(directory: Path) -> dict[str, str]:
 
 
 def all_hashes(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+    """sha256 of every file in ``directory`` but a writer's lock file (not data)."""
+    files = [p for p in sorted(directory.iterdir()) if p.name != LOCK_NAME]
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def fresh(**kwargs) -> TrajectoryReplayBuffer:
@@ -702,6 +705,21 @@ buf.save_checkpoint({dest!r})
 """
 
 
+FLUSH_AND_EXIT = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from conftest import coded_trajectory
+from rlinf_replay_buffer import TrajectoryReplayBuffer
+
+buf = TrajectoryReplayBuffer(
+    sample_window_size=0, auto_save=True, auto_save_path={path!r}, trajectory_format={fmt!r}
+)
+assert buf.add_trajectories([coded_trajectory(i) for i in range(3)]) == [0, 1, 2]
+buf.flush()
+os._exit(0)  # no close(), no cleanup
+"""
+
+
 def test_process_killed_during_save_leaves_nothing_loadable(tmp_path):
     parent = tmp_path / "out"
     parent.mkdir()
@@ -812,11 +830,16 @@ def test_saving_onto_a_file_is_refused(tmp_path):
 @pytest.mark.parametrize("ending", ["close", "flush"])
 def test_auto_save_directory_is_continued(tmp_path, fmt, ending):
     path = tmp_path / "auto"
-    first = fresh(auto_save=True, auto_save_path=str(path), trajectory_format=fmt, cache_size=2)
-    assert first.add_trajectories([coded_trajectory(i) for i in range(3)]) == [0, 1, 2]
-    getattr(first, ending)()  # "flush" stands for a process that stopped without close()
+    if ending == "close":
+        first = fresh(auto_save=True, auto_save_path=str(path), trajectory_format=fmt, cache_size=2)
+        assert first.add_trajectories([coded_trajectory(i) for i in range(3)]) == [0, 1, 2]
+        first.close()
+    else:  # a process that flushed and stopped without close()
+        script = FLUSH_AND_EXIT.format(tests=str(Path(__file__).resolve().parent), path=str(path), fmt=fmt)
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
     before = file_hashes(path)
-    assert len(before) == (3 if fmt != "segment" else len(first.schema))
+    assert len(before) == (3 if fmt != "segment" else len(loaded(path).schema))
 
     second = fresh(auto_save=True, auto_save_path=str(path), trajectory_format=fmt, cache_size=2)
     assert (second.size, second.total_samples, second.trajectory_counter) == (3, 3 * PER_TRAJ, 3)
@@ -826,14 +849,12 @@ def test_auto_save_directory_is_continued(tmp_path, fmt, ending):
     after = file_hashes(path)
     for name, digest in before.items():
         assert after[name] == digest
-    assert len(after) == (5 if fmt != "segment" else 2 * len(first.schema))  # a new segment
+    assert len(after) == (5 if fmt != "segment" else 2 * len(second.schema))  # a new segment
 
     # the auto-save directory is a loadable checkpoint
     reader = loaded(path)
     assert reader.size == 5
     assert seen_transitions(reader) == expected_transitions(list(range(5)))
-    if ending == "close":
-        first.close()
 
 
 def test_auto_save_path_with_other_format_is_refused(tmp_path):

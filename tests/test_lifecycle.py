@@ -348,34 +348,36 @@ def test_get_stats_keys_and_values(tmp_path):
 
 
 # -- background writer errors -------------------------------------------------------------------
-def test_failed_write_surfaces_on_the_next_add(tmp_path, monkeypatch):
+def test_an_add_that_does_not_wait_adds_and_leaves_a_failed_write_to_flush(tmp_path, monkeypatch):
+    """An add that does not wait for the writer cannot act on an older failed write: it adds its
+    trajectory (never "raise about trajectory 1 and drop trajectory 3"); flush() reports it."""
     attempts = fail_writes_of(monkeypatch, {1})
     buf = auto(tmp_path, enable_cache=False)
     buf.add_trajectories([coded_trajectory(i) for i in range(3)])
     wait_for_writer()
     assert sorted(attempts) == [0, 1, 2]
+    assert buf.add_trajectories([coded_trajectory(3)]) == [3]
+    assert buf.size == 4
+    assert trajectories_seen(buf) == {0, 1, 2, 3}  # 1 from memory
     with pytest.raises(WriterError, match="No space left on device") as info:
-        buf.add_trajectories([coded_trajectory(3)])
+        buf.flush()
     assert isinstance(info.value.__cause__, OSError)
     assert info.value.__cause__.errno == errno.ENOSPC
     assert "trajectory 1" in str(info.value)
-    # the failed call added nothing; the unwritten trajectory is still sampled from memory
-    assert buf.size == 3
-    assert trajectories_seen(buf) == {0, 1, 2}
     monkeypatch.undo()
     buf.save_checkpoint(str(tmp_path / "ckpt"))
-    assert trajectories_seen(load_new(tmp_path / "ckpt")) == {0, 1, 2}
+    assert trajectories_seen(load_new(tmp_path / "ckpt")) == {0, 1, 2, 3}
     buf.close()
 
 
-def test_failed_write_surfaces_on_the_next_sample(tmp_path, monkeypatch):
+def test_a_failed_write_is_not_raised_by_sample(tmp_path, monkeypatch):
     fail_writes_of(monkeypatch, {0})
     buf = auto(tmp_path, enable_cache=False)
     buf.add_trajectories([coded_trajectory(i) for i in range(2)])
     wait_for_writer()
-    with pytest.raises(WriterError, match="No space left on device"):
-        buf.sample(16)
     assert trajectories_seen(buf) == {0, 1}  # from memory (0) and from disk (1)
+    with pytest.raises(WriterError, match="No space left on device"):
+        buf.flush()
     monkeypatch.undo()
     buf.save_checkpoint(str(tmp_path / "ckpt"))
     assert trajectories_seen(load_new(tmp_path / "ckpt")) == {0, 1}

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, assert_aligned, coded_trajectory
+from conftest import REPO, assert_aligned, coded_trajectory, data_files
 
 from rlinf_replay_buffer import (
     BufferDirectoryError,
@@ -86,9 +86,9 @@ def test_output_is_readable_by_rlinf_rule(tmp_path):
 
 def test_copy_leaves_sources_untouched(tmp_path):
     src = make_ranks(tmp_path / "buf", [2, 2])
-    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    before = data_files(src)
     merge_or_split(str(src), str(tmp_path / "merged"), copy=True)
-    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
+    assert data_files(src) == before
 
 
 def test_move_empties_sources_and_keeps_the_data(tmp_path):
@@ -113,7 +113,7 @@ def test_split_move_leaves_the_rest_loadable_in_the_source(tmp_path):
 
 def test_failed_merge_leaves_both_sides_usable(tmp_path, monkeypatch):
     src = make_ranks(tmp_path / "buf", [3, 3])
-    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    before = data_files(src)
     from rlinf_replay_buffer.tools import merge_split
 
     calls = {"n": 0}
@@ -130,7 +130,7 @@ def test_failed_merge_leaves_both_sides_usable(tmp_path, monkeypatch):
         merge_or_split(str(src), str(tmp_path / "merged"))
     assert not (tmp_path / "merged").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]
-    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
+    assert data_files(src) == before
     for r in (0, 1):
         TrajectoryReplayBuffer().load_checkpoint(str(src / f"rank_{r}"))
 
@@ -148,10 +148,10 @@ def test_non_empty_destination_is_refused(tmp_path):
 def test_a_buffer_directory_at_the_save_path_is_replaced_only_with_overwrite(tmp_path):
     src = make_ranks(tmp_path / "buf", [2, 1])
     old = make_ranks(tmp_path / "old", [4]) / "rank_0"
-    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    before = data_files(old)
     with pytest.raises(BufferDirectoryError, match="or pass overwrite=True to replace"):
         merge_or_split(str(src), str(old), copy=True)
-    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+    assert data_files(old) == before
     result = merge_or_split(str(src), str(old), overwrite=True)  # move mode
     assert result.trajectories == 3
     assert sorted(codes_by_id(old).values()) == [0, 1, 100]

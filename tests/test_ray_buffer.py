@@ -33,6 +33,7 @@ from rlinf_replay_buffer.config import UnknownConfigKeysWarning  # noqa: E402
 from rlinf_replay_buffer.errors import (  # noqa: E402
     BufferDirectoryError,
     BufferNotFoundError,
+    DirectoryLockedError,
     EmptyBufferError,
     InvalidArgumentError,
     InvalidTrajectoryError,
@@ -274,6 +275,19 @@ def test_a_named_buffer_is_attached_to_by_a_second_client(make, tmp_path):
         RayTrajectoryReplayBuffer(str(tmp_path / "elsewhere"), 2, name="attach-test", actor_options=ACTOR)
 
 
+def test_a_second_unnamed_client_on_the_same_path_is_refused(make, tmp_path):
+    buf = make(2)
+    buf.add_trajectories([traj(i) for i in range(4)])
+    buf.flush()
+    with pytest.raises(DirectoryLockedError, match="another writer holds this buffer directory"):
+        RayTrajectoryReplayBuffer(str(tmp_path / "buf"), 2, actor_options=ACTOR)
+    buf.add_trajectories([traj(i) for i in range(4, 6)])
+    buf.flush()
+    buf.shutdown()
+    again = make(2)  # the first client's shards are gone: the directory is free
+    assert again.size == 6
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 
 
@@ -345,7 +359,8 @@ def test_a_bad_checkpoint_changes_no_shard(make, tmp_path):
         buf.load_checkpoint(str(tmp_path / "ckpt"))
     assert [s["size"] for s in buf.get_stats()["shards"]] == [2, 2]
     assert {c // 1000 for c, _ in transition_keys(buf.sample(300))} == {0, 1, 2, 3}
-    assert not [n for n in os.listdir(tmp_path / "buf") if n.startswith(".")]  # staging removed
+    hidden = [n for n in os.listdir(tmp_path / "buf") if n.startswith(".") and not n.endswith(".lock")]
+    assert not hidden  # staging removed (the shards hold their lock files)
     with pytest.raises(BufferDirectoryError, match="own directory"):
         buf.load_checkpoint(str(tmp_path / "buf"))
 

@@ -21,6 +21,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -319,12 +321,29 @@ def test_a_trajectory_larger_than_a_segment_gets_a_segment_of_its_own(tmp_path, 
 
 
 # -- 3. crash leftovers -----------------------------------------------------------------------------
+FLUSH_AND_DIE = """
+import os, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_segment_format import add_coded, auto_buffer
+first = auto_buffer(Path({path!r}), tracked=False)
+add_coded(first, [0, 1, 2])
+first.flush()
+os._exit(0)
+"""
+
+
 @pytest.mark.parametrize("ending", ["close", "flush"])
 def test_bytes_a_crash_left_after_the_last_indexed_row_are_cut_on_reopen(tmp_path, ending):
     path = tmp_path / "auto"
-    first = auto_buffer(path, tracked=False)
-    add_coded(first, [0, 1, 2])
-    getattr(first, ending)()  # "flush": the process then dies without close()
+    if ending == "close":
+        first = auto_buffer(path, tracked=False)
+        add_coded(first, [0, 1, 2])
+        first.close()
+    else:  # a process that flushed, then died without close()
+        script = FLUSH_AND_DIE.format(tests=str(Path(__file__).resolve().parent), path=str(path))
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
     segment = path / "seg-000000"
     before = bin_hashes(path)
     sizes = {p.name: p.stat().st_size for p in segment.glob("*.bin")}

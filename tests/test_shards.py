@@ -81,6 +81,11 @@ def test_other_rank_counts_are_interleaved_renumbered_and_dealt_out(tmp_path):
     ]
 
 
+def listing(root) -> list[str]:
+    """What a sharded buffer's root holds, but the shards' lock files."""
+    return sorted(n for n in os.listdir(root) if not n.endswith(".lock"))
+
+
 def test_a_shard_loads_its_share_and_keeps_it_after_a_restart(tmp_path):
     ckpt = checkpoint_of(tmp_path / "ckpt", list(range(6)))
     shard = ShardServer(str(tmp_path / "root"), 1, 2, 7, {"sample_window_size": 0})
@@ -89,10 +94,11 @@ def test_a_shard_loads_its_share_and_keeps_it_after_a_restart(tmp_path):
     assert shard.buffer.size == 1  # staged only
     shard.commit()
     assert shard.buffer.size == 3
+    shard.stop()  # the actor's process ends
     again = ShardServer(str(tmp_path / "root"), 1, 2, 7, {"sample_window_size": 0})  # a restart
     assert again.buffer.size == 3 and again.restored == 3
     assert codes_in(tmp_path / "root" / "rank_1") == [1, 3, 5]
-    assert not [n for n in os.listdir(tmp_path / "root") if n.startswith(".")]
+    assert listing(tmp_path / "root") == ["rank_1"]
 
 
 def test_an_aborted_load_leaves_the_shard_as_it_was(tmp_path):
@@ -103,6 +109,7 @@ def test_an_aborted_load_leaves_the_shard_as_it_was(tmp_path):
     shard.prepare_load(str(ckpt))
     shard.abort()
     assert not os.path.exists(shares.incoming_dir(str(tmp_path / "root"), 0))
+    shard.stop()
     assert ShardServer(str(tmp_path / "root"), 0, 1, 7, {}).buffer.size == 1
 
 
@@ -127,9 +134,9 @@ def test_recovery_finishes_or_undoes_an_interrupted_replacement(tmp_path, state)
 
         shutil.rmtree(root / ".rank_0.incoming")
         expected = [1, 2]
-    ShardServer(str(root), 0, 1, 7, {})
+    ShardServer(str(root), 0, 1, 7, {}).stop()
     assert codes_in(root / "rank_0") == expected
-    assert sorted(os.listdir(root)) == ["rank_0"]
+    assert listing(root) == ["rank_0"]
 
 
 CHILD = textwrap.dedent(
@@ -168,8 +175,8 @@ def test_a_shard_killed_while_replacing_its_directory_holds_one_share_whole(tmp_
         shard = ShardServer(str(root), 0, 1, 7, {"sample_window_size": 0})  # the restart
         assert codes_in(root / "rank_0") in ([1, 2, 3], [7, 8])
         assert shard.buffer.size in (2, 3)
-        shard.buffer.close()
-        assert sorted(os.listdir(root)) == ["rank_0"]
+        shard.stop()
+        assert listing(root) == ["rank_0"]
 
 
 # -- wire -----------------------------------------------------------------------------------

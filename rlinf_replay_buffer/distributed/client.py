@@ -211,10 +211,12 @@ class RayTrajectoryReplayBuffer:
         self._setup_client_state()
         try:
             infos = self.wait_until_ready(timeout=start_timeout)
-        except ShardUnavailableError as exc:
+        except ReplayBufferError as exc:
             if name is None:  # ours alone: do not leave them waiting for resources
                 for actor in self._shards:
                     ray.kill(actor, no_restart=True)
+            if not isinstance(exc, ShardUnavailableError):
+                raise  # e.g. DirectoryLockedError: another client's shards serve this path
             raise ShardUnavailableError(
                 f"the shards did not all start within {start_timeout} s ({exc}); does the Ray "
                 f"cluster have free resources for {self.num_shards} actors with {self._actor_summary}?",

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..buffer import TrajectoryReplayBuffer
-from ..errors import InvalidArgumentError
+from ..errors import DirectoryLockedError, InvalidArgumentError
+from ..lock import DirectoryLock
 from . import shares
 from .wire import Encoded, decode_trajectory, flatten_batch
 
@@ -65,9 +66,17 @@ class ShardServer:
         self.options = dict(options)
         self.path = shares.live_dir(self.root, rank)
         os.makedirs(self.root, exist_ok=True)
+        self.incarnation = uuid.uuid4().hex
+        self.refused: DirectoryLockedError | None = None  # another shard serves this rank
+        try:  # held for the actor's life (the OS drops it with the process): one shard per rank
+            self.rank_lock = DirectoryLock.acquire(
+                self.root, f"shard {rank} of a sharded buffer", name=shares.lock_name(rank)
+            )
+        except DirectoryLockedError as exc:
+            self.refused = exc  # reported by ping(), so the client fails at once
+            return
         self.recovered = shares.recover(self.root, rank)
         self.buffer = self._open()
-        self.incarnation = uuid.uuid4().hex
         self.restored = self.buffer.size  # trajectories found in rank_k at start
 
     def _open(self) -> TrajectoryReplayBuffer:
@@ -80,7 +89,13 @@ class ShardServer:
 
     # -- queries ------------------------------------------------------------------------------
     def ping(self) -> Reply:
-        """Who and where the shard is, and what it holds."""
+        """Who and where the shard is, and what it holds.
+
+        Raises:
+            DirectoryLockedError: another shard (of another client) serves this rank's directory.
+        """
+        if self.refused is not None:
+            raise self.refused
         schema = self.buffer.schema
         return self._reply(
             {
@@ -197,3 +212,13 @@ class ShardServer:
         """``close()`` of the buffer: writes finished, index compacted; it stays usable."""
         self.buffer.close()
         return self._reply(None)
+
+    def stop(self) -> None:
+        """What the end of the actor's process does: close the buffer and release the rank's
+        lock, so another shard may serve it (a shard stopped in-process, e.g. in a test)."""
+        try:
+            if self.refused is None:
+                self.buffer.close()
+        finally:
+            if self.refused is None:
+                self.rank_lock.release()

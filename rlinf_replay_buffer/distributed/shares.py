@@ -95,6 +95,11 @@ def live_dir(root: str, rank: int) -> str:
     return os.path.join(root, f"rank_{rank}")
 
 
+def lock_name(rank: int) -> str:
+    """The lock file (in the root) the shard serving ``rank`` holds for its life."""
+    return f".rank_{rank}.lock"
+
+
 def incoming_dir(root: str, rank: int) -> str:
     """Where a replacement of ``rank_k`` is assembled."""
     return os.path.join(root, f".rank_{rank}.incoming")
@@ -143,10 +148,16 @@ def commit(root: str, rank: int) -> None:
     if not is_buffer_directory(incoming):
         raise BufferDirectoryError(f"{incoming}: no staged directory to commit; load it first")
     shutil.rmtree(retired, ignore_errors=True)
-    if os.path.lexists(live):
-        os.rename(live, retired)  # the commit point: from here on, recovery rolls forward
-    os.rename(incoming, live)
-    fsync_dir(root)
+    try:
+        if os.path.lexists(live):
+            os.rename(live, retired)  # the commit point: from here on, recovery rolls forward
+        os.rename(incoming, live)
+        fsync_dir(root)
+    except OSError as exc:
+        raise BufferDirectoryError(
+            f"{live}: cannot replace it by {incoming} ({exc.strerror or exc}); recover() finishes "
+            "or undoes the swap (a shard runs it when it starts)"
+        ) from exc
     shutil.rmtree(retired, ignore_errors=True)
 
 

@@ -4,20 +4,28 @@ Only what a trajectory dict needs can be rebuilt: tensors, ``torch.Size``, dtype
 ``OrderedDict``, numbers and strings. Any other global in the stream (``os.system``,
 ``builtins.eval``, ...) makes the load fail with :class:`UnsafeFileError` before anything runs.
 Tensor storages embedded by ``pickle`` are themselves read with ``torch.load(weights_only=True)``.
+
+Sizes the stream declares are checked before anything is allocated: the opcodes are walked once
+without building anything (:func:`check_declared_sizes`), and a length (of bytes, a string, a
+frame) beyond the end of the file is :class:`CorruptBufferError`; a tensor whose shape and strides
+reach past its storage is refused when it is rebuilt.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import os
 import pickle
-from typing import Any
+import pickletools
+from typing import IO, Any
 
 import torch
 import torch._utils
 
-from ..errors import CorruptBufferError, UnsafeFileError, unreadable
+from ..errors import BufferDirectoryError, CorruptBufferError, UnsafeFileError, unreadable
 from ..fsio import atomic_write
+from ..safe_open import open_regular
 
 EXTENSION = "pkl"
 
@@ -27,12 +35,16 @@ def _load_storage(data: bytes) -> Any:
         raise UnsafeFileError("tensor storage is not bytes")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # torch's restricted reader refused a global
-        line = next((ln.strip() for ln in str(exc).splitlines() if "global" in ln.lower()), "")
-        raise UnsafeFileError(
-            "refused to load: a tensor storage in the pickle references code "
-            f"({line[:200] or 'not plain data'})"
-        ) from None
+    except pickle.UnpicklingError as exc:  # torch's restricted reader refused a global, or bad bytes
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        line = next((ln for ln in lines if "global" in ln.lower()), None)
+        if line is not None:
+            raise UnsafeFileError(
+                f"refused to load: a tensor storage in the pickle references code ({line[:200]})"
+            ) from None
+        noise = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        detail = next((ln for ln in lines if not ln.startswith(noise)), "bad pickle stream")
+        raise CorruptBufferError(f"a tensor storage in the pickle is not readable ({detail[:200]})") from None
 
 
 def _rebuild_tensor_v2(
@@ -48,7 +60,102 @@ def _rebuild_tensor_v2(
         raise UnsafeFileError("tensor carries backward hooks")
     if not isinstance(storage, torch.UntypedStorage | torch.TypedStorage):
         raise UnsafeFileError("tensor storage is not a torch storage")
+    _check_view(storage, offset, size, stride)
     return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, {})
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_view(
+    storage: torch.UntypedStorage | torch.TypedStorage, offset: Any, size: Any, stride: Any
+) -> None:
+    """Refuse a tensor whose elements would lie outside its storage (torch would grow the
+    storage to fit, allocating what the file declares and exposing uninitialized memory)."""
+    if not isinstance(size, tuple | list) or not isinstance(stride, tuple | list):
+        raise CorruptBufferError(f"a tensor has size {size!r} and stride {stride!r}")
+    dims, steps = tuple(size), tuple(stride)
+    if len(dims) != len(steps) or not all(_is_count(d) for d in dims + steps) or not _is_count(offset):
+        raise CorruptBufferError(f"a tensor has size {dims!r}, stride {steps!r}, offset {offset!r}")
+    if isinstance(storage, torch.TypedStorage):  # its own size methods warn of deprecation
+        untyped = torch.empty(0, dtype=storage.dtype).set_(storage).untyped_storage()
+        held = untyped.nbytes() // storage.dtype.itemsize
+    else:
+        held = storage.nbytes()
+    needed = 0 if 0 in dims else offset + 1 + sum((d - 1) * s for d, s in zip(dims, steps, strict=True))
+    if needed > held:
+        raise CorruptBufferError(
+            f"a tensor of size {list(dims)[:8]} needs {needed} elements, its storage holds {held}"
+        )
+
+
+_OPS = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
+_COUNT_WIDTH = {  # pickletools' markers of counted arguments -> (bytes of the count, signed)
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
+#: longest text argument (a protocol-0 number or name, up to its newline) accepted
+MAX_TEXT_ARGUMENT = 1 << 16
+
+
+def check_declared_sizes(f: IO[bytes], size: int) -> None:
+    """Walk the opcodes of the pickle ``f`` (of ``size`` bytes, read from its current position
+    to its ``STOP``) without building anything, and raise :class:`CorruptBufferError` if one
+    declares more bytes than remain in the file (``BINBYTES8``, ``BINUNICODE``, ``FRAME``, ...),
+    has a text argument longer than :data:`MAX_TEXT_ARGUMENT`, or is not an opcode at all.
+
+    Counted arguments are skipped by seeking, not read: the walk allocates nothing whatever the
+    declarations say. ``f`` is left at an unspecified position.
+    """
+    pos = f.tell()
+    while True:
+        at = pos
+        code = f.read(1)
+        if not code:
+            raise CorruptBufferError(f"the pickle ends at byte {pos} before its STOP opcode (truncated)")
+        op = _OPS.get(code)
+        if op is None:
+            raise CorruptBufferError(f"byte {at} ({code!r}) is not a pickle opcode")
+        pos += 1
+        if op.name == "STOP":
+            return
+        arg = op.arg
+        if arg is None:
+            continue
+        if arg.n >= 0:  # fixed width (at most 8 bytes)
+            if arg.n > size - pos:
+                raise CorruptBufferError(f"{op.name} at byte {at} is cut off by the end of the file")
+            raw = f.read(arg.n)
+            pos += arg.n
+            if op.name == "FRAME" and int.from_bytes(raw, "little") > size - pos:
+                raise CorruptBufferError(
+                    f"FRAME at byte {at} declares {int.from_bytes(raw, 'little')} bytes, but only "
+                    f"{size - pos} remain in the file"
+                )
+        elif arg.n == pickletools.UP_TO_NEWLINE:
+            for _ in range(2 if arg is pickletools.stringnl_noescape_pair else 1):
+                line = f.readline(MAX_TEXT_ARGUMENT)
+                if not line.endswith(b"\n"):
+                    raise CorruptBufferError(
+                        f"{op.name} at byte {at} has a text argument without its end of line within "
+                        f"{MAX_TEXT_ARGUMENT} bytes"
+                    )
+                pos += len(line)
+        else:
+            width, signed = _COUNT_WIDTH[arg.n]
+            if width > size - pos:
+                raise CorruptBufferError(f"{op.name} at byte {at} is cut off by the end of the file")
+            count = int.from_bytes(f.read(width), "little", signed=signed)
+            pos += width
+            if count < 0 or count > size - pos:
+                raise CorruptBufferError(
+                    f"{op.name} at byte {at} declares {count} bytes, but only {size - pos} remain in the file"
+                )
+            f.seek(count, os.SEEK_CUR)
+            pos += count
 
 
 _DTYPES = {
@@ -90,14 +197,30 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafeFileError("refused to load: the pickle uses persistent ids")
 
 
-def read(path: str, mmap: bool = False) -> dict[str, Any]:
-    """Load a ``pkl`` trajectory file safely (``mmap`` is ignored: pickles are read whole)."""
+def read(path: str, mmap: bool = False, max_bytes: int | None = None) -> dict[str, Any]:
+    """Load a ``pkl`` trajectory file safely (``mmap`` is ignored: pickles are read whole).
+
+    The file is opened with :func:`~..safe_open.open_regular` (at most ``max_bytes`` bytes;
+    links only inside its directory), and every size the pickle declares is checked against
+    the bytes left in the file before anything is allocated (:func:`check_declared_sizes`).
+
+    Raises:
+        UnsafeFileError: the pickle references code, or the file is not a regular file.
+        CorruptBufferError: the file is truncated, declares more than it holds, or is not a
+            trajectory pickle; the message names the file.
+    """
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, max_bytes, what="trajectory file", links=True) as f:
+            check_declared_sizes(f, os.fstat(f.fileno()).st_size)
+            f.seek(0)
             obj = RestrictedUnpickler(f).load()
     except UnsafeFileError as exc:
-        raise UnsafeFileError(f"{path}: {exc}") from None
-    except FileNotFoundError:
+        raise exc if str(exc).startswith(path) else UnsafeFileError(f"{path}: {exc}") from None
+    except CorruptBufferError as exc:
+        if str(exc).startswith(path):
+            raise
+        raise CorruptBufferError(f"{path}: not a readable trajectory pickle ({exc})") from None
+    except (BufferDirectoryError, FileNotFoundError):  # the system's refusal, named: not damage
         raise
     except PermissionError as exc:
         raise unreadable(path, exc) from None
@@ -111,6 +234,9 @@ def read(path: str, mmap: bool = False) -> dict[str, Any]:
         KeyError,
         RuntimeError,
         OSError,
+        OverflowError,
+        MemoryError,
+        RecursionError,
     ) as exc:
         raise CorruptBufferError(
             f"{path}: not a readable trajectory pickle ({type(exc).__name__}: "

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import CorruptBufferError, CorruptDataWarning
 from ..fsio import atomic_write
+from ..safe_open import open_regular, parse_json
 
 NAME = "priorities.bin"
 MAGIC = b"RLPRIO1\n"
@@ -93,15 +94,26 @@ def read(path: str) -> SavedPriorities:
     def bad(why: str) -> CorruptBufferError:
         return CorruptBufferError(f"{path}: {why}; the priorities were not loaded")
 
-    with open(path, "rb") as f:
-        blob = f.read()
-    if blob[:8] != MAGIC or len(blob) < 16:
-        raise bad("not a priorities file")
-    (size,) = struct.unpack("<Q", blob[8:16])
-    if size > min(_MAX_HEADER, len(blob) - 16):
-        raise bad("truncated header")
+    with open_regular(path, what="priorities file", links=True) as f:  # never a FIFO or a device
+        file_size = os.fstat(f.fileno()).st_size
+        start = f.read(16)
+        if start[:8] != MAGIC or len(start) < 16:
+            raise bad("not a priorities file")
+        (size,) = struct.unpack("<Q", start[8:16])
+        if size > min(_MAX_HEADER, file_size - 16):
+            raise bad("truncated header")
+        try:  # nested too deeply, too many digits: like any invalid JSON
+            header: Any = parse_json(f.read(size), path, "its header")
+        except CorruptBufferError as exc:
+            raise bad(str(exc).removeprefix(f"{path}: ").split("; restore")[0]) from None
+        listed_bytes = _listed_bytes(header)
+        if listed_bytes is not None and listed_bytes != file_size - 16 - size:  # before reading
+            raise bad(f"holds {file_size - 16 - size} data bytes, its header lists {listed_bytes}")
+        try:
+            data = f.read()
+        except MemoryError:
+            raise bad(f"its {file_size} bytes do not fit in memory") from None
     try:
-        header: Any = json.loads(blob[16 : 16 + size])
         if header.get("format_version") != FORMAT_VERSION:
             raise bad(f"format_version {header.get('format_version')!r} is not {FORMAT_VERSION}")
         listed = [(int(t), str(u), int(n)) for t, u, n in header["trajectories"]]
@@ -111,7 +123,6 @@ def read(path: str) -> SavedPriorities:
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise bad(f"bad header ({exc})") from None
-    data = blob[16 + size :]
     total = sum(n for _, _, n in listed)
     if any(n < 0 for _, _, n in listed) or len(data) != 8 * total:
         raise bad(f"holds {len(data)} data bytes for {total} priorities")
@@ -126,6 +137,15 @@ def read(path: str) -> SavedPriorities:
         saved.trajectories[tid] = (uuid, values[offset : offset + n])
         offset += n
     return saved
+
+
+def _listed_bytes(header: Any) -> int | None:
+    """The data bytes a header lists (8 per priority), ``None`` if it cannot tell (the full
+    check of the header says why)."""
+    try:
+        return 8 * sum(int(n) for _, _, n in header["trajectories"])
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
 
 
 def load(directory: str) -> SavedPriorities | None:

@@ -1,36 +1,59 @@
-"""The ``pt`` format: ``torch.save`` of the trajectory dict, read with ``weights_only=True``."""
+"""The ``pt`` format: ``torch.save`` of the trajectory dict, read with ``weights_only=True``.
+
+The file is opened first with :func:`~..safe_open.open_regular` (never a FIFO or a device, never
+a link out of the directory, at most the size the caller allows), and ``torch.load`` reads that
+open file. Sizes a ``pt`` file declares are checked by torch itself: every zip record must hold
+exactly the bytes its storage declares, and a tensor reaching past its storage is refused; what
+torch refuses is :class:`CorruptBufferError`, naming the file.
+"""
 
 from __future__ import annotations
 
+import os
 import pickle
 from typing import Any
 
 import torch
 
-from ..errors import CorruptBufferError, UnsafeFileError, unreadable
+from ..errors import BufferDirectoryError, CorruptBufferError, UnsafeFileError, unreadable
 from ..fsio import atomic_write
+from ..safe_open import open_regular
 
 EXTENSION = "pt"
 
 
-def read(path: str, mmap: bool = False) -> dict[str, Any]:
+def _opened_name(f: Any, path: str) -> str:
+    """A name that opens the very file ``f`` holds open (``/proc/self/fd/N`` on Linux), so
+    ``torch.load`` reads the file that was checked even if ``path`` changed since."""
+    name = f"/proc/self/fd/{f.fileno()}"
+    return name if os.path.exists(name) else path
+
+
+def read(path: str, mmap: bool = False, max_bytes: int | None = None) -> dict[str, Any]:
     """Load a ``pt`` trajectory file; only tensors, containers, numbers and strings are allowed.
 
     Args:
         path: the file.
         mmap: map tensor data instead of reading it (only the rows used are then read).
+        max_bytes: the most bytes the file may hold (``None``: any size).
 
     Raises:
-        UnsafeFileError: the file holds objects other than plain data (it would run code).
-        CorruptBufferError: the file is truncated or not a torch file.
+        UnsafeFileError: the file holds objects other than plain data (it would run code), or
+            it is not a regular file (a FIFO, a device) or a link out of its directory.
+        CorruptBufferError: the file is truncated, not a torch file, declares more than it
+            holds, or holds more than ``max_bytes``.
     """
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except RuntimeError as exc:
-            if not mmap or "mmap" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path, max_bytes, what="trajectory file", links=True) as f:
+            name = _opened_name(f, path)
+            try:
+                obj = torch.load(name, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError as exc:
+                if not mmap or "mmap" not in str(exc):
+                    raise
+                obj = torch.load(name, map_location="cpu", weights_only=True)
+    except (BufferDirectoryError, FileNotFoundError):  # refused or named by open_regular
+        raise
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         reason = next((ln for ln in lines if "global" in ln.lower()), None)
@@ -46,9 +69,7 @@ def read(path: str, mmap: bool = False) -> dict[str, Any]:
         ) from None
     except PermissionError as exc:
         raise unreadable(path, exc) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
+    except (RuntimeError, EOFError, OSError, ValueError, OverflowError, MemoryError, RecursionError) as exc:
         raise CorruptBufferError(
             f"{path}: not a readable torch file ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else 'truncated'})"

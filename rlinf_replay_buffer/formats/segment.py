@@ -17,27 +17,29 @@ next trajectory starts a new one; a trajectory never spans two segments.
 
 Durability: rows are appended and fsync'd before the index entry naming them is written, so after
 a crash the index only names complete rows; :meth:`SegmentStore.recover` truncates the bytes a
-crash left beyond the last indexed row.
+crash left beyond the last indexed row. An append that fails (disk full, I/O error) leaves every
+column file as it was: the part it wrote is cut off, at once or before the next append.
 """
 
 from __future__ import annotations
 
-import errno
-import json
+import contextlib
 import mmap
 import os
 import re
+import shutil
 import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 from ..errors import CorruptBufferError, UnsafeFileError, unreadable
 from ..fsio import atomic_write_json, fsync_dir
+from ..safe_open import JSON_BYTES, load_json, open_regular
 from ..schema import ColumnSpec, Schema
 from ..trajectory import Key, key_name
 
@@ -66,8 +68,41 @@ def segment_number(name: str) -> int:
 
 
 def column_file(index: int) -> str:
-    """File name of the ``index``-th column of a segment."""
+    """File name of the ``index``-th column of a segment: its number only, never the column's
+    name, so keys with dots, spaces, ``/`` or any letters need no escaping on disk. The name
+    (``field`` or ``field.key``, the key verbatim: :func:`~..trajectory.key_name`) is written
+    only in ``segment.json`` and ``metadata.json``, as JSON strings."""
     return f"{index:03d}.bin"
+
+
+class ColumnFile:
+    """One column file of the segment being appended, opened for appending (no user-space
+    buffer: what :meth:`write` returns from is with the OS)."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+    def fileno(self) -> int:
+        """The file descriptor."""
+        return self._fd
+
+    def write(self, data: Any) -> int:
+        """Append every byte of ``data`` (a bytes-like object); returns their count. Raises the
+        ``OSError`` of a failed ``os.write`` (part of ``data`` may be written then)."""
+        view = memoryview(data).cast("B")
+        total = len(view)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        return total
+
+    def flush(self) -> None:
+        """Nothing to do (there is no buffer); kept for file-like callers."""
+
+    def close(self) -> None:
+        """Close the descriptor."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
@@ -91,11 +126,13 @@ class SegmentStore:
         self._keys = list(schema)
         self._active: int | None = None
         self._active_rows = 0
-        self._files: list[IO[bytes]] = []
+        self._files: list[ColumnFile] = []
         self._maps: OrderedDict[int, tuple[int, dict[Key, torch.Tensor]]] = OrderedDict()
         self._mmaps: dict[int, list[mmap.mmap]] = {}
         self._resident_base: int | None = None  # file-backed resident bytes before our maps
         self._dirty = False  # rows appended but not yet fsync'd
+        self._torn = False  # a failed append left bytes past _active_rows (cut before the next)
+        self._failed_syncs = 0
         self._append_lock = threading.Lock()  # the writer thread and a checkpoint may both append
 
     # -- writing ------------------------------------------------------------------------------
@@ -117,10 +154,21 @@ class SegmentStore:
         with self._append_lock:
             self._sync()
 
+    @property
+    def failed_syncs(self) -> int:
+        """How many fsyncs of column files failed so far. Rows appended before a failed fsync
+        are not known to be durable even if a later fsync succeeds (after a write-back error the
+        kernel may report the next fsync clean): whoever appended them must append them again."""
+        return self._failed_syncs
+
     def _sync(self) -> None:
         if self._dirty:
-            for f in self._files:
-                os.fsync(f.fileno())
+            try:
+                for f in self._files:
+                    os.fsync(f.fileno())
+            except OSError:
+                self._failed_syncs += 1
+                raise
             self._dirty = False
 
     def _append(self, rows: Mapping[Key, torch.Tensor]) -> tuple[str, int]:
@@ -132,6 +180,8 @@ class SegmentStore:
             self._start_segment(self._next_number())
         assert self._active is not None
         start = self._active_rows
+        if self._torn:  # an earlier failed append's bytes are still there
+            self._truncate_active(start)
         try:
             for key, f in zip(self._keys, self._files, strict=True):
                 tensor = rows[key].contiguous()
@@ -139,11 +189,13 @@ class SegmentStore:
                     continue
                 if tensor.dtype == torch.bfloat16:
                     tensor = tensor.view(torch.uint16)
+                self._torn = True
                 f.write(memoryview(tensor.numpy()).cast("B"))
-                f.flush()
             self._dirty = True
+            self._torn = False
         except BaseException:
-            self._truncate_active(start)  # leave no partial row behind
+            with contextlib.suppress(OSError):  # else cut before the next append
+                self._truncate_active(start)  # leave no partial row behind
             raise
         self._active_rows += n
         return segment_name(self._active), start
@@ -156,18 +208,29 @@ class SegmentStore:
         self._sync()  # a sealed segment is durable before the next one starts
         self._close_files()
         path = os.path.join(self.directory, segment_name(number))
-        os.makedirs(path, exist_ok=True)
-        atomic_write_json(os.path.join(path, SEGMENT_META), self.describe())
-        self._files = [open(os.path.join(path, column_file(i)), "ab") for i in range(len(self._keys))]  # noqa: SIM115
-        fsync_dir(path)
-        fsync_dir(self.directory)
-        self._active, self._active_rows = number, 0
+        os.makedirs(path)
+        files: list[ColumnFile] = []
+        try:
+            atomic_write_json(os.path.join(path, SEGMENT_META), self.describe())
+            for i in range(len(self._keys)):
+                files.append(ColumnFile(os.path.join(path, column_file(i))))
+            fsync_dir(path)
+            fsync_dir(self.directory)
+        except BaseException:
+            # a segment that could not start holds no row: remove it, or it would be a segment
+            # no index entry names (the next attempt takes the next number)
+            for f in files:
+                f.close()
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        self._files = files
+        self._active, self._active_rows, self._torn = number, 0, False
 
     def _truncate_active(self, rows: int) -> None:
         for spec, f in zip(self.schema.values(), self._files, strict=True):
             f.flush()
             os.ftruncate(f.fileno(), rows * spec.row_bytes)
-            f.seek(0, os.SEEK_END)
+        self._torn = False
 
     def describe(self) -> dict[str, Any]:
         """The ``segment.json`` content: format version and the columns in file order."""
@@ -192,6 +255,9 @@ class SegmentStore:
 
     def _close_files(self) -> None:
         self._sync()
+        if self._torn and self._active is not None:
+            with contextlib.suppress(OSError):  # else reopening cuts it (bytes past the rows)
+                self._truncate_active(self._active_rows)
         for f in self._files:
             f.close()
         self._files = []
@@ -209,24 +275,30 @@ class SegmentStore:
         if held is not None and held[0] >= min_rows:
             self._maps.move_to_end(number)
             return held[1]
-        path = os.path.join(self.directory, name)
+        path = self.segment_path(name)
         check_segment_meta(path, self.describe())
         cols: dict[Key, torch.Tensor] = {}
         maps: list[mmap.mmap] = []
         rows = None
         for i, (key, spec) in enumerate(self.schema.items()):
             file = os.path.join(path, column_file(i))
-            if os.path.islink(file):
-                raise CorruptBufferError(f"{file}: is a symbolic link; segment files must be regular files")
-            size = os.path.getsize(file) if os.path.exists(file) else -1
+            try:
+                f = open_column(file)
+            except FileNotFoundError:
+                f = None
+            size = -1 if f is None else os.fstat(f.fileno()).st_size
             n = size // spec.row_bytes if spec.row_bytes else min_rows
             if size < 0 or n < min_rows:
+                if f is not None:
+                    f.close()
                 raise CorruptBufferError(
                     f"{file}: holds {max(n, 0)} rows but the index needs {min_rows}; the segment is "
                     "truncated (repair the directory with the verify tool)"
                 )
+            assert f is not None
+            with f:
+                cols[key] = _map_column(f, file, n, spec, maps)
             rows = n if rows is None else min(rows, n)
-            cols[key] = _map_column(file, n, spec, maps)
         self._maps[number] = (rows or 0, cols)
         self._mmaps[number] = maps
         if len(self._maps) > _OPEN_SEGMENTS:
@@ -258,23 +330,21 @@ class SegmentStore:
         after column in schema order (the ``crc32`` of a segment index entry).
 
         Reads the column files with ``pread`` (sequential, read-ahead friendly), not through the
-        random-access mappings. Raises :class:`CorruptBufferError` if a column file is missing,
-        a symbolic link, or shorter than the rows.
+        random-access mappings, and only the rows asked for. Raises :class:`CorruptBufferError`
+        if a column file is missing or shorter than the rows, :class:`UnsafeFileError` if it is
+        a symbolic link or not a regular file (see :func:`open_column`).
         """
-        path = os.path.join(self.directory, name)
+        path = self.segment_path(name)
         crc = 0
         for i, spec in enumerate(self.schema.values()):
             file = os.path.join(path, column_file(i))
             offset, length = row * spec.row_bytes, count * spec.row_bytes
             try:
-                fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW)
+                f = open_column(file)
             except FileNotFoundError:
                 raise CorruptBufferError(f"{file}: missing (the segment is incomplete)") from None
-            except PermissionError as exc:
-                raise unreadable(file, exc) from None
-            except OSError as exc:
-                raise CorruptBufferError(f"{file}: cannot be read safely ({exc.strerror})") from None
-            try:
+            with f:
+                fd = f.fileno()
                 if os.fstat(fd).st_size < offset + length:
                     raise CorruptBufferError(
                         f"{file}: holds fewer than the {row + count} rows the index needs; the "
@@ -287,9 +357,16 @@ class SegmentStore:
                     crc = zlib.crc32(block, crc)
                     offset += len(block)
                     length -= len(block)
-            finally:
-                os.close(fd)
         return crc
+
+    def segment_path(self, name: str) -> str:
+        """The directory of segment ``name``; refuse a name that is not ``seg-NNNNNN`` and a
+        segment that is a symbolic link (:class:`UnsafeFileError`), wherever it points."""
+        segment_number(name)
+        path = os.path.join(self.directory, name)
+        if os.path.islink(path):
+            raise UnsafeFileError(f"{path}: is a symbolic link; a segment must be a directory of its own")
+        return path
 
     @property
     def active_name(self) -> str | None:
@@ -337,18 +414,33 @@ def truncate_segment(path: str, schema: Schema | None, rows: int) -> None:
                 os.fsync(f.fileno())
 
 
-def _map_column(file: str, rows: int, spec: ColumnSpec, maps: list[mmap.mmap]) -> torch.Tensor:
+def open_column(file: str) -> BinaryIO:
+    """Open a segment column file for reading: a regular file only, never through a link.
+
+    The writer never makes a column file a link, so any symbolic link (inside the directory or
+    out of it), FIFO or device there is refused with :class:`UnsafeFileError` before it is
+    opened (:func:`~..safe_open.open_regular`); this is never damage a reader may skip. Its size
+    is checked by the caller against the rows the index names.
+
+    Raises:
+        FileNotFoundError: the file is missing (the segment is incomplete).
+        UnsafeFileError: it is a symbolic link or not a regular file.
+        BufferDirectoryError: the system refused to read it.
+    """
+    return open_regular(file, what="segment column file", links=False)
+
+
+def _map_column(f: BinaryIO, file: str, rows: int, spec: ColumnSpec, maps: list[mmap.mmap]) -> torch.Tensor:
+    """Map the first ``rows`` rows of the open column file ``f`` (``file``) as a tensor."""
     shape = (rows, *spec.row_shape)
     if rows == 0 or spec.row_bytes == 0:
         return torch.empty(shape, dtype=spec.dtype)
     # copy-on-write private mapping: pages come from the page cache, nothing is written back;
     # numpy holds a buffer export, so the map cannot be closed under the tensor
     try:
-        f = open(file, "rb")  # noqa: SIM115 - closed below
-    except PermissionError as exc:
-        raise unreadable(file, exc) from None
-    with f:
         m = mmap.mmap(f.fileno(), rows * spec.row_bytes, access=mmap.ACCESS_COPY)
+    except OSError as exc:
+        raise unreadable(file, exc) from None
     m.madvise(mmap.MADV_RANDOM)  # rows are read at random: no readahead around each fault
     maps.append(m)
     arr = np.frombuffer(m, dtype=_numpy_dtype(spec.dtype)).reshape(shape)
@@ -359,19 +451,16 @@ def _map_column(file: str, rows: int, spec: ColumnSpec, maps: list[mmap.mmap]) -
 def check_segment_meta(path: str, expected: dict[str, Any]) -> None:
     """Raise :class:`CorruptBufferError` unless ``path/segment.json`` describes ``expected``."""
     meta_path = os.path.join(path, SEGMENT_META)
-    try:
-        with os.fdopen(os.open(meta_path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
-            meta = json.loads(f.read())
+    try:  # a regular file, never through a link, of at most JSON_BYTES
+        meta = load_json(meta_path, SEGMENT_META, JSON_BYTES, links=False)
     except FileNotFoundError:
         raise CorruptBufferError(f"{meta_path}: is missing; the segment cannot be read") from None
-    except PermissionError as exc:
-        raise unreadable(meta_path, exc) from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UnsafeFileError(f"{meta_path}: is a symbolic link; refusing to read it") from None
-        raise CorruptBufferError(f"{meta_path}: unreadable ({exc})") from None
-    except ValueError as exc:
-        raise CorruptBufferError(f"{meta_path}: unreadable ({exc})") from None
+    except UnsafeFileError:
+        raise
+    except CorruptBufferError as exc:  # too large, or not JSON
+        raise CorruptBufferError(
+            f"{meta_path}: unreadable ({str(exc).removeprefix(meta_path + ': ')})"
+        ) from None
     if not isinstance(meta, dict) or meta.get("columns") != expected["columns"]:
         raise CorruptBufferError(
             f"{meta_path}: its columns do not match the buffer's fields; the segment belongs to "

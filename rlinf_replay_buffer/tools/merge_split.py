@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..checkpoint import output_directory, read_rows
+from ..checkpoint import output_directory, read_rows, writing
 from ..directory import DirectoryContents, check_directory, is_buffer_directory, read_directory
 from ..errors import BufferDirectoryError, CorruptBufferError, InvalidArgumentError
 from ..formats import SEGMENT
@@ -27,6 +27,7 @@ from ..formats.segment import SegmentStore
 from ..fsio import atomic_copy, fsync_dir, link_or_copy, publish_directory, staged_directory
 from ..integrity import file_checksum, mismatch
 from ..journal import INDEX, INDEX_RLINF_MERGE, JOURNAL, write_index
+from ..lock import LOCK_NAME, DirectoryLock, destination_lock
 from ..metadata import METADATA, write_metadata
 from ..record import Record
 from ..schema import Schema, combine
@@ -130,8 +131,11 @@ def _release_sources(
             entries = [r.to_entry() for r in keep]
             write_index(c.path, entries)
             write_metadata(c.path, c.fmt, entries, c.counter, c.seed, schema)
-        else:
-            for name in (INDEX, INDEX_RLINF_MERGE, JOURNAL, METADATA):
+        else:  # metadata.json first: from then on it is no buffer directory, never one without index
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(c.path, METADATA))
+            fsync_dir(c.path)
+            for name in (INDEX, INDEX_RLINF_MERGE, JOURNAL, LOCK_NAME):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(c.path, name))
         kept_segments = {r.file for r in keep if r.row is not None}
@@ -167,6 +171,21 @@ def merge_or_split(
     """
     split_count = check_int("--split-count", split_count, 1, allow_none=True)
     sources = find_sources(source_path)
+    with contextlib.ExitStack() as held:
+        if not copy:  # moving changes the sources: no other writer may be in them
+            for src in sources:
+                held.enter_context(DirectoryLock.acquire(src, "merge/split (moving files out)"))
+        return _merge_or_split(sources, save_path, split_count, copy, progress, overwrite)
+
+
+def _merge_or_split(
+    sources: list[str],
+    save_path: str,
+    split_count: int | None,
+    copy: bool,
+    progress: Progress | None,
+    overwrite: bool,
+) -> MergeSplitResult:
     contents: list[DirectoryContents] = []
     schema: Schema | None = None
     for src in sources:
@@ -183,7 +202,11 @@ def merge_or_split(
     chosen = plan(contents, split_count)
     dest = _check_destination(save_path, sources, overwrite)
     placed: list[tuple[Record, Record]] = []  # (source record, record in the output)
-    with staged_directory(dest) as staging:
+    with (
+        writing(dest),
+        destination_lock(dest, "merge/split") as destination,
+        staged_directory(dest) as staging,
+    ):
         store = SegmentStore(staging, schema) if fmt == SEGMENT and schema is not None else None
         for new_id, (_, record) in enumerate(chosen):
             renumbered = dataclasses.replace(record, trajectory_id=new_id, directory=staging)
@@ -211,9 +234,17 @@ def merge_or_split(
         write_index(staging, entries)
         write_metadata(staging, fmt, entries, len(entries), contents[0].seed, schema)
         _verify(staging, placed)
+        destination.claim()
         publish_directory(staging, dest)
     if not copy:
-        _release_sources(contents, {(src, r.trajectory_id) for src, r in chosen}, schema)
+        try:
+            _release_sources(contents, {(src, r.trajectory_id) for src, r in chosen}, schema)
+        except OSError as exc:
+            raise BufferDirectoryError(
+                f"{dest}: the output is complete, but removing the moved trajectories from their "
+                f"sources failed ({exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}); "
+                "a source may still list some of them, which the output holds too"
+            ) from exc
     return MergeSplitResult(
         sources=sources,
         save_path=dest,

@@ -53,6 +53,7 @@ from ..errors import (
 from ..formats.segment import SegmentStore
 from ..fsio import atomic_file, publish_directory, staged_directory
 from ..journal import write_index
+from ..lock import destination_lock
 from ..metadata import write_metadata
 from ..record import Record
 from ..schema import ColumnSpec, Schema, schema_from_json
@@ -856,7 +857,7 @@ def import_parquet(
     ids: list[int] = []
     entries: list[dict[str, Any]] = []
     transitions = 0
-    with writing(dest), staged_directory(dest) as staging:
+    with writing(dest), destination_lock(dest, "import") as target, staged_directory(dest) as staging:
         store = SegmentStore(staging, info.schema) if fmt == formats.SEGMENT and info.schema else None
         try:
             try:
@@ -895,6 +896,7 @@ def import_parquet(
             write_metadata(
                 staging, fmt, entries, max(ids, default=-1) + 1, info.seed, info.schema if ids else None
             )
+            target.claim()
             publish_directory(staging, dest)
         except BaseException:
             if store is not None:

@@ -2,8 +2,7 @@
 
 :func:`verify_directory` reads everything a buffer directory holds and reports each problem:
 
-* ``metadata``: ``metadata.json`` missing, unreadable, or disagreeing with the index (counts,
-  counter, fields);
+* ``metadata``: ``metadata.json`` missing, unreadable, or with a bad format or field list;
 * ``index``: ``trajectory_index.json`` or a journal line unreadable, an entry malformed, an id
   listed twice;
 * ``missing``: a listed trajectory whose file or segment is gone;
@@ -11,15 +10,27 @@
 * ``checksum``: data that does not match the entry's ``crc32``;
 * ``unreadable``: a file that does not parse, a segment cut short;
 * ``shape``: data whose steps, envs or fields disagree with the entry or the other trajectories;
-* ``orphan``: a trajectory file the index does not list (a write a crash left unlisted);
-* ``leftover``: temporary files of interrupted writes, a torn journal line.
+* ``orphan``: a trajectory file the index does not list that is no sound trajectory, or that
+  claims the id of a listed one.
 
-With ``repair=True`` the bad trajectories' files are moved to ``quarantine/`` inside the
-directory (segment rows cannot be cut out of their shared files: their entries are dropped and
-listed in ``quarantine/segment_rows.json``), readable orphans are listed again, leftovers are
-removed, and a consistent ``trajectory_index.json`` and ``metadata.json`` are written atomically.
-Nothing outside the directory is read or written, and no file is ever executed: files are read
-by the same restricted readers the buffer uses.
+What ``docs/durability.md`` promises after a crash is no problem: a directory in such a state
+loads without repair, and its report is OK. The traces a crash leaves are reported as *notes*
+(:attr:`VerifyReport.notes`, with the same kinds): ``leftover``: a torn last journal line,
+``.tmp-*`` files of interrupted atomic writes (in the directory or a segment), bytes of a segment
+past the last row its index names, a segment no entry names, the file of an evicted trajectory
+whose deletion was cut short, hidden ``.NAME.partial-*``/``.NAME.old-*`` siblings of an
+interrupted save; ``orphan``: a sound trajectory file no entry names (written, then the crash
+came before its journal entry; reopening keeps it unlisted); ``metadata``: counts or counter of
+``metadata.json`` behind the index (it is rewritten after the journal). A live writer's directory
+shows the same notes.
+
+With ``repair=True`` (which acts on notes too) the bad trajectories' files are moved to
+``quarantine/`` inside the directory (segment rows cannot be cut out of their shared files: their
+entries are dropped and listed in ``quarantine/segment_rows.json``), readable orphans are listed
+again, leftovers are removed, segment bytes past the last indexed row are cut, and a consistent
+``trajectory_index.json`` and ``metadata.json`` are written atomically. Nothing outside the
+directory is written (a staging sibling is only named), and no file is ever executed: files are
+read by the same restricted readers the buffer uses.
 """
 
 from __future__ import annotations
@@ -27,32 +38,52 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .. import formats
-from ..directory import check_directory, in_layout, int_field, open_file_record, record_from_entry
+from ..directory import (
+    check_directory,
+    in_layout,
+    int_field,
+    open_file_record,
+    record_from_entry,
+    schema_of_segment,
+)
 from ..errors import CorruptBufferError, ReplayBufferError, UnsafeFileError
 from ..formats import segment
-from ..fsio import TMP_PREFIX, atomic_write_json, fsync_dir
-from ..integrity import file_checksum, mismatch_text
-from ..journal import INDEX, INDEX_RLINF_MERGE, JOURNAL, apply_journal, parse_journal, write_index
+from ..fsio import OLD_MARK, STAGING_MARK, TMP_PREFIX, atomic_write_json, fsync_dir
+from ..integrity import file_checksum, file_limit, mismatch_text
+from ..journal import (
+    INDEX,
+    INDEX_RLINF_MERGE,
+    JOURNAL,
+    apply_journal,
+    parse_journal,
+    read_consistent,
+    write_index,
+)
+from ..lock import DirectoryLock
 from ..metadata import FORMAT_VERSION, METADATA, write_metadata
 from ..naming import FILE_RE, list_trajectory_files, safe_file
 from ..record import Record
+from ..safe_open import INDEX_BYTES, JSON_BYTES, load_json
 from ..schema import Schema, combine, schema_from_json
 from ..trajectory import align
 
 QUARANTINE = "quarantine"
+_COLUMN_RE = re.compile(r"^(\d{3,})\.bin$")  # a segment's column file
 Progress = Callable[[int, int], None]
 """``progress(done, total)``, called as trajectories are checked."""
 
 
 @dataclass
 class Problem:
-    """One thing wrong with a buffer directory.
+    """One thing wrong with a buffer directory (or, in :attr:`VerifyReport.notes`, one trace of a
+    crash that the directory is expected to hold and loads fine with).
 
     Attributes:
         kind: ``metadata``, ``index``, ``missing``, ``unsafe``, ``checksum``, ``unreadable``,
@@ -79,7 +110,9 @@ class VerifyReport:
         fmt: its trajectory format (``None`` if it could not be told).
         trajectories: trajectories the index lists that passed every check.
         transitions: their transitions (sum of ``T * B``).
-        problems: everything found, in the order found.
+        problems: everything found wrong, in the order found.
+        notes: what a crash normally leaves (see the module docstring): no reason to repair,
+            and not counted by :attr:`ok`.
         repaired: ``repair=True`` was asked and the index and metadata were rewritten.
         quarantine: the quarantine folder, if anything was moved there.
     """
@@ -89,12 +122,13 @@ class VerifyReport:
     trajectories: int = 0
     transitions: int = 0
     problems: list[Problem] = field(default_factory=list)
+    notes: list[Problem] = field(default_factory=list)
     repaired: bool = False
     quarantine: str | None = None
 
     @property
     def ok(self) -> bool:
-        """No problem found."""
+        """No problem found (notes do not count)."""
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
@@ -117,11 +151,22 @@ class _Checker:
         self.journal_torn = False
         self.removed: set[int] = set()  # ids the journal records as evicted
         self.named: set[Any] = set()  # file or segment names the index entries give
+        self.listed: set[int] = set()  # ids the index (file and journal) lists
+        self.segment_ends: dict[str, int] = {}  # segment -> rows its entries name
+        self.tails: dict[str, int] = {}  # segment with bytes past its named rows -> those rows
+        self.siblings: list[Problem] = []  # notes of hidden staging siblings (outside the directory)
+        self.relisted: list[Problem] = []  # sound unlisted files: repair lists them
         self.index_readable = True
 
     def problem(self, kind: str, message: str, tid: int | None = None, path: str | None = None) -> Problem:
         p = Problem(kind, message, tid, path)
         self.report.problems.append(p)
+        return p
+
+    def note(self, kind: str, message: str, tid: int | None = None, path: str | None = None) -> Problem:
+        """Record the trace of a crash the directory loads fine with (not a problem)."""
+        p = Problem(kind, message, tid, path)
+        self.report.notes.append(p)
         return p
 
     # -- metadata and index -------------------------------------------------------------------
@@ -130,14 +175,16 @@ class _Checker:
         if os.path.islink(meta_path):
             self.problem("unsafe", f"{meta_path}: is a symbolic link; it was not read", path=meta_path)
             return
-        try:
-            with open(meta_path, "rb") as f:
-                meta = json.load(f)
+        try:  # a regular file of at most JSON_BYTES, read without blocking
+            meta = load_json(meta_path, METADATA, JSON_BYTES, links=False)
         except FileNotFoundError:
             self.problem("metadata", f"{meta_path}: missing", path=meta_path)
             return
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            self.problem("metadata", f"{meta_path}: not valid JSON ({exc})", path=meta_path)
+        except UnsafeFileError as exc:
+            self.problem("unsafe", str(exc), path=meta_path)
+            return
+        except CorruptBufferError as exc:
+            self.problem("metadata", str(exc), path=meta_path)
             return
         if not isinstance(meta, dict):
             self.problem("metadata", f"{meta_path}: not a JSON object", path=meta_path)
@@ -169,27 +216,51 @@ class _Checker:
         if exts:
             self.report.fmt = max(set(exts), key=exts.count)
 
-    def read_entries(self) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = []
+    def read_index_file(self) -> tuple[str, str, Any]:
+        """``(outcome, path, content)`` of the index file: ``("ok", path, parsed JSON)``,
+        ``("link", path, exception)`` (a link, FIFO or device: not read), ``("bad", path,
+        exception)`` or ``("absent", "", None)``."""
         for name in (INDEX, INDEX_RLINF_MERGE):
             ipath = os.path.join(self.path, name)
-            if os.path.islink(ipath):
-                self.problem("unsafe", f"{ipath}: is a symbolic link; it was not read", path=ipath)
-                self.index_readable = False
-                break
-            if not os.path.exists(ipath):
+            if not os.path.lexists(ipath):
                 continue
-            try:
-                with open(ipath, "rb") as f:
-                    data = json.load(f)
-                table, order = data["trajectory_index"], data["trajectory_id_list"]
-                if not isinstance(table, dict) or not isinstance(order, list):
-                    raise TypeError
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-                self.problem("index", f"{ipath}: unreadable ({type(exc).__name__})", path=ipath)
+            try:  # a regular file of at most INDEX_BYTES, never through a link, never blocking
+                return "ok", ipath, load_json(ipath, name, INDEX_BYTES, links=False)
+            except UnsafeFileError as exc:
+                return "link", ipath, exc
+            except CorruptBufferError as exc:
+                return "bad", ipath, exc
+        return "absent", "", None
+
+    def read_entries(self) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        jpath = os.path.join(self.path, JOURNAL)
+        try:  # the pair as one moment of the directory, though a writer compacts meanwhile
+            (outcome, ipath, data), journal_data = read_consistent(self.path, self.read_index_file)
+        except UnsafeFileError as exc:
+            self.problem("unsafe", f"{exc}; it was not read", path=jpath)
+            (outcome, ipath, data), journal_data = self.read_index_file(), b""
+        except CorruptBufferError as exc:  # a journal too large to be one
+            self.problem("index", str(exc), path=jpath)
+            (outcome, ipath, data), journal_data = self.read_index_file(), b""
+        if outcome == "link":
+            self.problem("unsafe", str(data), path=ipath)
+            self.index_readable = False
+        elif outcome == "absent":
+            if list_trajectory_files(self.path):
+                self.problem("index", f"{os.path.join(self.path, INDEX)}: missing")
                 self.index_readable = False
-                break
-            for tid in order:
+        elif outcome == "bad" or not (
+            isinstance(data, dict)
+            and isinstance(data.get("trajectory_index"), dict)
+            and isinstance(data.get("trajectory_id_list"), list)
+        ):
+            cause = str(data).removeprefix(f"{ipath}: ") if outcome == "bad" else "not an index"
+            self.problem("index", f"{ipath}: unreadable ({cause})", path=ipath)
+            self.index_readable = False
+        else:
+            table = data["trajectory_index"]
+            for tid in data["trajectory_id_list"]:
                 entry = table.get(str(tid)) if isinstance(tid, int) and not isinstance(tid, bool) else None
                 if not isinstance(entry, dict):
                     self.problem(
@@ -197,12 +268,7 @@ class _Checker:
                     )
                     continue
                 entries.append(dict(entry, trajectory_id=tid))
-            break
-        else:
-            if list_trajectory_files(self.path):
-                self.problem("index", f"{os.path.join(self.path, INDEX)}: missing")
-                self.index_readable = False
-        journal = self.read_journal()
+        journal = self.read_journal(journal_data)
         try:
             _, removed = apply_journal(entries, journal)
         except CorruptBufferError as exc:
@@ -221,16 +287,18 @@ class _Checker:
                 seen.setdefault(tid, entry)
             else:
                 self.problem("index", f"{self.path}: an index entry has trajectory_id {tid!r}")
+        self.listed = set(seen)
         return list(seen.values())
 
-    def read_journal(self) -> list[dict[str, Any]]:
+    def read_journal(self, data: bytes) -> list[dict[str, Any]]:
         jpath = os.path.join(self.path, JOURNAL)
-        entries, bad, torn = parse_journal(self.path)
+        entries, bad, torn = parse_journal(self.path, data)
         for line in bad:
             self.problem("index", f"{jpath}: line {line} is not an index entry", path=jpath)
         if torn:
             self.journal_torn = True
-            self.problem("leftover", f"{jpath}: torn last line (an interrupted append)", path=jpath)
+            msg = f"{jpath}: torn last line (an append a crash interrupted; reading ignores it)"
+            self.note("leftover", msg, path=jpath)
         return entries
 
     # -- trajectories ---------------------------------------------------------------------------
@@ -286,7 +354,12 @@ class _Checker:
     def check_file(self, record: Record, name: str) -> bool:
         tid, fpath = record.trajectory_id, record.path or ""
         if record.checksum is not None:
-            found = file_checksum(fpath)
+            try:  # a file larger than the trajectory can be is refused unread
+                found = file_checksum(fpath, file_limit(record.num_transitions, self.schema))
+            except (CorruptBufferError, OSError) as exc:
+                kind = "unsafe" if isinstance(exc, UnsafeFileError) else "unreadable"
+                self.bad_files.append((self.problem(kind, str(exc), tid, fpath), name))
+                return False
             if found != record.checksum:
                 msg = mismatch_text(tid, fpath, record.checksum, found)
                 self.bad_files.append((self.problem("checksum", msg, tid, fpath), name))
@@ -338,15 +411,23 @@ class _Checker:
         except CorruptBufferError as exc:
             self.problem("index", str(exc), tid)
             return None
+        end = int(row) + record.num_transitions
+        self.segment_ends[name] = max(self.segment_ends.get(name, 0), end)
         if self.schema is None:
-            self.problem("metadata", f"{self.path}: no field list to read segment rows with", tid)
-            return None
+            # metadata.json gets its field list at the first flush; a crash before it leaves
+            # none, and loading reads the segment's own column list: so does this check
+            try:
+                self.schema = schema_of_segment(self.path, name)
+            except (CorruptBufferError, UnsafeFileError) as exc:
+                self.problem("metadata", f"{exc} (no field list to read segment rows with)", tid)
+                return None
         store = segment.SegmentStore(self.path, self.schema)
         try:
             segment.check_segment_meta(seg_dir, store.describe())
             found = store.checksum(name, int(row), record.num_transitions)
         except (CorruptBufferError, OSError) as exc:
-            self.bad_rows.append((self.problem("unreadable", str(exc), tid, seg_dir), record))
+            kind = "unsafe" if isinstance(exc, UnsafeFileError) else "unreadable"
+            self.bad_rows.append((self.problem(kind, str(exc), tid, seg_dir), record))
             return None
         if record.checksum is not None and found != record.checksum:
             msg = mismatch_text(tid, seg_dir, record.checksum, found)
@@ -363,60 +444,126 @@ class _Checker:
                     continue
                 fpath = os.path.join(self.path, name)
                 if tid in self.removed:  # evicted by a capacity limit; its deletion was cut short
-                    msg = f"{fpath}: file of trajectory {tid}, which was evicted"
-                    self.bad_files.append((self.problem("leftover", msg, tid, fpath), name))
+                    msg = f"{fpath}: file of trajectory {tid}, which was evicted (reopening deletes it)"
+                    self.bad_files.append((self.note("leftover", msg, tid, fpath), name))
                     continue
-                p = self.problem("orphan", f"{fpath}: trajectory file the index does not list", tid, fpath)
-                if tid in good_ids or os.path.islink(fpath):
-                    self.bad_files.append((p, name))  # a second file for a listed id, or a link
+                msg = f"{fpath}: trajectory file the index does not list"
+                if tid in good_ids or os.path.islink(fpath):  # a second file for a listed id, a link
+                    self.bad_files.append((self.problem("orphan", msg, tid, fpath), name))
                     continue
                 try:
                     record, _ = open_file_record(self.path, name, tid, name.rsplit(".", 1)[1], {})
                 except (ReplayBufferError, ValueError):
-                    self.bad_files.append((p, name))
+                    self.bad_files.append((self.problem("orphan", msg, tid, fpath), name))
                     continue
-                if self.check_file(record, name):
-                    record = replace(record, checksum=file_checksum(fpath))
-                    p.action = "listed in the index again"
-                    self.good.append(record)
-                    good_ids.add(tid)
-                else:  # check_file reported why; quarantine it with that problem
-                    self.report.problems.remove(p)
+                if not self.check_file(record, name):  # it reported why; quarantined with that
+                    continue
+                # a crash between a file's rename and its journal entry leaves a sound file no
+                # entry names (never acknowledged by flush()); reopening keeps it unlisted, and
+                # new ids go past it. Loading ignores it: not a problem, whatever its id
+                msg += (
+                    " (written just before a crash, or by a running writer, and never acknowledged "
+                    "by flush(); loading ignores it)"
+                )
+                self.relisted.append(self.note("orphan", msg, tid, fpath))
+                self.good.append(replace(record, checksum=file_checksum(fpath)))
+                good_ids.add(tid)
 
     def check_leftovers(self) -> list[str]:
+        """Note what interrupted writes leave (none of it is read by loading); return the names
+        ``--repair`` removes (``seg-NNNNNN/.tmp-*`` as such paths)."""
         leftovers = []
         for entry in os.scandir(self.path):
             if entry.name.startswith(TMP_PREFIX):
                 leftovers.append(entry.name)
-                self.problem("leftover", f"{entry.path}: left by an interrupted write", path=entry.path)
+                self.note("leftover", f"{entry.path}: left by an interrupted write", path=entry.path)
             elif (
                 self.report.fmt == formats.SEGMENT
                 and self.index_readable
                 and segment.SEGMENT_RE.match(entry.name)
-                and entry.name not in self.named
+                and not entry.is_symlink()
             ):
-                leftovers.append(entry.name)
-                msg = f"{entry.path}: a segment no index entry names (its trajectories were evicted)"
-                self.problem("leftover", msg, path=entry.path)
+                if entry.name not in self.named:
+                    leftovers.append(entry.name)
+                    msg = (
+                        f"{entry.path}: a segment no index entry names (rows never committed, or "
+                        "every trajectory in it evicted; reopening removes it)"
+                    )
+                    self.note("leftover", msg, path=entry.path)
+                    continue
+                for inner in os.scandir(entry.path):
+                    if inner.name.startswith(TMP_PREFIX):
+                        leftovers.append(os.path.join(entry.name, inner.name))
+                        self.note("leftover", f"{inner.path}: left by an interrupted write", path=inner.path)
+                self.check_segment_tail(entry.name)
+        self.check_staging_siblings()
         return leftovers
 
+    def check_segment_tail(self, name: str) -> None:
+        """Note bytes of a segment's column files past the last row the index names."""
+        if self.schema is None or name not in self.segment_ends:
+            return
+        specs = list(self.schema.values())
+        rows = self.segment_ends[name]
+        extra = 0
+        for entry in os.scandir(os.path.join(self.path, name)):
+            m = _COLUMN_RE.match(entry.name)
+            if m is None or int(m.group(1)) >= len(specs) or not entry.is_file(follow_symlinks=False):
+                continue
+            keep = rows * specs[int(m.group(1))].row_bytes
+            extra += max(0, entry.stat(follow_symlinks=False).st_size - keep)
+        if extra:
+            seg_dir = os.path.join(self.path, name)
+            msg = (
+                f"{seg_dir}: {extra} bytes past row {rows}, the last its index entries name (an append "
+                "not committed yet, or cut off by a crash; reopening cuts them)"
+            )
+            self.note("leftover", msg, path=seg_dir)
+            self.tails[name] = rows
+
+    def check_staging_siblings(self) -> None:
+        """Note hidden siblings a save of this directory left (``.NAME.partial-*``, ``.NAME.old-*``):
+        nothing loads them, and verify neither removes them nor reads into them."""
+        parent, base = os.path.split(self.path)
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            return
+        for name in sorted(names):
+            if name.startswith((f".{base}{STAGING_MARK}", f".{base}{OLD_MARK}")):
+                msg = (
+                    f"{os.path.join(parent, name)}: left by a save of this directory that was "
+                    "interrupted (or is under way); nothing loads it; delete it once no save runs"
+                )
+                self.siblings.append(self.note("leftover", msg, path=os.path.join(parent, name)))
+
     def check_metadata(self, entries: list[dict[str, Any]]) -> None:
-        """Metadata against the index it describes (RLinf's counts are not exact: only ours)."""
+        """Metadata against the index it describes (RLinf's counts are not exact: only ours).
+
+        ``metadata.json`` is rewritten after the journal (at a flush, after a compaction), so
+        after a crash it may describe an earlier moment of the index: its counts and counter are
+        noted, not problems. Loading takes the index's counts, and gives new ids past every id
+        listed or present as a file whatever the counter says.
+        """
         meta = self.meta
         if meta is None:
             return
         meta_path = os.path.join(self.path, METADATA)
+        behind = "metadata.json describes an earlier moment of the index (a crash before it was rewritten)"
         ids = [e["trajectory_id"] for e in entries]
         counter = meta.get("trajectory_counter")
         if isinstance(counter, int) and ids and counter <= max(ids):
-            self.problem(
-                "metadata",
-                f"{meta_path}: trajectory_counter {counter} would reuse id {max(ids)}",
-                path=meta_path,
-            )
-        if "format_version" not in meta or meta.get("size") == len(entries):
+            msg = f"{meta_path}: trajectory_counter {counter} is not past id {max(ids)}; {behind}"
+            self.note("metadata", msg, path=meta_path)
+        if "format_version" not in meta:
             return
-        self.problem("metadata", f"{meta_path}: size is {meta.get('size')!r}, the index lists {len(entries)}")
+        total = sum(e["num_samples"] for e in entries if isinstance(e.get("num_samples"), int))
+        if meta.get("size") != len(entries) or meta.get("total_samples") != total:
+            msg = (
+                f"{meta_path}: size is {meta.get('size')!r} and total_samples {meta.get('total_samples')!r}, "
+                f"the index lists {len(entries)} trajectories of {total} transitions; {behind}"
+            )
+            self.note("metadata", msg, path=meta_path)
 
     # -- repair -----------------------------------------------------------------------------------
     def repair(self, leftovers: list[str]) -> None:
@@ -477,6 +624,14 @@ class _Checker:
                     shutil.rmtree(target)
                 else:
                     os.unlink(target)
+            for p in self.report.notes:
+                if p.path == target and not p.action:
+                    p.action = "removed"
+        for name, rows in self.tails.items():
+            segment.truncate_segment(os.path.join(self.path, name), self.schema, rows)
+            for p in self.report.notes:
+                if p.path == os.path.join(self.path, name) and not p.action:
+                    p.action = f"cut to {rows} rows"
         entries = [r.to_entry() for r in self.good]
         write_index(self.path, entries)  # also removes the journal (torn line included)
         meta = self.meta or {}
@@ -492,7 +647,11 @@ class _Checker:
         seed = meta.get("seed") if isinstance(meta.get("seed"), int) else None
         write_metadata(self.path, fmt, entries, counter, seed, self.schema)
         fsync_dir(self.path)
-        for p in self.report.problems:
+        for p in self.siblings:
+            p.action = "left alone (outside the directory)"
+        for p in self.relisted:
+            p.action = "listed in the index again"
+        for p in self.report.problems + self.report.notes:
             if not p.action:
                 p.action = "index and metadata rewritten"
         self.report.repaired = True
@@ -512,8 +671,16 @@ def verify_directory(path: str, repair: bool = False, progress: Progress | None 
 
     Raises:
         BufferNotFoundError, BufferDirectoryError: ``path`` is not an existing directory.
+        DirectoryLockedError: ``repair`` while a writer holds the directory (nothing changed).
     """
     path = check_directory(path)
+    if repair:  # a repair rewrites the directory: no writer may be in it meanwhile
+        with DirectoryLock.acquire(path, "verify --repair"):
+            return _verify(path, True, progress)
+    return _verify(path, False, progress)
+
+
+def _verify(path: str, repair: bool, progress: Progress | None) -> VerifyReport:
     checker = _Checker(path, progress)
     checker.read_metadata()
     checker.guess_format()
@@ -523,9 +690,10 @@ def verify_directory(path: str, repair: bool = False, progress: Progress | None 
     leftovers = checker.check_leftovers()
     checker.check_metadata(entries)
     report = checker.report
-    report.trajectories = len(checker.good)
-    report.transitions = sum(r.num_transitions for r in checker.good)
-    if repair and report.problems:
+    listed = [r for r in checker.good if r.trajectory_id in checker.listed]  # not unlisted files
+    report.trajectories = len(listed)
+    report.transitions = sum(r.num_transitions for r in listed)
+    if repair and (report.problems or report.notes):
         checker.repair(leftovers)
     return report
 
@@ -535,12 +703,13 @@ def format_report(report: VerifyReport) -> str:
     fmt = report.fmt or "unknown format"
     head = f"{report.path} ({fmt}): {report.trajectories} sound trajectories"
     head += f" ({report.transitions} transitions)"
-    if report.ok:
-        return f"OK  {head}"
-    lines = [f"PROBLEMS ({len(report.problems)})  {head}"]
+    lines = [f"OK  {head}" if report.ok else f"PROBLEMS ({len(report.problems)})  {head}"]
     for p in report.problems:
         action = f"  -> {p.action}" if p.action else ""
         lines.append(f"  [{p.kind}] {p.message}{action}")
+    for p in report.notes:
+        action = f"  -> {p.action}" if p.action else ""
+        lines.append(f"  note [{p.kind}] {p.message}{action}")
     if report.quarantine:
         lines.append(f"quarantine: {report.quarantine}")
     return "\n".join(lines)
