@@ -53,7 +53,7 @@ from ..directory import (
     record_from_entry,
     schema_of_segment,
 )
-from ..errors import CorruptBufferError, ReplayBufferError, UnsafeFileError
+from ..errors import BufferDirectoryError, CorruptBufferError, ReplayBufferError, UnsafeFileError
 from ..formats import segment
 from ..fsio import OLD_MARK, STAGING_MARK, TMP_PREFIX, atomic_write_json, fsync_dir
 from ..integrity import file_checksum, file_limit, mismatch_text
@@ -582,6 +582,23 @@ class _Checker:
                 f"{quarantine}: is not a plain folder (a link or a file); nothing was repaired. "
                 "Remove it and run --repair again"
             )
+        # the index and metadata without the bad trajectories first: a repair cut short after
+        # this point leaves a directory that loads (files not yet moved are merely unlisted)
+        entries = [r.to_entry() for r in self.good]
+        write_index(self.path, entries)  # also removes the journal (torn line included)
+        meta = self.meta or {}
+        ids = [r.trajectory_id for r in self.good] + list(list_trajectory_files(self.path))
+        # ids of quarantined files are not given again: their files stay findable by id
+        ids += [int(m.group(1)) for _, name in self.bad_files if (m := FILE_RE.match(name))]
+        ids += [p.trajectory_id for p in self.report.problems if p.trajectory_id is not None]
+        counter = max(ids, default=-1) + 1
+        if isinstance(meta.get("trajectory_counter"), int) and not isinstance(
+            meta["trajectory_counter"], bool
+        ):
+            counter = max(counter, meta["trajectory_counter"])
+        seed = meta.get("seed") if isinstance(meta.get("seed"), int) else None
+        write_metadata(self.path, fmt, entries, counter, seed, self.schema)
+        fsync_dir(self.path)
         if self.bad_files or self.bad_rows:
             os.makedirs(quarantine, exist_ok=True)
             self.report.quarantine = quarantine
@@ -632,21 +649,7 @@ class _Checker:
             for p in self.report.notes:
                 if p.path == os.path.join(self.path, name) and not p.action:
                     p.action = f"cut to {rows} rows"
-        entries = [r.to_entry() for r in self.good]
-        write_index(self.path, entries)  # also removes the journal (torn line included)
-        meta = self.meta or {}
-        ids = [r.trajectory_id for r in self.good] + list(list_trajectory_files(self.path))
-        # ids of quarantined files are not given again: their files stay findable by id
-        ids += [int(m.group(1)) for _, name in self.bad_files if (m := FILE_RE.match(name))]
-        ids += [p.trajectory_id for p in self.report.problems if p.trajectory_id is not None]
-        counter = max(ids, default=-1) + 1
-        if isinstance(meta.get("trajectory_counter"), int) and not isinstance(
-            meta["trajectory_counter"], bool
-        ):
-            counter = max(counter, meta["trajectory_counter"])
-        seed = meta.get("seed") if isinstance(meta.get("seed"), int) else None
-        write_metadata(self.path, fmt, entries, counter, seed, self.schema)
-        fsync_dir(self.path)
+        fsync_dir(self.path)  # the moves and removals
         for p in self.siblings:
             p.action = "left alone (outside the directory)"
         for p in self.relisted:
@@ -676,7 +679,16 @@ def verify_directory(path: str, repair: bool = False, progress: Progress | None 
     path = check_directory(path)
     if repair:  # a repair rewrites the directory: no writer may be in it meanwhile
         with DirectoryLock.acquire(path, "verify --repair"):
-            return _verify(path, True, progress)
+            try:
+                return _verify(path, True, progress)
+            except OSError as exc:
+                if isinstance(exc, ReplayBufferError):
+                    raise
+                raise BufferDirectoryError(
+                    f"{path}: the repair could not write ({exc.strerror or exc}"
+                    f"{f': {exc.filename}' if exc.filename else ''}); the directory loads as it "
+                    "is; fix the cause (disk space, permissions) and run --repair again"
+                ) from exc
     return _verify(path, False, progress)
 
 
