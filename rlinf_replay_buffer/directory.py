@@ -43,6 +43,7 @@ from .naming import checked_weights_id, list_trajectory_files, read_json, safe_f
 from .record import Record
 from .schema import Schema, combine, schema_from_json
 from .trajectory import (
+    MAX_INDEX_INT,
     Key,
     align,
     iter_columns,
@@ -96,13 +97,10 @@ def is_buffer_directory(path: str) -> bool:
     return os.path.lexists(os.path.join(path, METADATA))
 
 
-_MAX_INT = 1 << 48  # ids, counts and rows beyond this are corrupt (and would overflow int64 math)
-
-
 def int_field(entry: dict[str, Any], key: str, where: str) -> int:
     """``entry[key]``, an int in ``[0, 2**48)``, or :class:`CorruptBufferError` naming ``where``."""
     value = entry.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_INT:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_INDEX_INT:
         raise CorruptBufferError(f"{where}: index entry has {key}={value!r}, expected an int in [0, 2**48)")
     return value
 
@@ -180,7 +178,7 @@ def _index_shape(entry: dict[str, Any]) -> tuple[int | None, int | None]:
     if not isinstance(shape, list | tuple) or len(shape) < 2:
         return None, None
     rows, envs = shape[0], shape[1]
-    ok = [isinstance(d, int) and not isinstance(d, bool) and 0 < d < _MAX_INT for d in (rows, envs)]
+    ok = [isinstance(d, int) and not isinstance(d, bool) and 0 < d < MAX_INDEX_INT for d in (rows, envs)]
     return (envs if ok[1] else None), (rows if ok[0] and ok[1] else None)
 
 
@@ -254,7 +252,7 @@ def _segment_records(
             raise CorruptBufferError(
                 f"{where}: trajectory {tid} names segment {name!r} (expected seg-NNNNNN)"
             )
-        if not isinstance(row, int) or isinstance(row, bool) or not 0 <= row < _MAX_INT:
+        if not isinstance(row, int) or isinstance(row, bool) or not 0 <= row < MAX_INDEX_INT:
             raise CorruptBufferError(f"{where}: trajectory {tid} has row {row!r}")
         present = seen.get(name)
         if present is None:
