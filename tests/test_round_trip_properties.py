@@ -40,8 +40,10 @@ from rlinf_replay_buffer.directory import read_directory
 from rlinf_replay_buffer.store import read_rows
 from rlinf_replay_buffer.trajectory import (
     ACTION_LIKE,
+    DICT_FIELDS,
     DONE_LIKE,
     MAX_INDEX_INT,
+    STEP_FIELDS,
     STORABLE_DTYPES,
     default_weights_id,
     file_dict_from_columns,
@@ -57,17 +59,7 @@ UNSTORABLE_DTYPES = (torch.uint16, torch.uint32, torch.uint64, torch.float8_e4m3
 #: the signed integer dtype of each element size: values are drawn as its integers and viewed
 #: as the wanted dtype, so every bit pattern can occur
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-OPTIONAL_STEP_FIELDS = (
-    "actions",
-    "intervene_flags",
-    "terminations",
-    "truncations",
-    "dones",
-    "prev_logprobs",
-    "prev_values",
-    "versions",
-)
-DICT_FIELDS = ("curr_obs", "next_obs", "forward_inputs")
+OPTIONAL_STEP_FIELDS = tuple(f for f in STEP_FIELDS if f != "rewards")
 #: keys a rollout may well use: dots, spaces, non-ASCII letters, all of them
 NAMED_KEYS = (
     "states",
