@@ -479,7 +479,10 @@ class AutoSaver:
             self.own.compact(*self._state())
             if extra is not None:
                 extra(self.path)
-            self.own.close()
+            # an add (or eviction) from another thread that came in after _settle() still
+            # writes here: the directory stays locked, and the next close() compacts it
+            late = bool(self._queued or self._failed or self._rows_in_flight or self._uncommitted)
+            self.own.close(release=not late and self._writer.pending == 0)
             self._unflushed = None
         self._writer.close()
 
@@ -809,14 +812,15 @@ class OwnDirectory:
             token = self.lock.token if self.lock is not None else None
             self.lock = DirectoryLock.acquire(self.path, "auto-save", resume=token)
 
-    def close(self) -> None:
-        """Close the journal handle and the segment being appended; release the lock."""
+    def close(self, release: bool = True) -> None:
+        """Close the journal handle and the segment being appended; release the lock unless
+        ``release`` is false (writes are still on their way: they reopen both)."""
         try:
             self.journal.close()
             if self._store is not None:
                 self._store.close()
         finally:
-            if self.lock is not None:
+            if release and self.lock is not None:
                 self.lock.release()
 
 
