@@ -46,6 +46,7 @@ from .integrity import rows_checksum
 from .journal import INDEX, JOURNAL, Journal, removed_ids, write_index
 from .lock import DirectoryLock
 from .metadata import write_metadata
+from .moves import finish_move
 from .naming import list_trajectory_files
 from .record import Record
 from .schema import Schema
@@ -589,6 +590,7 @@ class OwnDirectory:
     def _open(cls, path: str, fmt: str, seed: int | None) -> OwnDirectory:
         os.makedirs(path, exist_ok=True)
         remove_tmp_files(path)
+        finish_move(path)  # a merge/split moving trajectories out of it was cut short
         removed: list[int] = []
         if os.path.lexists(os.path.join(path, JOURNAL)):
             files = list_trajectory_files(path)

@@ -5,6 +5,8 @@ A buffer directory (an auto-save path or a checkpoint) holds:
 * ``metadata.json`` (:mod:`.metadata`): format, counters, seed and field schema.
 * ``trajectory_index.json`` and ``trajectory_index.journal`` (:mod:`.journal`): RLinf's index, its
   entries extended with this library's keys, and the entries appended since it was last rewritten.
+* ``.rlinf-moving-out.json`` (:mod:`.moves`), only while a merge/split moves trajectories out:
+  once the move's output is published, the ids it lists are no longer the directory's.
 * one file per trajectory, ``trajectory_{id}_{model_weights_uuid}_{model_update_count}.{pt|pkl}``
   (:mod:`.naming`), or, in the ``segment`` format, ``seg-NNNNNN`` directories of rows.
 
@@ -39,6 +41,7 @@ from .formats import segment
 from .integrity import check_entry_crc
 from .journal import INDEX, read_index
 from .metadata import METADATA, read_metadata
+from .moves import hidden_ids
 from .naming import checked_weights_id, list_trajectory_files, read_json, safe_file
 from .record import Record
 from .schema import Schema, combine, schema_from_json
@@ -298,6 +301,9 @@ def read_directory(
     meta = read_metadata(path)
     fmt = meta.get("trajectory_format", meta.get("storage_format"))
     entries, ours, journal_entries = read_index(path)
+    moved = hidden_ids(path)  # a merge/split moved them out; its release was cut short
+    if moved:
+        entries = [e for e in entries if e.get("trajectory_id") not in moved]
     if not entries and not os.path.exists(os.path.join(path, INDEX)):
         files_present = list_trajectory_files(path)
         if files_present:

@@ -27,7 +27,6 @@ Points at which a known library bug breaks an invariant are expected to fail
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,35 +40,6 @@ Points = list[tuple[str, str]]
 
 
 # -- known bugs ---------------------------------------------------------------------------------------
-def _positions(points: Points, pattern: str) -> list[int]:
-    """1-based positions of the points whose ``call(path)`` matches ``pattern``."""
-    rx = re.compile(pattern)
-    return [i for i, (call, path) in enumerate(points, 1) if rx.search(f"{call}({path})")]
-
-
-def _between(after: str, upto: str) -> Callable[[Points, int], bool]:
-    """Points after the first match of ``after``, up to (and including) the last match of
-    ``upto``: a kill there comes after the first call ran and before the last one did."""
-
-    def where(points: Points, index: int) -> bool:
-        start, end = _positions(points, after), _positions(points, upto)
-        return bool(start and end) and start[0] < index <= end[-1]
-
-    return where
-
-
-_PUBLISH = r"^(rename|exchange)\(\.out\.partial-\* (->|<->) out\)$"
-_SOURCE_COMMIT = (
-    r"^(unlink\(src/(rank_\d+/)?metadata\.json\)|replace\(src/\.tmp-\*-trajectory_index\.json ->)"
-)
-
-
-def _move_retry_loses(points: Points, index: int) -> bool:
-    commits = _positions(points, _SOURCE_COMMIT)
-    call = points[index - 1][0] if 0 < index <= len(points) else ""
-    return len(commits) > 1 and commits[0] < index <= commits[-1] and call != "rmdir"
-
-
 @dataclass(frozen=True)
 class KnownBug:
     ops: tuple[str, ...]
@@ -78,25 +48,7 @@ class KnownBug:
     reason: str
 
 
-KNOWN_BUGS = [
-    KnownBug(
-        ("merge-move", "split-move"),
-        ("kill",),
-        _between(_PUBLISH, _SOURCE_COMMIT),
-        "merge_or_split(copy=False): a kill after the output is published and before a source's "
-        "index drops the moved trajectories (tools/merge_split.py, _release_sources) leaves them "
-        "listed by both the output and that source; nothing records the move, so nothing undoes it",
-    ),
-    KnownBug(
-        ("merge-move",),
-        ("ENOSPC", "EIO"),
-        _move_retry_loses,
-        "merge_or_split(copy=False) cannot be resumed: a failure after the first source released its "
-        "trajectories and before the last one did leaves the output published, and running the move "
-        "again (overwrite=True, the output exists) merges only the sources still listed, replacing "
-        "the output: the released source's trajectories are lost",
-    ),
-]
+KNOWN_BUGS: list[KnownBug] = []  # none known: an entry goes with the fix that makes it pass
 
 
 def known_bug(op: str, outcome: str, points: Points, index: int) -> str | None:

@@ -5,8 +5,12 @@ rank_0's id 1, ...) and renumbers from 0. ``split_count`` keeps the first N traj
 order. The output is assembled in a hidden staging directory next to the destination, checked
 (every file present, same size as its source, the directory loads), and only then renamed into
 place. With ``copy=False`` the sources' files are moved: hard-linked into the staging directory
-(copied across file systems) and removed from the sources only after the destination is
-complete; each source's index is rewritten first, so a source is loadable at every moment.
+(copied across file systems; segment rows are copied) and removed from the sources only after
+the destination is published. Each source holds a move record from before the destination
+appears until its release is done (:mod:`..moves`): publishing the destination takes the
+trajectories out of every source in one step, so after a crash at any point each trajectory is
+listed by exactly one directory, and the next run (or writer, or ``verify --repair``) on a source
+finishes its release.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import contextlib
 import dataclasses
 import os
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,9 +29,10 @@ from ..formats import SEGMENT
 from ..formats.segment import SegmentStore
 from ..fsio import atomic_copy, fsync_dir, link_or_copy, publish_directory, staged_directory
 from ..integrity import file_checksum, mismatch
-from ..journal import INDEX, INDEX_RLINF_MERGE, JOURNAL, write_index
-from ..lock import LOCK_NAME, DirectoryLock, destination_lock
-from ..metadata import METADATA, write_metadata
+from ..journal import write_index
+from ..lock import DirectoryLock, destination_lock
+from ..metadata import write_metadata
+from ..moves import MOVED_IN, finish_move, mark_arrival, new_token, record_move, release
 from ..record import Record
 from ..schema import Schema, combine
 from ..validate import check_int
@@ -118,40 +122,6 @@ def _verify(staging: str, placed: list[tuple[Record, Record]]) -> None:
             raise CorruptBufferError(f"{dst}: size differs from its source {src}")
 
 
-def _release_sources(
-    contents: list[DirectoryContents], moved: set[tuple[int, int]], schema: Schema | None
-) -> None:
-    """Remove moved trajectories from their sources: index first, then files."""
-    for src, c in enumerate(contents):
-        gone = [r for r in c.records if (src, r.trajectory_id) in moved]
-        if not gone:
-            continue
-        keep = [r for r in c.records if (src, r.trajectory_id) not in moved]
-        if keep:
-            entries = [r.to_entry() for r in keep]
-            write_index(c.path, entries)
-            write_metadata(c.path, c.fmt, entries, c.counter, c.seed, schema)
-        else:  # metadata.json first: from then on it is no buffer directory, never one without index
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(c.path, METADATA))
-            fsync_dir(c.path)
-            for name in (INDEX, INDEX_RLINF_MERGE, JOURNAL, LOCK_NAME):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(c.path, name))
-        kept_segments = {r.file for r in keep if r.row is not None}
-        for record in gone:
-            if record.row is not None:  # a segment goes once no kept trajectory uses it
-                if record.file not in kept_segments:
-                    shutil.rmtree(record.path or "", ignore_errors=True)
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(record.path or "")
-        fsync_dir(c.path)
-        if not keep:
-            with contextlib.suppress(OSError):
-                os.rmdir(c.path)
-
-
 def merge_or_split(
     source_path: str,
     save_path: str,
@@ -188,6 +158,9 @@ def _merge_or_split(
 ) -> MergeSplitResult:
     contents: list[DirectoryContents] = []
     schema: Schema | None = None
+    if not copy:  # a move an earlier run left half done: finish it (or forget it) first
+        for src in sources:
+            finish_move(src)
     for src in sources:
         c, s = read_directory(src)
         contents.append(c)
@@ -234,17 +207,38 @@ def _merge_or_split(
         write_index(staging, entries)
         write_metadata(staging, fmt, entries, len(entries), contents[0].seed, schema)
         _verify(staging, placed)
+        moving = {c.path: [r.trajectory_id for s, r in chosen if s == n] for n, c in enumerate(contents)}
+        moving = {path: ids for path, ids in moving.items() if ids} if not copy else {}
+        if moving:  # publishing the output is the step that moves them (see .moves)
+            token = new_token()
+            mark_arrival(staging, token, list(moving))
+            for path, ids in moving.items():
+                record_move(path, token, dest, ids)
         destination.claim()
-        publish_directory(staging, dest)
-    if not copy:
+        # the output stays locked from the moment it appears until the sources are released
+        arrival = DirectoryLock.acquire(staging, "merge/split (moving files in)") if moving else None
         try:
-            _release_sources(contents, {(src, r.trajectory_id) for src, r in chosen}, schema)
-        except OSError as exc:
-            raise BufferDirectoryError(
-                f"{dest}: the output is complete, but removing the moved trajectories from their "
-                f"sources failed ({exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}); "
-                "a source may still list some of them, which the output holds too"
-            ) from exc
+            publish_directory(staging, dest)
+        except BaseException:
+            if arrival is not None:
+                arrival.release()
+            raise
+    try:
+        for path, ids in moving.items():
+            release(path, ids, remove_empty=True)
+        if moving:
+            os.unlink(os.path.join(dest, MOVED_IN))
+            fsync_dir(dest)
+    except OSError as exc:
+        raise BufferDirectoryError(
+            f"{dest}: the output is complete, but removing the moved trajectories from their "
+            f"sources failed ({exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}); "
+            "the sources no longer list them; the next writer of a source, or verify --repair on "
+            "it, deletes what is left of them there"
+        ) from exc
+    finally:
+        if arrival is not None:
+            arrival.release()
     return MergeSplitResult(
         sources=sources,
         save_path=dest,

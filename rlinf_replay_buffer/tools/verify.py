@@ -19,7 +19,9 @@ loads without repair, and its report is OK. The traces a crash leaves are report
 ``.tmp-*`` files of interrupted atomic writes (in the directory or a segment), bytes of a segment
 past the last row its index names, a segment no entry names, the file of an evicted trajectory
 whose deletion was cut short, hidden ``.NAME.partial-*``/``.NAME.old-*`` siblings of an
-interrupted save; ``orphan``: a sound trajectory file no entry names (written, then the crash
+interrupted save, a move record of a merge/split cut short after it published its output
+(loading leaves the moved trajectories out; ``--repair`` first finishes the move);
+``orphan``: a sound trajectory file no entry names (written, then the crash
 came before its journal entry; reopening keeps it unlisted); ``metadata``: counts or counter of
 ``metadata.json`` behind the index (it is rewritten after the journal). A live writer's directory
 shows the same notes.
@@ -68,6 +70,7 @@ from ..journal import (
 )
 from ..lock import DirectoryLock
 from ..metadata import FORMAT_VERSION, METADATA, write_metadata
+from ..moves import MOVING_OUT, finish_move, hidden_ids
 from ..naming import FILE_RE, list_trajectory_files, safe_file
 from ..record import Record
 from ..safe_open import INDEX_BYTES, JSON_BYTES, load_json
@@ -150,6 +153,7 @@ class _Checker:
         self.bad_rows: list[tuple[Problem, Record]] = []  # segment rows to drop
         self.journal_torn = False
         self.removed: set[int] = set()  # ids the journal records as evicted
+        self.moved: set[int] = set()  # ids a published merge/split moved out (not released yet)
         self.named: set[Any] = set()  # file or segment names the index entries give
         self.listed: set[int] = set()  # ids the index (file and journal) lists
         self.segment_ends: dict[str, int] = {}  # segment -> rows its entries name
@@ -287,6 +291,19 @@ class _Checker:
                 seen.setdefault(tid, entry)
             else:
                 self.problem("index", f"{self.path}: an index entry has trajectory_id {tid!r}")
+        try:
+            self.moved = set(hidden_ids(self.path))
+        except CorruptBufferError as exc:
+            self.problem("index", str(exc), path=os.path.join(self.path, MOVING_OUT))
+        if self.moved:
+            record = os.path.join(self.path, MOVING_OUT)
+            msg = (
+                f"{record}: {len(self.moved)} trajectories moved to another directory by merge/split, "
+                "which was cut short before deleting them here; loading leaves them out (the next "
+                "writer, or --repair, deletes them)"
+            )
+            self.note("leftover", msg, path=record)
+            seen = {tid: e for tid, e in seen.items() if tid not in self.moved}
         self.listed = set(seen)
         return list(seen.values())
 
@@ -446,6 +463,8 @@ class _Checker:
                 if tid in self.removed:  # evicted by a capacity limit; its deletion was cut short
                     msg = f"{fpath}: file of trajectory {tid}, which was evicted (reopening deletes it)"
                     self.bad_files.append((self.note("leftover", msg, tid, fpath), name))
+                    continue
+                if tid in self.moved:  # noted with the move record; --repair finishes the move first
                     continue
                 msg = f"{fpath}: trajectory file the index does not list"
                 if tid in good_ids or os.path.islink(fpath):  # a second file for a listed id, a link
@@ -680,6 +699,7 @@ def verify_directory(path: str, repair: bool = False, progress: Progress | None 
     if repair:  # a repair rewrites the directory: no writer may be in it meanwhile
         with DirectoryLock.acquire(path, "verify --repair"):
             try:
+                finish_move(path)  # a merge/split cut short: its moved trajectories go first
                 return _verify(path, True, progress)
             except OSError as exc:
                 if isinstance(exc, ReplayBufferError):
