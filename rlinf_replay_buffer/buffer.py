@@ -188,11 +188,11 @@ class TrajectoryReplayBuffer:
             return []
         store = self._contents.store
         checked: tuple[Schema | None, Schema] | None = None  # (schema checked against, result)
-        if self.rate_limiter is not None:  # an acquired insert cannot be given back: check first
+        if self.rate_limiter is not None:  # refuse a bad add before waiting for the limiter
             with self._lock:
                 checked = (store.schema, store.admit(aligned))
-            self._limiter.insert(sum(t.num_transitions for t in aligned))  # never under the lock
-        with self._lock:
+        # the limiter waits outside the lock and takes the insert back if the add fails
+        with self._limiter.insert(sum(t.num_transitions for t in aligned)), self._lock:
             same = checked is not None and checked[0] is store.schema
             return self._contents.add(aligned, checked[1] if checked and same else store.admit(aligned))
 

@@ -254,6 +254,14 @@ class RateLimiter:
             self._removes += n
             self._cond.notify_all()
 
+    def cancel_insert(self, n: int) -> None:
+        """Give back ``n`` inserts recorded by :meth:`acquire_insert` for an add that then
+        failed (nothing was added), and wake the waiters."""
+        n = check_int("n", n, 0)
+        with self._cond:
+            self._inserts = max(self._removes, self._inserts - n)
+            self._cond.notify_all()
+
     def cancel_sample(self, n: int) -> None:
         """Give back ``n`` samples recorded by :meth:`acquire_sample` for a sample that then
         failed (nothing was returned), and wake the waiters."""
@@ -395,7 +403,7 @@ class LimiterGate:
 
     Waits happen outside the buffer's lock (samplers and adders must get through); a limiter the
     buffer's ``close()`` closed is reopened by the next add or sample, so the buffer stays
-    usable; samples are given back if sampling then fails.
+    usable; inserts and samples are given back if the add or the sample then fails.
 
     Args:
         limiter: the limiter, or ``None``.
@@ -414,11 +422,19 @@ class LimiterGate:
             self._closed_by_buffer = False
             self.limiter.reopen()
 
-    def insert(self, transitions: int) -> None:
-        """Wait until ``transitions`` may be inserted (call without the buffer's lock)."""
+    @contextlib.contextmanager
+    def insert(self, transitions: int) -> Iterator[None]:
+        """Wait until ``transitions`` may be inserted (enter it without the buffer's lock);
+        give them back if the body raises (the add was refused: nothing was added)."""
         if self.limiter is not None:
             self._reopen()
             self.limiter.acquire_insert(transitions, self.timeout)
+        try:
+            yield
+        except BaseException:
+            if self.limiter is not None:
+                self.limiter.cancel_insert(transitions)
+            raise
 
     @contextlib.contextmanager
     def sample(self, transitions: int) -> Iterator[None]:

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from conftest import CODED_DICT_FIELDS, CODED_STEP_FIELDS, assert_aligned, coded_trajectory  # noqa: E402
 from conftest import TrackedBuffer as TrajectoryReplayBuffer  # noqa: E402
 
-from rlinf_replay_buffer import WriterError  # noqa: E402
+from rlinf_replay_buffer import RateLimiter, WriterError  # noqa: E402
 from rlinf_replay_buffer.cli import main as cli_main  # noqa: E402
 from rlinf_replay_buffer.directory import read_directory  # noqa: E402
 from rlinf_replay_buffer.formats.segment import SEGMENT_RE, SegmentStore  # noqa: E402
@@ -340,6 +340,26 @@ def test_an_add_that_has_to_wait_for_a_failed_writer_raises_and_adds_nothing(tmp
     assert_holds_exactly(path, fmt, [0, 1, 2])
     buf.close()
     assert verify_ok(path)
+
+
+def test_a_refused_add_gives_its_inserts_back_to_the_rate_limiter(tmp_path, monkeypatch):
+    """An add the failed writer refuses changes nothing, the rate limiter's counts included:
+    otherwise the limiter would hold back samples for transitions the buffer never got."""
+    fault = data_fault("pt", failing=1)
+    fault.install(monkeypatch.setattr)
+    limiter = RateLimiter(samples_per_insert=1.0, min_size_to_sample=1, error_buffer=1e9)
+    buf = auto(tmp_path / "auto", "pt", max_pending_bytes=1, rate_limiter=limiter)
+    buf.add_trajectories([trajectory(0)])
+    buf.add_trajectories([trajectory(1)])  # done; its write then fails
+    assert fault.hit.wait(WAIT)
+    before = limiter.stats()
+    with pytest.raises(WriterError, match="NOT added"):
+        buf.add_trajectories([trajectory(2)])
+    assert limiter.stats() == before
+    fault.free()
+    buf.add_trajectories([trajectory(2)])
+    assert limiter.stats()["inserts"] == before["inserts"] + trajectory(2).rewards.numel()
+    buf.close()
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
