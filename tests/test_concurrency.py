@@ -545,9 +545,9 @@ def test_close_racing_a_segment_append_loses_no_write(make_buffer, monkeypatch):
     monkeypatch.setattr(AutoSaver, "drain", drain_then_add)
     own_close = OwnDirectory.close
 
-    def close_then_let_the_writer_go(own: OwnDirectory) -> None:
+    def close_then_let_the_writer_go(own: OwnDirectory, release: bool = True) -> None:
         threading.Timer(0.2, go.set).start()  # a close() that waits for the append also passes
-        own_close(own)
+        own_close(own, release=release)
 
     monkeypatch.setattr(OwnDirectory, "close", close_then_let_the_writer_go)
     try:
