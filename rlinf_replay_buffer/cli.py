@@ -4,6 +4,7 @@ Subcommands, each a thin layer over one library function:
 
 =========  ===================================================================================
 ``info``   :func:`.tools.info.describe_directory`: trajectories, transitions, bytes, fields
+           (``--stats``: :func:`.tools.stats.field_stats`, per-field statistics)
 ``sample`` :func:`sample_directory`: load, sample once, print keys with shapes and dtypes
 ``merge``  :func:`.tools.merge_split.merge_or_split`: merge ``rank_*`` directories
 ``split``  :func:`.tools.merge_split.merge_or_split` with ``split_count``
@@ -254,9 +255,18 @@ def build_tool_parser() -> argparse.ArgumentParser:
         "summarize a buffer directory",
         "Print what a buffer directory holds, from its index (the trajectory data is not read): "
         "trajectories, transitions, bytes on disk, fields (shape and dtype), model versions and "
-        f"the file format. For {_RANKS}, each rank and the totals.",
+        f"the file format. For {_RANKS}, each rank and the totals. --stats also reads every "
+        "trajectory for per-field statistics.",
     )
     s.add_argument("path", help=f"the buffer directory, or {_RANKS}")
+    s.add_argument(
+        "--stats",
+        action="store_true",
+        help="also compute every field's min, max, mean, std and quantiles (q01, q10, q50, q90, q99) "
+        "per element of its last axis (uint8 images: per channel, scaled to [0, 1]), reading the "
+        "trajectories one at a time; the quantiles come from a fixed-seed sample of each field's "
+        "values (accuracy: docs/guide.md)",
+    )
     _output_options(s)
 
     s = _add(
@@ -344,7 +354,8 @@ def build_tool_parser() -> argparse.ArgumentParser:
         "export",
         "write a buffer as one Parquet file",
         "Export a buffer directory to one Parquet file: one row per transition, image fields as "
-        "PNG bytes, every field's shape and dtype recorded in the file so that `import` restores it.",
+        "PNG images (Hugging Face `datasets` loads them as Image features), every field's shape and "
+        "dtype recorded in the file so that `import` restores it.",
     )
     s.add_argument("path", help="the buffer directory")
     s.add_argument("--out", required=True, help="the .parquet file to write")
@@ -357,7 +368,7 @@ def build_tool_parser() -> argparse.ArgumentParser:
         sub,
         "import",
         "read a Parquet export back into a buffer",
-        "Rebuild a buffer directory from a Parquet file written by `export`.",
+        "Rebuild a buffer directory from a Parquet file written by `export` (of this or an earlier version).",
     )
     s.add_argument("parquet", help="the .parquet file")
     _save_path_options(s)
@@ -452,6 +463,10 @@ JSON_KEYS: tuple[tuple[str, str, str, str], ...] = (
     ("num_checksummed", "integer", "info", "index entries that carry a checksum"),
     ("num_journal_entries", "integer", "info",
      "index entries not yet folded into trajectory_index.json"),
+    ("field_stats", "object of object of list of number", "info",
+     "with --stats: per dotted field name, its min, max, mean, std, q01, q10, q50, q90 and q99, "
+     "each a list with one value per element of the field's last axis (uint8 images: per "
+     "channel, scaled to [0, 1]), and count: [transitions]"),
     ("milliseconds", "number", "sample", "time the sampling call took (loading excluded)"),
     ("batch", "list of object", "sample", "every tensor of the sampled batch, one object each"),
     ("batch[].name", "string", "sample", "dotted key, e.g. curr_obs.states"),
@@ -564,15 +579,24 @@ def _ranks(path: str) -> list[str] | None:
 
 def _info(args: argparse.Namespace) -> int:
     from .tools.info import describe_directory, format_info
+    from .tools.stats import field_stats, format_stats
 
     ranks = _ranks(args.path)
+    paths = ranks or [args.path]
     with progress_bar("reading index", args.quiet) as progress:
-        infos = [describe_directory(p, progress=progress) for p in ranks or [args.path]]
+        infos = [describe_directory(p, progress=progress) for p in paths]
+    outputs = [_info_json(info) for info in infos]
+    texts = [format_info(info) for info in infos]
+    if args.stats:
+        with progress_bar("computing statistics", args.quiet) as progress:
+            for k, path in enumerate(paths):
+                outputs[k]["field_stats"] = stats = field_stats(path, progress=progress)
+                texts[k] += "\n" + format_stats(stats)
     if ranks is None:
         if args.json:
-            _print_json(_info_json(infos[0]))
+            _print_json(outputs[0])
         else:
-            print(format_info(infos[0]))
+            print(texts[0])
         return 0
     totals = {
         "path": os.path.abspath(args.path),
@@ -581,15 +605,15 @@ def _info(args: argparse.Namespace) -> int:
         "bytes": sum(i.bytes for i in infos),
     }
     if args.json:
-        _print_json({**totals, "ranks": [_info_json(i) for i in infos]})
+        _print_json({**totals, "ranks": outputs})
         return 0
     print(
         f"{totals['path']}: {len(infos)} ranks, {totals['num_trajectories']} trajectories, "
         f"{totals['total_samples']} transitions, {totals['bytes'] / (1 << 20):.1f} MiB"
     )
-    for info in infos:
+    for text in texts:
         print()
-        print(format_info(info))
+        print(text)
     return 0
 
 

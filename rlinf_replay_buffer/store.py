@@ -142,6 +142,23 @@ def read_rows(record: Record, schema: Schema | None, store: SegmentStore | None 
     return {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
 
 
+def iter_directory_rows(
+    directory: str, fmt: str, records: list[Record], schema: Schema | None
+) -> Iterator[tuple[Record, Rows]]:
+    """Each of ``records`` (of the buffer directory ``directory`` in format ``fmt``, e.g. the
+    ``records`` of :func:`~.directory.read_directory`) with its aligned rows, one trajectory at
+    a time, as :func:`read_rows` reads them (checked; segment rows through one store whose
+    mappings are dropped at the end). Drop each trajectory's rows before asking for the next
+    to hold one trajectory at a time."""
+    store = SegmentStore(directory, schema) if fmt == formats.SEGMENT and schema else None
+    try:
+        for record in records:
+            yield record, read_rows(record, schema, store)
+    finally:
+        if store is not None:
+            store.forget_maps()
+
+
 def report_skipped(trajectory_id: int, exc: BaseException, stacklevel: int = 4) -> None:
     """Log and warn (:class:`CorruptDataWarning`) that a damaged trajectory was left out."""
     logger.warning("skipped damaged trajectory %d: %s", trajectory_id, exc)

@@ -131,6 +131,47 @@ def coded_trajectory(
     return traj
 
 
+def odd_trajectory(i: int, t: int = 3, b: int = 2, empty: bool = True) -> Trajectory:
+    """Random fields of every dtype and shape the Parquet export distinguishes: uint8 images of
+    1, 3 and 4 channels, uint8 fields that are not images, ``bfloat16``, ``float16``,
+    ``float64``, integers of every width, ``bool``, a scalar per transition and (with ``empty``;
+    the segment format cannot hold it) a field of size 0."""
+    g = torch.Generator().manual_seed(i)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(t, b, *shape, generator=g)
+
+    def bytes_(*shape: int) -> torch.Tensor:
+        return torch.randint(0, 256, (t, b, *shape), generator=g, dtype=torch.uint8)
+
+    curr_obs = {
+        "rgb": bytes_(5, 4, 3),
+        "rgba": bytes_(4, 5, 4),
+        "gray": bytes_(3, 3, 1),
+        "mask": bytes_(6),  # uint8, not an image
+        "grid": bytes_(4, 4),  # 2-d uint8: not an image
+        "two": bytes_(4, 4, 2),  # 2 channels: not an image
+        "count": torch.randint(-50, 50, (t, b, 2), generator=g, dtype=torch.int16),
+        "tiny": torch.randint(-9, 9, (t, b, 1), generator=g, dtype=torch.int8),
+        "wide": torch.randint(-(2**40), 2**40, (t, b, 2), generator=g, dtype=torch.int64),
+        "mid": torch.randint(-(2**20), 2**20, (t, b, 1), generator=g, dtype=torch.int32),
+    }
+    if empty:
+        curr_obs["none"] = torch.zeros(t, b, 0)
+    return Trajectory(
+        max_episode_length=None,
+        model_weights_id=f"odd-{i}",
+        model_update_count=i,
+        rewards=rand(),  # a scalar per transition
+        actions=rand(2).to(torch.bfloat16),
+        dones=torch.rand(t, b, 1, generator=g) > 0.5,
+        prev_values=rand(1).to(torch.float64),
+        versions=rand(1).to(torch.float16),
+        curr_obs=curr_obs,
+        next_obs={"rgb": bytes_(5, 4, 3), "flag": torch.rand(t, b, 2, 2, generator=g) > 0.5},
+    )
+
+
 def data_files(root: Path) -> dict[Path, bytes]:
     """Every file under ``root`` with its bytes, but the writers' lock files (not data)."""
     return {p: p.read_bytes() for p in Path(root).rglob("*") if p.is_file() and p.name != LOCK_NAME}

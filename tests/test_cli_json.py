@@ -119,6 +119,7 @@ def every_output(capsys, tmp: Path) -> list[tuple[str, dict]]:
     parquet = tmp / "buf.parquet"
     return [
         ("info", run_json(capsys, "info", str(buf))),
+        ("info", run_json(capsys, "info", str(buf), "--stats")),
         ("info (ranks)", run_json(capsys, "info", str(ranks))),
         ("sample", run_json(capsys, "sample", str(buf), "--num-chunks", "8")),
         ("sample", run_json(capsys, "sample", str(buf), "--num-chunks", "4", "--seq-len", "3", "--pad")),

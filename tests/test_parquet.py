@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import assert_aligned, coded_trajectory
+from conftest import assert_aligned, coded_trajectory, odd_trajectory
 from PIL import Image
 
 from rlinf_replay_buffer import (
@@ -22,7 +22,6 @@ from rlinf_replay_buffer import (
     BufferNotFoundError,
     CorruptBufferError,
     InvalidArgumentError,
-    Trajectory,
     TrajectoryReplayBuffer,
 )
 from rlinf_replay_buffer.checkpoint import read_rows
@@ -142,16 +141,17 @@ def test_export_is_one_row_per_transition_readable_by_pyarrow(tmp_path, fmt):
     env_ids = np.stack(table.column("curr_obs.env_ids").to_numpy(zero_copy_only=False))
     assert (env_ids[:, 0] == envs).all()
 
-    # images are PNG bytes that Pillow decodes to the original pixels
-    assert table.schema.field("curr_obs.main_images").type == pa.binary()
+    # images are Hugging Face Image cells: PNG bytes that Pillow decodes to the original pixels
+    assert table.schema.field("curr_obs.main_images").type == pqt.image_struct(pa)
     images = table.column("curr_obs.main_images").to_pylist()
+    assert {cell["path"] for cell in images} == {None}
     for row in (0, 5, len(images) - 1):
-        pixels = png(images[row])
+        pixels = png(images[row]["bytes"])
         assert pixels.shape == (4, 4, 3) and pixels.dtype == np.uint8
         assert (pixels == codes[row] % 251).all()
 
     meta = metadata(out)
-    assert meta["format_version"] == 1 and meta["writer"] == "rlinf-replay-buffer"
+    assert meta["format_version"] == 2 and meta["writer"] == "rlinf-replay-buffer"
     assert meta["trajectories"] == 4 and meta["transitions"] == 4 * T * B
     assert meta["source"] == {"trajectory_format": fmt, "written_by": "rlinf-replay-buffer", "seed": 1}
     assert meta["row_order"] == ["trajectory_id", "step", "env"]
@@ -191,7 +191,7 @@ def test_export_of_the_rlinf_fixture(tmp_path, fixture_dir):
             assert np.array_equal(got, rows[key].reshape(16, -1).numpy()), name
         for name in ("curr_obs.main_images", "next_obs.main_images"):
             key = tuple(name.split("."))
-            images = [png(b) for b in part.column(name).to_pylist()]
+            images = [png(cell["bytes"]) for cell in part.column(name).to_pylist()]
             assert np.array_equal(np.stack(images), rows[key].numpy()), name
 
 
@@ -215,7 +215,7 @@ def test_export_is_readable_by_hugging_face_datasets(tmp_path, monkeypatch):
     assert row["rewards"] == [c]
     assert row["dones"] == [False] and row["curr_obs.env_ids"] == [1]
     assert row["model_weights_id"] == "w-1" and row["model_update_count"] == 1
-    assert (png(row["curr_obs.main_images"]) == c % 251).all()
+    assert (np.asarray(row["curr_obs.main_images"]) == c % 251).all()  # a PIL image
     # the dataset hands out torch tensors too
     torch_row = ds.with_format("torch")[0]
     assert torch_row["curr_obs.states"].tolist() == [code(0, 0)] * 3
@@ -278,42 +278,6 @@ def test_round_trip_of_the_rlinf_fixture(tmp_path, fixture_dir):
         assert_batches_equal(a, b)
 
 
-def odd_trajectory(i: int, t: int = 3, b: int = 2) -> Trajectory:
-    """Fields of every dtype and shape the exporter distinguishes."""
-    g = torch.Generator().manual_seed(i)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(t, b, *shape, generator=g)
-
-    def bytes_(*shape: int) -> torch.Tensor:
-        return torch.randint(0, 256, (t, b, *shape), generator=g, dtype=torch.uint8)
-
-    return Trajectory(
-        max_episode_length=None,
-        model_weights_id=f"odd-{i}",
-        model_update_count=i,
-        rewards=rand(),  # a scalar per transition
-        actions=rand(2).to(torch.bfloat16),
-        dones=torch.rand(t, b, 1, generator=g) > 0.5,
-        prev_values=rand(1).to(torch.float64),
-        versions=rand(1).to(torch.float16),
-        curr_obs={
-            "rgb": bytes_(5, 4, 3),
-            "rgba": bytes_(4, 5, 4),
-            "gray": bytes_(3, 3, 1),
-            "mask": bytes_(6),  # uint8, not an image
-            "grid": bytes_(4, 4),  # 2-d uint8: not an image
-            "two": bytes_(4, 4, 2),  # 2 channels: not an image
-            "count": torch.randint(-50, 50, (t, b, 2), generator=g, dtype=torch.int16),
-            "tiny": torch.randint(-9, 9, (t, b, 1), generator=g, dtype=torch.int8),
-            "wide": torch.randint(-(2**40), 2**40, (t, b, 2), generator=g, dtype=torch.int64),
-            "mid": torch.randint(-(2**20), 2**20, (t, b, 1), generator=g, dtype=torch.int32),
-            "none": torch.zeros(t, b, 0),
-        },
-        next_obs={"rgb": bytes_(5, 4, 3), "flag": torch.rand(t, b, 2, 2, generator=g) > 0.5},
-    )
-
-
 def test_every_dtype_and_shape_survives_and_only_images_are_png(tmp_path):
     src = tmp_path / "src"
     buf = TrajectoryReplayBuffer(seed=1, sample_window_size=0)
@@ -341,9 +305,9 @@ def test_every_dtype_and_shape_survives_and_only_images_are_png(tmp_path):
     assert fields["curr_obs.gray"]["png_mode"] == "L" and fields["curr_obs.rgba"]["png_mode"] == "RGBA"
     table = pq.read_table(str(out))
     assert table.column("max_episode_length").null_count == table.num_rows
-    rgba = png(table.column("curr_obs.rgba")[0].as_py())
+    rgba = png(table.column("curr_obs.rgba")[0].as_py()["bytes"])
     assert np.array_equal(rgba, originals[0].curr_obs["rgba"][0, 0].numpy())
-    gray = png(table.column("curr_obs.gray")[1].as_py())  # row 1: step 0, env 1
+    gray = png(table.column("curr_obs.gray")[1].as_py()["bytes"])  # row 1: step 0, env 1
     assert np.array_equal(gray, originals[0].curr_obs["gray"][0, 1, :, :, 0].numpy())
 
     dest = tmp_path / "imported"
@@ -578,8 +542,9 @@ def test_import_refuses_foreign_and_damaged_files(tmp_path, exported):
     def with_meta(m: dict, tbl: pa.Table = table) -> pa.Table:
         return tbl.replace_schema_metadata({METADATA_KEY: json.dumps(m)})
 
-    newer = rewrite(exported, with_meta({**meta, "format_version": 2}), "newer.parquet")
-    with pytest.raises(CorruptBufferError, match="format_version 2 is newer"):
+    future = pqt.PARQUET_FORMAT_VERSION + 1
+    newer = rewrite(exported, with_meta({**meta, "format_version": future}), "newer.parquet")
+    with pytest.raises(CorruptBufferError, match=f"format_version {future} is newer"):
         import_parquet(str(newer), str(tmp_path / "dest"))
     bad_field = {
         **meta,
@@ -591,9 +556,8 @@ def test_import_refuses_foreign_and_damaged_files(tmp_path, exported):
     with pytest.raises(CorruptBufferError, match="column 'rewards' is missing"):
         import_parquet(str(dropped), str(tmp_path / "dest"))
     broken = table.column_names.index("curr_obs.main_images")
-    bad_png = table.set_column(
-        broken, "curr_obs.main_images", pa.array([b"\x89PNG nope"] * table.num_rows, type=pa.binary())
-    )
+    cells = [{"bytes": b"\x89PNG nope", "path": None}] * table.num_rows
+    bad_png = table.set_column(broken, "curr_obs.main_images", pa.array(cells, type=pqt.image_struct(pa)))
     with pytest.raises(CorruptBufferError, match="curr_obs.main_images row 0 is not a valid PNG"):
         import_parquet(str(rewrite(exported, bad_png, "png.parquet")), str(tmp_path / "dest"))
     assert_nothing_imported(tmp_path / "dest")

@@ -7,15 +7,20 @@ trajectory ``row = step * B + env``, the order of the aligned rows ``[T * B, ...
   ``model_update_count`` (int64), ``max_episode_length`` (int64, null if unknown), ``num_steps``
   and ``num_envs`` (int32: ``T`` and ``B`` of the row's trajectory);
 * one column per field, named by its dotted name (``curr_obs.states``, ``actions``, ...):
-  images (``uint8`` rows of shape ``[H, W, C]``, ``C`` in 1, 3, 4) as PNG bytes, every other
+  images (``uint8`` rows of shape ``[H, W, C]``, ``C`` in 1, 3, 4) as Hugging Face ``Image``
+  cells, ``struct<bytes: binary, path: string>`` holding a PNG and a null path, every other
   field as a fixed-size list of its values flattened in C order (``bfloat16`` as ``float32``),
   or as a plain value when a row is a scalar.
 
 The Parquet key-value metadata ``rlinf_replay_buffer`` (JSON) says how to turn the columns back
 into tensors: the format version, every field's dtype, shape and encoding, the source's format
-and the counts. Import reads the file in batches (memory stays bounded by one trajectory plus
-one batch), checks that every ``(step, env)`` of every trajectory is present exactly once and
-writes a buffer directory through a hidden staging directory renamed into place when complete.
+and the counts. The key ``huggingface`` holds the columns as Hugging Face ``datasets``
+features (``{"info": {"features": ...}}``, the form ``datasets`` writes), so that
+``datasets.load_dataset("parquet", ...)`` decodes the image columns to PIL images. Import reads
+the file in batches (memory stays bounded by one trajectory plus one batch), checks that every
+``(step, env)`` of every trajectory is present exactly once and writes a buffer directory
+through a hidden staging directory renamed into place when complete. It also reads files of
+format version 1, whose image columns are plain ``binary`` PNG bytes.
 Export writes the file under a temporary name, fsyncs it and renames it into place, so a
 failed export never leaves a partial file.
 
@@ -40,7 +45,7 @@ import numpy as np
 import torch
 
 from .. import formats
-from ..checkpoint import output_directory, place_records, read_rows, writing
+from ..checkpoint import output_directory, place_records, writing
 from ..directory import read_directory
 from ..errors import (
     BufferDirectoryError,
@@ -57,6 +62,7 @@ from ..lock import destination_lock
 from ..metadata import write_metadata
 from ..record import Record
 from ..schema import ColumnSpec, Schema, schema_from_json
+from ..store import iter_directory_rows
 from ..trajectory import Key, align, file_dict_from_columns, key_name
 from ..validate import check_int
 
@@ -64,9 +70,13 @@ Progress = Callable[[int, int], None]
 """``progress(done, total)``, called after each trajectory is written."""
 
 #: version of the Parquet layout and of the metadata below; import refuses newer files
-PARQUET_FORMAT_VERSION = 1
+PARQUET_FORMAT_VERSION = 2
+#: the last version whose image columns are plain ``binary`` PNG bytes (from 2: ``Image`` structs)
+BINARY_PNG_VERSION = 1
 #: the Parquet key-value metadata key holding the JSON description
 METADATA_KEY = "rlinf_replay_buffer"
+#: the key under which Hugging Face ``datasets`` reads the columns' features
+HF_METADATA_KEY = "huggingface"
 WRITER = "rlinf-replay-buffer"
 INSTALL_HINT = "pip install rlinf-replay-buffer[tools]"
 
@@ -102,7 +112,7 @@ def _pillow() -> Any:
 # -- the layout ---------------------------------------------------------------------------------
 
 
-def _meta_columns(pa: Any) -> list[tuple[str, Any]]:
+def meta_columns(pa: Any) -> list[tuple[str, Any]]:
     """The per-row columns before the fields, with their Arrow types."""
     return [
         ("trajectory_id", pa.int64()),
@@ -126,6 +136,16 @@ META_COLUMNS = (
     "num_steps",
     "num_envs",
 )
+
+
+def image_struct(pa: Any) -> Any:
+    """The Arrow type of a Hugging Face ``Image`` cell: ``struct<bytes: binary, path: string>``."""
+    return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def hf_value(dtype: str) -> dict[str, Any]:
+    """The Hugging Face ``Value`` feature of a scalar of ``dtype`` (``"float32"``, ``"string"``)."""
+    return {"dtype": dtype, "_type": "Value"}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -172,14 +192,24 @@ class FieldLayout:
             n *= d
         return n
 
-    def arrow_type(self, pa: Any) -> Any:
-        """The Arrow type of the column (``None`` for ``empty``: no column)."""
+    def arrow_type(self, pa: Any, version: int = PARQUET_FORMAT_VERSION) -> Any:
+        """The Arrow type of the column in a file of format ``version`` (``None`` for
+        ``empty``: no column)."""
         if self.encoding == PNG:
-            return pa.binary()
+            return pa.binary() if version <= BINARY_PNG_VERSION else image_struct(pa)
         if self.encoding == EMPTY:
             return None
         value = pa.from_numpy_dtype(np.dtype(stored_dtype(self.spec.dtype)))
         return value if self.encoding == SCALAR else pa.list_(value, self.numel)
+
+    def hf_feature(self) -> dict[str, Any]:
+        """The column as a Hugging Face ``datasets`` feature, in the JSON form ``datasets``
+        writes: ``Image``, a ``Value`` of the stored dtype, or a ``List`` of ``numel`` of them
+        (multi-dimensional rows stay flattened in C order; the shape is in our metadata)."""
+        if self.encoding == PNG:
+            return {"_type": "Image"}
+        value = hf_value(stored_dtype(self.spec.dtype))
+        return value if self.encoding == SCALAR else {"feature": value, "length": self.numel, "_type": "List"}
 
     def to_json(self) -> dict[str, Any]:
         """The field's entry in the metadata."""
@@ -261,11 +291,24 @@ def describe(
     }
 
 
+def hf_features(pa: Any, layout: list[FieldLayout]) -> dict[str, Any]:
+    """The JSON stored under :data:`HF_METADATA_KEY`: every column's Hugging Face feature."""
+    features = {name: hf_value(str(t)) for name, t in meta_columns(pa)}
+    features.update((f.name, f.hf_feature()) for f in layout if f.encoding != EMPTY)
+    return {"info": {"features": features}}
+
+
 def arrow_schema(pa: Any, layout: list[FieldLayout], description: dict[str, Any]) -> Any:
-    """The file's Arrow schema, carrying the description as key-value metadata."""
-    columns = [pa.field(name, t, nullable=(name == "max_episode_length")) for name, t in _meta_columns(pa)]
-    columns += [pa.field(f.name, f.arrow_type(pa), nullable=False) for f in layout if f.encoding != EMPTY]
-    return pa.schema(columns, metadata={METADATA_KEY: json.dumps(description, separators=(",", ":"))})
+    """The file's Arrow schema, carrying the description and the Hugging Face features as
+    key-value metadata. Columns are nullable (as ``datasets`` declares them: it applies its
+    features only to columns of exactly their Arrow field); import refuses null values."""
+    columns = [pa.field(name, t) for name, t in meta_columns(pa)]
+    columns += [pa.field(f.name, f.arrow_type(pa)) for f in layout if f.encoding != EMPTY]
+    metadata = {
+        METADATA_KEY: json.dumps(description, separators=(",", ":")),
+        HF_METADATA_KEY: json.dumps(hf_features(pa, layout)),
+    }
+    return pa.schema(columns, metadata=metadata)
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -329,7 +372,8 @@ def _field_array(pa: Any, f: FieldLayout, rows: torch.Tensor, png_level: int) ->
     """The Arrow array of one field for one trajectory's rows ``[N, *shape]``."""
     n = int(rows.shape[0])
     if f.encoding == PNG:
-        return pa.array(encode_png(rows.numpy(), png_level), type=pa.binary())
+        pngs = pa.array(encode_png(rows.numpy(), png_level), type=pa.binary())
+        return pa.StructArray.from_arrays([pngs, pa.nulls(n, pa.string())], fields=list(image_struct(pa)))
     if rows.dtype == torch.bfloat16:
         rows = rows.to(torch.float32)
     values = np.ascontiguousarray(rows.numpy()).reshape(-1)
@@ -460,54 +504,51 @@ def export_parquet(
         contents.seed,
     )
     schema_arrow = arrow_schema(pa, layout, description)
-    store = SegmentStore(contents.path, schema) if contents.fmt == formats.SEGMENT and schema else None
     row_groups = 0
-    try:
-        with writing(out, "the Parquet file"), atomic_file(out) as f:
-            with pq.ParquetWriter(
-                f,
-                schema_arrow,
-                compression=compression.lower(),
-                use_dictionary=["model_weights_id"],
-                write_statistics=list(META_COLUMNS),
-            ) as writer:
-                pending: list[Any] = []
-                pending_bytes = 0
+    rows_of = contextlib.closing(iter_directory_rows(contents.path, contents.fmt, records, schema))
+    with writing(out, "the Parquet file"), atomic_file(out) as f, rows_of as trajectories:
+        with pq.ParquetWriter(
+            f,
+            schema_arrow,
+            compression=compression.lower(),
+            use_dictionary=["model_weights_id"],
+            write_statistics=list(META_COLUMNS),
+        ) as writer:
+            pending: list[Any] = []
+            pending_bytes = 0
 
-                def flush() -> None:
-                    nonlocal pending, pending_bytes, row_groups
-                    if pending:
-                        table = pa.concat_tables(pending)
-                        pending, pending_bytes = [], 0
-                        writer.write_table(table, row_group_size=max(1, table.num_rows))
-                        del table
-                        pa.default_memory_pool().release_unused()
-                        row_groups += 1
+            def flush() -> None:
+                nonlocal pending, pending_bytes, row_groups
+                if pending:
+                    table = pa.concat_tables(pending)
+                    pending, pending_bytes = [], 0
+                    writer.write_table(table, row_group_size=max(1, table.num_rows))
+                    del table
+                    pa.default_memory_pool().release_unused()
+                    row_groups += 1
 
-                finished = 0  # trajectories that end in the pending row group
-                step = max(1, min(_SLICE_BYTES, row_group_bytes) // max(1, schema.row_bytes if schema else 1))
-                for done, record in enumerate(records, start=1):
-                    rows = read_rows(record, schema, store)
-                    for start in range(0, record.num_transitions, step):
-                        part = slice(start, start + step)
-                        pending.append(
-                            trajectory_table(pa, schema_arrow, layout, record, rows, png_compress_level, part)
-                        )
-                        pending_bytes += pending[-1].nbytes
-                        if pending_bytes >= row_group_bytes:
-                            flush()
-                            finished = 0
-                    del rows
-                    finished += 1
-                    if finished >= row_group_trajectories:
+            finished = 0  # trajectories that end in the pending row group
+            step = max(1, min(_SLICE_BYTES, row_group_bytes) // max(1, schema.row_bytes if schema else 1))
+            done = 0  # (not enumerate: it would hold the previous rows while the next are read)
+            for record, rows in trajectories:
+                for start in range(0, record.num_transitions, step):
+                    part = slice(start, start + step)
+                    pending.append(
+                        trajectory_table(pa, schema_arrow, layout, record, rows, png_compress_level, part)
+                    )
+                    pending_bytes += pending[-1].nbytes
+                    if pending_bytes >= row_group_bytes:
                         flush()
                         finished = 0
-                    if progress is not None:
-                        progress(done, total)
-                flush()
-    finally:
-        if store is not None:
-            store.forget_maps()
+                del rows
+                done += 1
+                finished += 1
+                if finished >= row_group_trajectories:
+                    flush()
+                    finished = 0
+                if progress is not None:
+                    progress(done, total)
+            flush()
     return ExportResult(
         source_path=contents.path,
         out_path=out,
@@ -609,7 +650,9 @@ def read_description(pa: Any, path: str, arrow_schema_: Any) -> _ExportInfo:
             )
         layout.append(expected[0])
     present = {f.name: f.type for f in arrow_schema_}
-    wanted = list(_meta_columns(pa)) + [(f.name, f.arrow_type(pa)) for f in layout if f.encoding != EMPTY]
+    wanted = list(meta_columns(pa)) + [
+        (f.name, f.arrow_type(pa, version)) for f in layout if f.encoding != EMPTY
+    ]
     for name, want in wanted:
         got = present.get(name)
         if got is None:
@@ -734,6 +777,10 @@ def _decode_field(pa: Any, Image: Any, f: FieldLayout, column: Any, n: int, wher
     if array.null_count:
         raise CorruptBufferError(f"{where}{f.name} has null values")
     if f.encoding == PNG:
+        if pa.types.is_struct(array.type):  # an Image cell (format version 2 on); its path is unused
+            array = array.field("bytes")
+            if array.null_count:
+                raise CorruptBufferError(f"{where}{f.name} has images without bytes")
         return torch.from_numpy(_decode_png(Image, array.to_pylist(), f, where))
     values = array if f.encoding == SCALAR else array.flatten()
     if values.null_count:
@@ -915,13 +962,18 @@ def import_parquet(
 
 
 __all__ = [
+    "BINARY_PNG_VERSION",
+    "HF_METADATA_KEY",
     "METADATA_KEY",
     "PARQUET_FORMAT_VERSION",
     "ExportResult",
     "ImportResult",
     "MissingDependencyError",
     "export_parquet",
+    "hf_features",
+    "image_struct",
     "import_parquet",
     "is_image",
+    "meta_columns",
     "plan_layout",
 ]
