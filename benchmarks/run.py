@@ -54,6 +54,7 @@ SCENARIO_ORDER = (
     "vla",
     "disk_state",
     "disk_images",
+    "quickstart",
     "add",
     "scale",
     "sequences",

@@ -151,6 +151,7 @@ DISK_CONTENDERS = (
     "rlinf_reference[pt]",
     "torchrl_memmap",
 )
+QUICKSTART_CONTENDERS = ("limit", "ours[pt]", "ours[pkl]", "ours[segment]", "rlinf_reference[pt]")
 LATENCY_CONTENDERS = (
     "limit",
     "ours[memory]",
@@ -360,6 +361,26 @@ def build_scenarios(quick: bool = False) -> dict[str, Scenario]:
                 ),
             ),
         )
+    # the seed's quick start: TrajectoryReplayBuffer(seed=1234, enable_cache=True, cache_size=5,
+    # sample_window_size=100, auto_save=True, trajectory_format=...) over 100 state trajectories
+    quick_window, quick_cache = (20, 1) if quick else (100, 5)
+    out["quickstart"] = Scenario(
+        "quickstart",
+        f"the seed's quick start: {specs['state'].describe()}; window {quick_window}, "
+        f"cache {quick_cache}, auto_save in each format; cold = files dropped from the page cache",
+        (
+            Case(
+                "quickstart",
+                "sample",
+                "disk",
+                specs["state"],
+                QUICKSTART_CONTENDERS,
+                window=quick_window,
+                cache_size=quick_cache,
+                batches=(64,) if quick else (256,),
+            ),
+        ),
+    )
     add_cases: list[Case] = []
     for name in ("state", "images"):
         w = windows[name]

@@ -20,6 +20,7 @@ __version__ = "0.2.0"
 _HOMES = {
     "Batch": "buffer",
     "TrajectoryReplayBuffer": "buffer",
+    "TrajectoryBuilder": "builder",
     "PreloadReplayBufferDataset": "datasets",
     "ReplayBufferDataset": "datasets",
     "replay_buffer_collate_fn": "datasets",

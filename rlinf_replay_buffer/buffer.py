@@ -8,12 +8,11 @@ against samples. Every public method below validates its arguments and delegates
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from . import config, formats
+from . import access, config, formats
 from .batch import Batch
 from .contents import Contents
 from .errors import InvalidArgumentError
@@ -175,26 +174,28 @@ class TrajectoryReplayBuffer:
 
     # -- adding -------------------------------------------------------------------------------
     def add_trajectories(self, trajectories: Sequence[Trajectory]) -> list[int]:
-        """Add trajectories (``Trajectory`` objects of ``[T, B, ...]`` tensors, aligned or in
-        RLinf's rollout layout); each gets a ``uuid`` and the next ``trajectory_id``. Returns the
-        ids, in order.
+        """Add trajectories (``Trajectory`` objects of ``[T, B, ...]`` tensors or NumPy arrays,
+        aligned or in RLinf's rollout layout); each gets a ``uuid`` and the next
+        ``trajectory_id``. Returns the ids, in order.
 
         The whole call is validated first: if any trajectory is malformed, nothing is added and
         :class:`InvalidTrajectoryError` names the trajectory, the field and the fix. With
         ``auto_save`` files are written in the background (``flush()`` makes them durable).
         """
-        aligned = align_all(trajectories, self._contents.settings.check_finite)
-        if not aligned:
-            return []
-        store = self._contents.store
-        checked: tuple[Schema | None, Schema] | None = None  # (schema checked against, result)
-        if self.rate_limiter is not None:  # refuse a bad add before waiting for the limiter
-            with self._lock:
-                checked = (store.schema, store.admit(aligned))
-        # the limiter waits outside the lock and takes the insert back if the add fails
-        with self._limiter.insert(sum(t.num_transitions for t in aligned)), self._lock:
-            same = checked is not None and checked[0] is store.schema
-            return self._contents.add(aligned, checked[1] if checked and same else store.admit(aligned))
+        return self._contents.add_limited(align_all(trajectories, self._contents.settings.check_finite))
+
+    # -- reading back -------------------------------------------------------------------------
+    def get_trajectory(self, trajectory_id: int) -> Trajectory:
+        """The held trajectory ``trajectory_id`` as added: new CPU ``[T, B, ...]`` tensors of its
+        aligned rows in their stored dtypes, from memory or disk (:func:`.access.get_trajectory`).
+        Raises :class:`InvalidArgumentError` (id not held), :class:`CorruptTrajectoryError`."""
+        return access.get_trajectory(self._contents, trajectory_id)
+
+    def iter_trajectories(self) -> Iterator[Trajectory]:
+        """Every trajectory held now, oldest first, read one at a time without holding the lock
+        between them; those that leave the buffer meanwhile are skipped
+        (:func:`.access.iter_trajectories`)."""
+        return access.iter_trajectories(self._contents)
 
     # -- sampling -----------------------------------------------------------------------------
     def sample(self, num_chunks: int) -> Batch:
@@ -335,14 +336,8 @@ class TrajectoryReplayBuffer:
         if wait:
             self._contents.close()
         else:
-            self._closing = threading.Thread(target=self._close_logged, name="replay-buffer-close")
+            self._closing = threading.Thread(target=self._contents.close_logged, name="replay-buffer-close")
             self._closing.start()
-
-    def _close_logged(self) -> None:
-        try:
-            self._contents.close()
-        except Exception:  # noqa: BLE001 - reported, nobody waits for this thread
-            logging.getLogger("rlinf_replay_buffer").exception("closing the buffer in the background failed")
 
     def clear(self) -> None:
         """Empty the buffer: index, memory, counters. Files are never deleted: an auto-save
@@ -369,8 +364,7 @@ class TrajectoryReplayBuffer:
 
     def _load_trajectory(self, trajectory_id: int, model_weights_id: str | None = None) -> Trajectory:
         """One trajectory as ``[T, B, ...]`` tensors: :func:`.rlinf_compat.views.load_trajectory`."""
-        c = self._contents
-        return load_trajectory(c.index, c.store, self._lock, trajectory_id, model_weights_id)
+        return load_trajectory(self._contents, trajectory_id, model_weights_id)
 
     def _flatten_trajectory(self, trajectory: Any) -> dict[str, Any]:
         """RLinf's flat view of one trajectory (:func:`.trajectory.flatten_like_rlinf`)."""

@@ -14,6 +14,7 @@ themselves because part of their work (disk I/O, waiting for the writer) must ru
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -150,6 +151,20 @@ class Contents:
             self.saver.wait_for_room()  # backpressure: at most max_pending_bytes wait for the disk
         return ids
 
+    def add_limited(self, aligned: list[AlignedTrajectory]) -> list[int]:
+        """:meth:`add` through the rate limiter (takes the lock): with a limiter, trajectories
+        whose fields conflict with the buffer's are refused before waiting for it; the wait runs
+        without the lock, and the insert is taken back if the add fails."""
+        if not aligned:
+            return []
+        checked: tuple[Schema | None, Schema] | None = None  # (schema checked against, result)
+        if self._limiter.limiter is not None:  # refuse a bad add before waiting for the limiter
+            with self.lock:
+                checked = (self.store.schema, self.store.admit(aligned))
+        with self._limiter.insert(sum(t.num_transitions for t in aligned)), self.lock:
+            same = checked is not None and checked[0] is self.store.schema
+            return self.add(aligned, checked[1] if checked and same else self.store.admit(aligned))
+
     def prepare(
         self, records: list[Record], schema: Schema | None, progress: Progress | None = None
     ) -> tuple[list[Record], list[tuple[Record, Rows]]]:
@@ -280,11 +295,19 @@ class Contents:
             try:
                 return use(window)
             except CorruptTrajectoryError as exc:
-                if self.settings.on_corrupt != "skip" or exc.trajectory_id not in self.index:
+                if not self.drop_corrupt(exc, stacklevel=8):
                     raise
-                self.store.forget(self.index.remove(exc.trajectory_id))  # its file stays
-                self.counts["corrupt_skipped"] += 1
-                report_skipped(exc.trajectory_id, exc, stacklevel=7)
+
+    def drop_corrupt(self, exc: CorruptTrajectoryError, stacklevel: int) -> bool:
+        """With ``on_corrupt="skip"``: the damaged trajectory ``exc`` names leaves the buffer (its
+        file stays), counted and warned about (``stacklevel`` is passed to
+        :func:`.store.report_skipped`), and True is returned. Otherwise False: nothing changes."""
+        if self.settings.on_corrupt != "skip" or exc.trajectory_id not in self.index:
+            return False
+        self.store.forget(self.index.remove(exc.trajectory_id))  # its file stays
+        self.counts["corrupt_skipped"] += 1
+        report_skipped(exc.trajectory_id, exc, stacklevel=stacklevel)
+        return True
 
     # -- leaving ------------------------------------------------------------------------------
     def _left_ring(self, evicted: list[int]) -> None:
@@ -355,9 +378,10 @@ class Contents:
                 self.saver.files_written = 0
 
     def clear_memory(self) -> None:
-        """Finish pending writes, empty the ring, close open files and stop the writer thread;
-        without ``auto_save`` the trajectories held only in memory leave the buffer, those
-        loaded from a directory stay, read from their files (takes the lock)."""
+        """Finish pending writes, empty the ring, close open files, delete sampling copies and
+        stop the writer thread; without ``auto_save`` the trajectories held only in memory
+        leave the buffer, those loaded from a directory stay, read from their files (takes the
+        lock)."""
         if self.saver is not None:
             self.saver.drain()
         with self.lock:
@@ -367,17 +391,25 @@ class Contents:
                 if not len(self.index):
                     self.reset()
             self.store.clear_ring()
-            self.store.close_files()
+            self.store.close()
         if self.saver is not None:
             self.saver.stop()
 
     def close(self) -> None:
         """Finish pending writes, write the full index, metadata and priorities, stop the
-        writer thread and close open files (takes the lock)."""
+        writer thread, close open files and delete sampling copies (takes the lock)."""
         if self.saver is not None:
             with self.lock:
                 extra = self.priorities_writer()
             self.saver.close(extra)
         with self.lock:
-            self.store.close_files()
+            self.store.close()
         self._limiter.close()  # wakes adders and samplers; the next add or sample reopens it
+
+    def close_logged(self) -> None:
+        """:meth:`close`, logging a failure instead of raising it (for the background thread of
+        ``close(wait=False)``, which nobody waits for)."""
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - reported, nobody waits for this thread
+            logging.getLogger("rlinf_replay_buffer").exception("closing the buffer in the background failed")

@@ -10,7 +10,10 @@ window only (its cost does not grow with trajectories outside it). Appends and r
 oldest trajectory are O(1) amortized.
 
 Whether a trajectory's rows are also in memory (the ring or a pending write) is the row store's
-knowledge (:mod:`.store`), not the index's.
+knowledge (:mod:`.store`), not the index's. A trajectory kept in a file (``pt``/``pkl``) may also
+have a *sampling copy* of its rows in a private segment (:mod:`.sampling_copy`), which the row
+store makes and tells the index about (:meth:`TrajectoryIndex.set_copy`): the window then
+locates its rows there, exactly like rows of the ``segment`` format.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class Window:
         ends: cumulative transition counts, int64 ``[W]`` (``ends[-1]`` = transitions in it).
         first: position of the window's first trajectory among all indexed ones.
         segments: segment key of each trajectory's rows, int64 ``[W]`` (-1: not in a segment);
-            :meth:`TrajectoryIndex.segment` names the segment of a key.
+            :meth:`TrajectoryIndex.segment` names the segment of a key. For a file-backed
+            trajectory with a sampling copy, the copy's segment.
         first_rows: first row of each trajectory in its segment, int64 ``[W]`` (-1: none).
         updates: ``model_update_count`` of each trajectory, int64 ``[W]``.
         envs: ``B`` of each trajectory, int64 ``[W]``.
@@ -84,6 +88,7 @@ class TrajectoryIndex:
         self._total = 0
         self._segments: list[tuple[str, str]] = []  # segment key -> (directory, segment name)
         self._segment_keys: dict[tuple[str, str], int] = {}
+        self._copies: dict[int, tuple[tuple[str, str], int]] = {}  # id -> sampling copy's (segment, row)
         self.version = 0  # bumped when trajectories come or go (derived caches key on it)
         self._window: Window | None = None
         self._checked_window: tuple[tuple[int, int], np.ndarray] | None = None
@@ -148,17 +153,38 @@ class TrajectoryIndex:
         self._place(self._pos[record.trajectory_id], record)
         self._window = None  # same trajectories (``version`` stays), rows elsewhere
 
+    def set_copy(self, trajectory_id: int, where: tuple[str, str] | None, row: int = -1) -> None:
+        """Record (``where``: ``(directory, segment name)``, ``row``) or forget (``None``) the
+        sampling copy of an indexed file-backed trajectory's rows."""
+        if where is None:
+            if self._copies.pop(trajectory_id, None) is None:
+                return
+        else:
+            self._copies[trajectory_id] = (where, row)
+        self._place(self._pos[trajectory_id], self._records[trajectory_id])
+        self._window = None  # same trajectories (``version`` stays), rows elsewhere
+
+    def has_copy(self, trajectory_id: int) -> bool:
+        """Whether a trajectory's rows have a sampling copy."""
+        return trajectory_id in self._copies
+
     def _place(self, p: int, record: Record) -> None:
         """The one place a record's location becomes the index's numbers."""
-        segment = -1
+        where: tuple[str, str] | None = None
+        row = -1
         if record.row is not None and record.directory is not None and record.file is not None:
-            where = (record.directory, record.file)
+            where, row = (record.directory, record.file), record.row
+            self._copies.pop(record.trajectory_id, None)  # its own segment is as fast
+        elif record.trajectory_id in self._copies:
+            where, row = self._copies[record.trajectory_id]
+        segment = -1
+        if where is not None:
             segment = self._segment_keys.get(where, -1)
             if segment < 0:
                 segment = self._segment_keys[where] = len(self._segments)
                 self._segments.append(where)
         self._arrays["segs"][p] = segment
-        self._arrays["rows"][p] = record.row if segment >= 0 else -1
+        self._arrays["rows"][p] = row if segment >= 0 else -1
         self._records[record.trajectory_id] = record
 
     def _grow(self) -> None:
@@ -195,6 +221,7 @@ class TrajectoryIndex:
         for q in range(p, self._tail):
             self._pos[int(ids[q])] = q
         record = self._records.pop(trajectory_id)
+        self._copies.pop(trajectory_id, None)
         self._total -= record.num_transitions
         self._changed()
         return record
@@ -207,6 +234,7 @@ class TrajectoryIndex:
         self._head += 1
         del self._pos[tid]
         record = self._records.pop(tid)
+        self._copies.pop(tid, None)
         self._total -= record.num_transitions
         self._changed()
         return record

@@ -43,6 +43,7 @@ from .formats.segment import SegmentStore, file_resident_bytes
 from .index import TrajectoryIndex, Window
 from .integrity import file_limit, mismatch, verify_file, verify_rows
 from .record import Record
+from .sampling_copy import SamplingCopy, give_up
 from .schema import Schema, combine
 from .trajectory import AlignedTrajectory, Key, key_name, source_steps
 
@@ -53,6 +54,8 @@ _READER_BYTES = 256 << 20  # bytes of files read whole (pkl) kept open, at most
 #: they are closed (the kernel maps whole large folios, often 2 MiB, per row read through a
 #: mapping; closing unmaps them, the data stays in the page cache and files reopen when read)
 _MAPPED_FILE_BYTES = 8 << 20
+#: bytes of sampling copies one gather makes at most (the rest are copied by later samples)
+_COPY_BYTES_PER_CALL = 256 << 20
 
 Fingerprint = tuple[int, int, int, int]
 """``(device, inode, size, mtime_ns)`` of a file: changes when the file is replaced or written."""
@@ -132,14 +135,20 @@ def read_rows(record: Record, schema: Schema | None, store: SegmentStore | None 
     verify_record(record, schema=schema)
     with reading(record):
         raw = load_columns(record, mmap=True)
-    columns = {
-        k: v[torch.from_numpy(source_steps(k, int(v.shape[0]), record.num_steps))]
-        if int(v.shape[0]) != record.num_steps
+    columns = aligned_columns(raw, record.num_steps)
+    combine(schema, Schema.of_columns(columns), f"{record.path}: ", CorruptBufferError)
+    return {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
+
+
+def aligned_columns(raw: Rows, num_steps: int) -> Rows:
+    """A file's columns ``[rows, B, ...]`` with RLinf's extra rows per epoch dropped:
+    ``[T, B, ...]`` each (views where nothing is dropped)."""
+    return {
+        k: v[torch.from_numpy(source_steps(k, int(v.shape[0]), num_steps))]
+        if int(v.shape[0]) != num_steps
         else v
         for k, v in raw.items()
     }
-    combine(schema, Schema.of_columns(columns), f"{record.path}: ", CorruptBufferError)
-    return {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
 
 
 def iter_directory_rows(
@@ -176,6 +185,8 @@ class RowStore:
         ring: the in-memory ring, or ``None`` for none.
         own_segments: ``own_segments(directory, schema)``: the auto-saver's segment store if
             ``directory`` is its directory, else ``None``.
+        copy_parent: where sampling copies of file-backed trajectories are kept
+            (:mod:`.sampling_copy`; ``None``: the system's temporary directory).
 
     Not thread-safe: the buffer calls it under its lock.
     """
@@ -185,8 +196,10 @@ class RowStore:
         index: TrajectoryIndex,
         ring: TrajectoryCache | None,
         own_segments: Callable[[str, Schema], SegmentStore | None] | None = None,
+        copy_parent: str | None = None,
     ) -> None:
         self._index = index
+        self._copy_parent = copy_parent
         self._ring = ring
         self._own_segments = own_segments
         self._schema: Schema | None = None
@@ -197,6 +210,8 @@ class RowStore:
         self._fingerprints: dict[str, Fingerprint] = {}  # path -> as when its data was checked
         self._segment_stores: dict[str, SegmentStore] = {}
         self._episode_ends: dict[int, np.ndarray] = {}
+        self._copy: SamplingCopy | None = None  # sampling copies of file-backed rows
+        self._copying = True  # False once a copy could not be written
 
     # -- schema -------------------------------------------------------------------------------
     @property
@@ -317,6 +332,7 @@ class RowStore:
                 out, dest_hit, flat[dest_hit] - miss_total, ring.newest_rows_start(hit_rows), hit_rows
             )
         where = torch.nonzero(~hit).flatten().numpy()
+        copied = False
         if len(where):
             f = flat.numpy()[where]
             positions = np.searchsorted(ends, f, side="right")
@@ -334,7 +350,9 @@ class RowStore:
                 )
             if not located.all():
                 rest = np.flatnonzero(~located)
-                self._gather_rest(out, window.ids, positions[rest], rows[rest], where[rest])
+                copied = self._gather_rest(out, window.ids, positions[rest], rows[rest], where[rest])
+        if copied or (self._copy is not None and len(window)):
+            self._reclaim_copies(int(window.ids[0]))
         return out
 
     def _bound_mapped_files(self) -> None:
@@ -368,13 +386,17 @@ class RowStore:
 
     def _gather_rest(
         self, out: Rows, ids: np.ndarray, positions: np.ndarray, rows: np.ndarray, dest: np.ndarray
-    ) -> None:
+    ) -> bool:
         """``out[k][dest[i]]`` = row ``rows[i]`` of window trajectory ``positions[i]``, from
-        pending rows or files: one group of array operations per trajectory."""
+        pending rows or files: one group of array operations per trajectory. Each file-backed
+        trajectory read gets a sampling copy (up to ``_COPY_BYTES_PER_CALL`` of them per call),
+        so that later samples find its rows in a segment. Returns whether copies were made."""
         if not self._readers:
             self._file_base = file_resident_bytes()
         order = np.argsort(positions, kind="stable")
         bounds = np.flatnonzero(np.diff(positions[order])) + 1
+        budget = _COPY_BYTES_PER_CALL if self._copying else 0
+        copied = False
         for group in np.split(order, bounds):
             tid = int(ids[positions[group[0]]])
             to, local = dest[group], rows[group]
@@ -393,8 +415,56 @@ class RowStore:
                 src = source_steps(key, int(tensor.shape[0]), record.num_steps)[t] * b + env
                 flat = tensor.reshape(-1, *tensor.shape[2:])
                 scatter_rows(out[key], to, flat.index_select(0, torch.from_numpy(src)))
+            if budget > 0:
+                budget -= self._copy_rows(record, raw)
+                copied = True
             del raw, tensor, flat
             self._bound_mapped_files()
+        return copied
+
+    # -- sampling copies ----------------------------------------------------------------------
+    def _copy_rows(self, record: Record, raw: Rows) -> int:
+        """Give a file-backed trajectory a sampling copy (:mod:`.sampling_copy`); returns the
+        bytes copied (0 if copies stopped: a full disk)."""
+        schema = self._schema
+        assert schema is not None
+        try:
+            if self._copy is None:
+                self._copy = SamplingCopy(schema, self._copy_parent)
+                self._segment_stores[self._copy.directory] = self._copy.store
+            n = record.num_transitions
+            columns = aligned_columns({k: raw[k] for k in schema}, record.num_steps)
+            where, row = self._copy.add(
+                record.trajectory_id, {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
+            )
+        except OSError as exc:
+            self._copying = False
+            give_up(exc, self._copy.directory if self._copy is not None else self._copy_parent or "")
+            self.drop_copies()
+            return 0
+        self._index.set_copy(record.trajectory_id, where, row)
+        return record.num_transitions * schema.row_bytes
+
+    def _reclaim_copies(self, window_first: int) -> None:
+        """Delete copy segments whose trajectories all left the window (older than its first)."""
+        copy = self._copy
+        if copy is None:
+            return
+        names = copy.older_than(window_first)
+        if names:
+            for tid in copy.delete(names):
+                if tid in self._index:
+                    self._index.set_copy(tid, None)
+
+    def drop_copies(self) -> None:
+        """Delete every sampling copy (reads go to the files again; copies are made anew)."""
+        copy, self._copy = self._copy, None
+        if copy is None:
+            return
+        for tid in [t for t in self._index.ids().tolist() if self._index.has_copy(t)]:
+            self._index.set_copy(tid, None)
+        self._segment_stores.pop(copy.directory, None)
+        copy.close()
 
     def column(self, record: Record, key: Key) -> torch.Tensor:
         """One column of a trajectory's aligned rows ``[T * B, ...]``, from memory or disk
@@ -587,11 +657,14 @@ class RowStore:
 
     # -- forgetting ---------------------------------------------------------------------------
     def forget(self, record: Record) -> None:
-        """Drop what is open or derived for a trajectory that left (its mapping, its flags)."""
+        """Drop what is open or derived for a trajectory that left (its mapping, its flags,
+        its sampling copy)."""
         if record.path is not None:
             self._drop_reader(record.path)
             self._fingerprints.pop(record.path, None)
         self._episode_ends.pop(record.trajectory_id, None)
+        if self._copy is not None:
+            self._copy.drop([record.trajectory_id])
 
     def forget_directory(self, path: str) -> None:
         """Forget open files of a directory whose contents were replaced (map them afresh)."""
@@ -613,11 +686,17 @@ class RowStore:
         if self._ring is not None:
             self._ring.clear()
 
+    def close(self) -> None:
+        """Close the open files and delete the sampling copies (the buffer was closed or its
+        memory cleared; both come back as they are read)."""
+        self.close_files()
+        self.drop_copies()
+
     def clear(self) -> None:
-        """Forget everything: rows, mappings, the schema."""
+        """Forget everything: rows, mappings, copies, the schema."""
         self.clear_ring()
         self._pending.clear()
-        self.close_files()
+        self.close()
         self._fingerprints.clear()
         self._segment_stores.clear()
         self._episode_ends.clear()

@@ -32,6 +32,9 @@ from .errors import InvalidArgumentError, InvalidTrajectoryError
 Key = tuple[str, ...]
 """A column name: ``("rewards",)`` for a per-step field, ``("curr_obs", "states")`` for a dict entry."""
 
+Column = torch.Tensor | np.ndarray
+"""What a field of a :class:`Trajectory` may hold: a tensor, or a NumPy array (see :func:`as_tensor`)."""
+
 STEP_FIELDS: tuple[str, ...] = (
     "actions",
     "intervene_flags",
@@ -85,10 +88,12 @@ class Trajectory:
     """A batch of ``B`` environment rollouts over ``T`` steps, as produced by rollout workers.
 
     Every tensor field is ``[T, B, ...]`` of a dtype in :data:`STORABLE_DTYPES` (bool, uint8,
-    int8 to int64, float16, bfloat16, float32, float64; uint8 images stay uint8). Any field may be
-    ``None`` except ``rewards``, which :meth:`TrajectoryReplayBuffer.add_trajectories` requires to
-    count transitions. Dict fields map names to ``[T, B, ...]`` tensors; a name is a non-empty
-    string without ``/`` that does not start with ``.`` (other dots, spaces, any letters are kept).
+    int8 to int64, float16, bfloat16, float32, float64; uint8 images stay uint8), or a NumPy
+    array of one of those dtypes, taken as a tensor sharing its memory where it can
+    (:func:`as_tensor`). Any field may be ``None`` except ``rewards``, which
+    :meth:`TrajectoryReplayBuffer.add_trajectories` requires to count transitions. Dict fields
+    map names to ``[T, B, ...]`` tensors; a name is a non-empty string without ``/`` that does
+    not start with ``.`` (other dots, spaces, any letters are kept).
 
     Attributes:
         max_episode_length: the environment's episode length limit, in steps (informational).
@@ -108,18 +113,18 @@ class Trajectory:
     max_episode_length: int | None = None
     model_weights_id: str | None = None
     model_update_count: int | None = None
-    actions: torch.Tensor | None = None
-    intervene_flags: torch.Tensor | None = None
-    rewards: torch.Tensor | None = None
-    terminations: torch.Tensor | None = None
-    truncations: torch.Tensor | None = None
-    dones: torch.Tensor | None = None
-    prev_logprobs: torch.Tensor | None = None
-    prev_values: torch.Tensor | None = None
-    versions: torch.Tensor | None = None
-    curr_obs: dict[str, torch.Tensor] | None = field(default=None)
-    next_obs: dict[str, torch.Tensor] | None = field(default=None)
-    forward_inputs: dict[str, torch.Tensor] | None = field(default=None)
+    actions: Column | None = None
+    intervene_flags: Column | None = None
+    rewards: Column | None = None
+    terminations: Column | None = None
+    truncations: Column | None = None
+    dones: Column | None = None
+    prev_logprobs: Column | None = None
+    prev_values: Column | None = None
+    versions: Column | None = None
+    curr_obs: dict[str, Column] | None = field(default=None)
+    next_obs: dict[str, Column] | None = field(default=None)
+    forward_inputs: dict[str, Column] | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
         """The non-``None`` fields as a plain dict (the shape RLinf's files hold)."""
@@ -498,6 +503,85 @@ def flatten_like_rlinf(traj: Any) -> dict[str, Any]:
     return flat
 
 
+#: signed integers of each item size: a NumPy dtype ``torch.from_numpy`` does not know (those of
+#: the ``ml_dtypes`` package: ``bfloat16``, ``float8_*``) is viewed as one, then as its torch dtype
+_SAME_SIZE_INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+
+
+def as_tensor(value: Any, name: str) -> torch.Tensor:
+    """A column's value as a tensor: a tensor as it is, a NumPy array as a CPU tensor of the same
+    shape, dtype and values.
+
+    An array's memory is shared (``torch.from_numpy``, no copy) when it is writeable, in the
+    machine's byte order and has non-negative strides that are multiples of its item size. Any
+    other array is copied once: a read-only one (``np.load(..., mmap_mode="r")``, arrays from
+    Ray's object store, ``np.broadcast_to``), since torch has no read-only tensors; one in the
+    other byte order (``">f4"`` on a little-endian machine: the values are kept); one with a
+    negative stride (``a[::-1]``) or a field of a structured array. The array's dtype becomes
+    the torch dtype of the same name and size; one torch has not (``object``, strings,
+    ``float128``) is refused here, and ``uint16``/``uint32``/``uint64`` (and ``ml_dtypes``'
+    ``float8_*``) become those torch dtypes, which :func:`check_column` refuses as it refuses
+    such tensors (``ml_dtypes.bfloat16`` is accepted as ``bfloat16``).
+
+    Args:
+        value: the column's value.
+        name: the column as messages name it (with any ``"trajectory 3: "`` prefix).
+
+    Raises:
+        InvalidTrajectoryError: neither a tensor nor an array, or an array dtype torch has not.
+    """
+    if isinstance(value, torch.Tensor):
+        return value
+    if not isinstance(value, np.ndarray):
+        raise InvalidTrajectoryError(
+            f"{name} is a {type(value).__name__}, not a torch.Tensor or NumPy array; convert it "
+            "with torch.as_tensor(...)"
+        )
+    dtype = getattr(torch, value.dtype.name, None)
+    if not isinstance(dtype, torch.dtype) or dtype.itemsize != value.itemsize:
+        raise InvalidTrajectoryError(
+            f"{name} is a NumPy array of dtype {value.dtype}, which has no torch dtype; use one of "
+            f"{_storable_names()} (e.g. x.astype(np.float32))"
+        )
+    strides_fit = all(s >= 0 and s % value.itemsize == 0 for s in value.strides)
+    if not (value.flags.writeable and value.dtype.isnative and strides_fit):
+        value = np.array(value, dtype=value.dtype.newbyteorder("="), order="C")
+    try:
+        return torch.from_numpy(value)
+    except TypeError:  # a dtype of an extension of NumPy, of the same item size as ``dtype``
+        return torch.from_numpy(value.view(_SAME_SIZE_INT[value.itemsize])).view(dtype)
+
+
+def _storable_names() -> str:
+    return ", ".join(str(d).removeprefix("torch.") for d in STORABLE_DTYPES)
+
+
+def check_column(value: Any, name: str, storable: bool = False) -> torch.Tensor:
+    """A column's value as a dense real tensor with data (:func:`as_tensor` for NumPy arrays);
+    with ``storable``, also of a dtype in :data:`STORABLE_DTYPES`. Its shape is not checked.
+
+    Raises:
+        InvalidTrajectoryError: naming the column (``name``) and what to do.
+    """
+    tensor = as_tensor(value, name)
+    if tensor.is_complex() or tensor.layout != torch.strided:
+        raise InvalidTrajectoryError(
+            f"{name} must be a dense real tensor, got {tensor.dtype} ({tensor.layout})"
+        )
+    if tensor.is_meta:
+        raise InvalidTrajectoryError(
+            f"{name} is on the 'meta' device and holds no data; pass a tensor with values (CPU or "
+            "any device that can copy to the CPU)"
+        )
+    if storable and tensor.dtype not in STORABLE_DTYPES:
+        raise InvalidTrajectoryError(
+            f"{name} has dtype {str(tensor.dtype).removeprefix('torch.')}, which not every trajectory "
+            f"format can store and read back; use one of {_storable_names()} (e.g. x.to(torch.int32) "
+            "for uint16, x.to(torch.float16) for float8: both keep every value)"
+        )
+    return tensor
+
+
 def align_all(trajectories: Any, check_finite: bool = False) -> list[AlignedTrajectory]:
     """Validate and align a whole ``add_trajectories`` call (a list of trajectories).
 
@@ -523,7 +607,8 @@ def align(
 ) -> AlignedTrajectory:
     """Validate a trajectory (a :class:`Trajectory` or its dict) and align its rows.
 
-    Always refused: a missing ``rewards``, non-tensors, tensors of fewer than two dims, complex,
+    NumPy arrays are taken as tensors (:func:`as_tensor`). Always refused: a missing
+    ``rewards``, values that are neither tensors nor arrays, tensors of fewer than two dims, complex,
     sparse or ``meta`` tensors, ``T = 0`` or ``B = 0``, mismatched ``[T, B]``, row counts that
     fit no layout, bad dict keys, an unsafe ``model_weights_id``, and a ``model_update_count``
     (given, or the maximum of ``versions``) outside ``[0, 2**48)`` (:data:`MAX_INDEX_INT`).
@@ -536,7 +621,8 @@ def align(
             accepts; trajectories read from a directory are taken as they are).
 
     Returns:
-        The aligned trajectory; its columns are CPU tensors, views of the input where possible.
+        The aligned trajectory; its columns are CPU tensors, views of the input where possible
+        (of a NumPy array too, see :func:`as_tensor`).
 
     Raises:
         InvalidTrajectoryError: with a message naming the field and what to fix.
@@ -549,33 +635,15 @@ def align(
             f"{where}rewards is missing; every trajectory needs rewards [T, B, ...] "
             "(it defines the number of transitions)"
         )
-    for key, tensor in raw.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise InvalidTrajectoryError(
-                f"{where}{key_name(key)} is a {type(tensor).__name__}, not a torch.Tensor; "
-                "convert it with torch.as_tensor(...)"
-            )
+    for key, value in raw.items():
+        tensor = raw[key] = as_tensor(value, where + key_name(key))  # NumPy arrays become tensors
         if tensor.dim() < 2:
             raise InvalidTrajectoryError(
                 f"{where}{key_name(key)} has shape {tuple(tensor.shape)}; tensors must be "
                 "[T, B, ...] (add the env dimension, e.g. x.unsqueeze(1))"
             )
-        if tensor.is_complex() or tensor.layout != torch.strided:
-            raise InvalidTrajectoryError(
-                f"{where}{key_name(key)} must be a dense real tensor, got {tensor.dtype} ({tensor.layout})"
-            )
-        if tensor.is_meta:
-            raise InvalidTrajectoryError(
-                f"{where}{key_name(key)} is on the 'meta' device and holds no data; pass a tensor "
-                "with values (CPU or any device that can copy to the CPU)"
-            )
-        if storable and tensor.dtype not in STORABLE_DTYPES:
-            allowed = ", ".join(str(d).removeprefix("torch.") for d in STORABLE_DTYPES)
-            raise InvalidTrajectoryError(
-                f"{where}{key_name(key)} has dtype {str(tensor.dtype).removeprefix('torch.')}, which not "
-                f"every trajectory format can store and read back; use one of {allowed} (e.g. "
-                "x.to(torch.int32) for uint16, x.to(torch.float16) for float8: both keep every value)"
-            )
+        check_column(tensor, where + key_name(key), storable)
+    rewards = raw[("rewards",)]
     num_steps, num_envs = int(rewards.shape[0]), int(rewards.shape[1])
     if num_steps == 0 or num_envs == 0:
         raise InvalidTrajectoryError(

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlinf_replay_buffer import ReplayBufferError, Trajectory, TrajectoryReplayBuffer
+from rlinf_replay_buffer import ReplayBufferError, Trajectory, TrajectoryReplayBuffer, formats
 from rlinf_replay_buffer import contents as contents_module
 from rlinf_replay_buffer.cache import TrajectoryCache
 from rlinf_replay_buffer.lock import LOCK_NAME
@@ -175,6 +175,81 @@ def odd_trajectory(i: int, t: int = 3, b: int = 2, empty: bool = True) -> Trajec
 def data_files(root: Path) -> dict[Path, bytes]:
     """Every file under ``root`` with its bytes, but the writers' lock files (not data)."""
     return {p: p.read_bytes() for p in Path(root).rglob("*") if p.is_file() and p.name != LOCK_NAME}
+
+
+def assert_same_stored_data(a: Path, b: Path) -> None:
+    """Two buffer directories store the same data: the same trajectory files, segments and
+    ``metadata.json`` byte for byte (not the index, whose entries carry each trajectory's random
+    ``uuid``, nor lock files). A ``pkl`` file is compared by what it holds, bit for bit: the pickle
+    of a tensor names its storage by its memory address, so two writes of the same data differ."""
+    files = [
+        {str(p.relative_to(root)): p for p in data_files(root) if p.name != "trajectory_index.json"}
+        for root in (a, b)
+    ]
+    assert files[0].keys() == files[1].keys()
+    assert any(name.startswith(("trajectory_", "seg-")) for name in files[0])
+    for name, path in files[0].items():
+        other = files[1][name]
+        if name.endswith(".pkl"):
+            mine, theirs = (flat_columns(formats.read(str(p), "pkl")) for p in (path, other))
+            assert mine.keys() == theirs.keys(), name
+            for key, value in mine.items():
+                if isinstance(value, torch.Tensor):
+                    assert tensor_bits(value) == tensor_bits(theirs[key]), (name, key)
+                else:
+                    assert value == theirs[key], (name, key)
+        else:
+            assert path.read_bytes() == other.read_bytes(), name
+
+
+def flat_columns(data: dict) -> dict:
+    """A trajectory dict's values by dotted name (``curr_obs.states``), tensors and metadata."""
+    out = {}
+    for name, value in data.items():
+        for key, inner in value.items() if isinstance(value, dict) else [(None, value)]:
+            out[name if key is None else f"{name}.{key}"] = inner
+    return out
+
+
+def tensor_bits(tensor: torch.Tensor) -> bytes:
+    """A tensor's dtype, shape and the bytes of its values (bit for bit: NaN payloads, -0.0)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return repr((tensor.dtype, tuple(tensor.shape))).encode() + flat.view(torch.uint8).numpy().tobytes()
+
+
+def assert_same_batch(a: dict, b: dict) -> None:
+    """Two sampled batches hold the same keys and the same tensors, bit for bit."""
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, dict):
+            assert value.keys() == b[key].keys(), key
+            assert all(tensor_bits(v) == tensor_bits(b[key][k]) for k, v in value.items()), key
+        else:
+            assert tensor_bits(value) == tensor_bits(b[key]), key
+
+
+def assert_same_trajectory(got: Trajectory, expected: Trajectory) -> None:
+    """``got`` has exactly ``expected``'s fields (empty dicts as absent), dtypes, shapes, values
+    (bit for bit; NumPy arrays taken as tensors) and metadata; ``got`` holds tensors."""
+    want, have = expected.to_dict(), got.to_dict()
+    assert set(have) == set(want), sorted(set(have) ^ set(want))
+    for name, value in want.items():
+        if isinstance(value, dict):
+            assert set(have[name]) == set(value), name
+            pairs = [(f"{name}.{k}", have[name][k], v) for k, v in value.items()]
+        elif isinstance(value, torch.Tensor | np.ndarray):
+            pairs = [(name, have[name], value)]
+        else:
+            assert have[name] == value, name
+            continue
+        for label, tensor, reference in pairs:
+            assert isinstance(tensor, torch.Tensor), label
+            reference = (
+                torch.from_numpy(np.ascontiguousarray(reference))
+                if isinstance(reference, np.ndarray)
+                else reference
+            )
+            assert tensor_bits(tensor) == tensor_bits(reference), label
 
 
 def assert_aligned(batch: dict, n: int | None = None) -> None:

@@ -136,8 +136,8 @@ def _one_dim(t: Trajectory) -> None:
     t.prev_logprobs = torch.zeros(8)
 
 
-def _numpy_value(t: Trajectory) -> None:
-    t.rewards = np.zeros((6, 2, 1), dtype=np.float32)
+def _numpy_object_value(t: Trajectory) -> None:
+    t.rewards = np.zeros((6, 2, 1), dtype=object)
 
 
 def _list_value(t: Trajectory) -> None:
@@ -155,7 +155,7 @@ MALFORMED = [
     (_wrong_envs, r"next_obs\.states has B=1 .*rewards has B=2"),
     (_no_rewards, r"rewards is missing"),
     (_one_dim, r"prev_logprobs has shape \(8,\)"),
-    (_numpy_value, r"rewards is a ndarray, not a torch\.Tensor"),
+    (_numpy_object_value, r"rewards is a NumPy array of dtype object, which has no torch dtype"),
     (_list_value, r"forward_inputs\.action is a list, not a torch\.Tensor"),
     (_unsafe_weights, r"model_weights_id '\.\./x' is not a safe id"),
 ]

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from ..access import as_trajectory, held_record
+from ..contents import Contents
 from ..errors import InvalidArgumentError
 from ..index import TrajectoryIndex
 from ..naming import rlinf_weights_id
-from ..store import RowStore
-from ..trajectory import DICT_FIELDS, Trajectory, file_dict_from_columns
-from ..validate import check_int
+from ..trajectory import Trajectory
 
 
 def _as_id(trajectory_id: object) -> int | None:
@@ -68,43 +68,29 @@ class RLinfIndexView(Mapping):
 
 
 def load_trajectory(
-    index: TrajectoryIndex,
-    store: RowStore,
-    lock: threading.RLock,
-    trajectory_id: int,
-    model_weights_id: str | None = None,
+    contents: Contents, trajectory_id: int, model_weights_id: str | None = None
 ) -> Trajectory:
     """One stored trajectory, wherever its rows are, as a :class:`Trajectory` of new
     ``[T, B, ...]`` tensors (aligned rows: every field has ``T`` rows) with ``curr_obs``,
-    ``next_obs`` and ``forward_inputs`` dicts (empty when absent). Data read from disk is checked
-    against its checksum first. ``model_weights_id`` (``None``: not checked) may be the
+    ``next_obs`` and ``forward_inputs`` dicts (empty when absent): what the public
+    ``get_trajectory`` returns (:mod:`..access`), plus the weights check. Data read from disk is
+    checked against its checksum first. ``model_weights_id`` (``None``: not checked) may be the
     trajectory's or the file-name form ``{uuid}_{count}`` of ``trajectory_index.json``.
 
     Raises:
         InvalidArgumentError (a ``ValueError``, as RLinf): unknown id or other weights id.
         CorruptTrajectoryError: its data fails its checksum or cannot be read.
     """
-    tid = check_int("trajectory_id", trajectory_id)
-    with lock:
-        if tid not in index:
-            raise InvalidArgumentError(
-                f"trajectory {tid} is not in the buffer (it holds {len(index)} "
-                "trajectories; _trajectory_id_list lists their ids)"
-            )
-        record = index[tid]
+    with contents.lock:
+        record = held_record(contents.index, trajectory_id, "_trajectory_id_list lists their ids")
         if model_weights_id is not None:
             known = {record.model_weights_id}
             if record.file is not None and record.row is None:
                 known.add(rlinf_weights_id(record.file))
             if model_weights_id not in known:
                 raise InvalidArgumentError(
-                    f"trajectory {tid} has model_weights_id {record.model_weights_id!r}, "
-                    f"not {model_weights_id!r}"
+                    f"trajectory {record.trajectory_id} has model_weights_id "
+                    f"{record.model_weights_id!r}, not {model_weights_id!r}"
                 )
-        columns = store.trajectory(record)
-    data = file_dict_from_columns(
-        columns, record.max_episode_length, record.model_weights_id, record.model_update_count
-    )
-    for name in DICT_FIELDS:
-        data.setdefault(name, {})
-    return Trajectory.from_dict(data)
+        columns = contents.store.trajectory(record)
+    return as_trajectory(record, columns, empty_dicts=True)

@@ -1,0 +1,143 @@
+"""Sampling copies (rlinf_replay_buffer/sampling_copy.py): file-backed trajectories read once
+from their files are sampled from a scratch segment afterwards. Batches are bit-identical to
+those of a buffer holding everything in memory (the reference), whatever the format, cache,
+evictions and window changes; copies go when their trajectories leave; a copy that cannot be
+written never fails a sample."""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import assert_aligned, assert_same_batch, coded_trajectory
+
+from rlinf_replay_buffer import ReplayBufferWarning, TrajectoryReplayBuffer
+from rlinf_replay_buffer.formats.segment import SegmentStore
+
+FILE_FORMATS = ["pt", "pkl"]
+
+
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path, monkeypatch):
+    """Copies go to the system's temporary directory: make it this test's own."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
+
+
+def copies(scratch: Path) -> list[str]:
+    return glob.glob(str(scratch / "rlinf-sampling-copy-*" / "seg-*"))
+
+
+def auto(tmp_path: Path, fmt: str, window: int, cache: int, **kwargs) -> TrajectoryReplayBuffer:
+    return TrajectoryReplayBuffer(
+        seed=7,
+        sample_window_size=window,
+        cache_size=cache,
+        auto_save=True,
+        auto_save_path=str(tmp_path / f"auto-{fmt}"),
+        trajectory_format=fmt,
+        **kwargs,
+    )
+
+
+def pair(tmp_path: Path, fmt: str, window: int, cache: int, **kwargs) -> tuple[TrajectoryReplayBuffer, ...]:
+    """A disk-backed buffer with a small cache, and the in-memory reference (same seed)."""
+    memory = TrajectoryReplayBuffer(seed=7, sample_window_size=window, **kwargs)
+    return auto(tmp_path, fmt, window, cache, **kwargs), memory
+
+
+def add_both(buffers, codes) -> None:
+    for code in codes:
+        traj = coded_trajectory(code, n=3, e=2, num_envs=2)
+        for buf in buffers:
+            buf.add_trajectories([traj])
+
+
+@pytest.mark.parametrize("fmt", FILE_FORMATS)
+def test_samples_from_copies_are_the_samples_from_memory(tmp_path, private_tmp, fmt):
+    disk, memory = pair(tmp_path, fmt, window=12, cache=2)
+    add_both((disk, memory), range(20))
+    disk.flush()
+    for _ in range(6):  # the first sample reads the files and copies them; the rest read copies
+        a, b = disk.sample(300), memory.sample(300)
+        assert_same_batch(a, b)
+        assert_aligned(a, n=3)
+    assert copies(private_tmp)
+    disk.close()
+    assert not glob.glob(str(private_tmp / "rlinf-sampling-copy-*"))  # closing deletes them
+
+
+@pytest.mark.parametrize("fmt", FILE_FORMATS)
+def test_copies_follow_adds_evictions_and_window_changes(tmp_path, private_tmp, fmt):
+    """The reference is the segment format (an in-memory buffer drops what a narrower window
+    leaves out; a disk-backed one keeps it)."""
+    disk = auto(tmp_path, fmt, window=8, cache=1, max_trajectories=14)
+    memory = auto(tmp_path, "segment", window=8, cache=1, max_trajectories=14)
+    add_both((disk, memory), range(10))
+    for step in range(12):
+        assert_same_batch(disk.sample(200), memory.sample(200))
+        add_both((disk, memory), [100 + step])  # evictions past 14 trajectories
+        if step == 5:
+            disk.sample_window_size = memory.sample_window_size = 4
+        if step == 8:
+            disk.sample_window_size = memory.sample_window_size = 0
+    assert_same_batch(disk.sample(500), memory.sample(500))
+    disk.close()
+    memory.close()
+
+
+def test_copy_segments_of_trajectories_that_left_are_deleted(tmp_path, private_tmp, monkeypatch):
+    monkeypatch.setattr("rlinf_replay_buffer.sampling_copy.COPY_SEGMENT_BYTES", 1)  # one per segment
+    disk, memory = pair(tmp_path, "pt", window=4, cache=1)
+    add_both((disk, memory), range(4))
+    assert_same_batch(disk.sample(400), memory.sample(400))
+    before = len(copies(private_tmp))
+    assert before >= 2
+    add_both((disk, memory), range(10, 14))  # the first four left the window
+    for _ in range(3):
+        assert_same_batch(disk.sample(400), memory.sample(400))
+    assert len(copies(private_tmp)) <= 4 + 1  # the new window's, and the one being appended
+    disk.close()
+
+
+def test_a_loaded_directory_is_sampled_through_copies(tmp_path, private_tmp):
+    src = TrajectoryReplayBuffer(sample_window_size=0)
+    add_both((src,), range(9))
+    src.save_checkpoint(str(tmp_path / "ckpt"))
+    loaded = TrajectoryReplayBuffer(seed=3, sample_window_size=0, cache_size=2)
+    loaded.load_checkpoint(str(tmp_path / "ckpt"))
+    reference = TrajectoryReplayBuffer(seed=3, sample_window_size=0)
+    reference.load_checkpoint(str(tmp_path / "ckpt"))
+    reference.clear_cache()
+    for _ in range(4):
+        assert_same_batch(loaded.sample(256), reference.sample(256))
+    assert copies(private_tmp)
+
+
+def test_a_copy_that_cannot_be_written_never_fails_a_sample(tmp_path, private_tmp, monkeypatch):
+    def full(self, rows, sync=True):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SegmentStore, "append", full)
+    disk, memory = pair(tmp_path, "pt", window=10, cache=2)
+    add_both((disk, memory), range(10))
+    with pytest.warns(ReplayBufferWarning, match="sampling copies .* stopped .*No space left"):
+        assert_same_batch(disk.sample(300), memory.sample(300))
+    for _ in range(3):  # reads go on from the files, without another warning
+        assert_same_batch(disk.sample(300), memory.sample(300))
+    assert not glob.glob(str(private_tmp / "rlinf-sampling-copy-*" / "seg-*"))
+    disk.close()
+
+
+def test_the_buffer_directory_never_holds_a_copy(tmp_path, private_tmp):
+    disk, memory = pair(tmp_path, "pt", window=10, cache=2)
+    add_both((disk, memory), range(10))
+    disk.sample(300)
+    assert not [n for n in os.listdir(tmp_path / "auto-pt") if n.startswith(("seg-", "rlinf-sampling"))]
+    disk.close()
