@@ -69,6 +69,8 @@ class TrajectoryReplayBuffer:
         max_staleness: int | None = None,
         rate_limiter: RateLimiter | None = None,
         rate_limit_timeout: float | None = None,
+        sampling_copies: bool = True,
+        sampling_copy_dir: str | None = None,
     ) -> None:
         s = BufferSettings.of(**{k: v for k, v in locals().items() if k in NAMES})
         self._limiter = LimiterGate(rate_limiter, s.rate_limit_timeout)
@@ -104,6 +106,7 @@ class TrajectoryReplayBuffer:
     prioritized, rate_limit_timeout = read_only("prioritized"), read_only("rate_limit_timeout")
     reserve_bytes, max_pending_bytes = read_only("reserve_bytes"), read_only("max_pending_bytes")
     priority_alpha, priority_eps = read_only("priority_alpha"), read_only("priority_eps")
+    sampling_copies, sampling_copy_dir = read_only("sampling_copies"), read_only("sampling_copy_dir")
 
     @property
     def rate_limiter(self) -> RateLimiter | None:

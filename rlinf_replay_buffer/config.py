@@ -114,6 +114,8 @@ CONSTRUCTOR_KEYS = (
     "max_staleness",
     "rate_limiter",
     "rate_limit_timeout",
+    "sampling_copies",
+    "sampling_copy_dir",
 )
 #: keys RLinf reads from the buffer node that are not constructor arguments
 EXTRA_KEYS = ("min_buffer_size", "enable_preload", "prefetch_size", "load_path")

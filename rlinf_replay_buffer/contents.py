@@ -77,7 +77,13 @@ class Contents:
             if s.ring_limit is False
             else TrajectoryCache(s.ring_limit, s.cache_max_bytes, s.reserve_bytes)
         )
-        self.store = RowStore(self.index, ring, self.saver.segment_store_for if self.saver else None)
+        self.store = RowStore(
+            self.index,
+            ring,
+            self.saver.segment_store_for if self.saver else None,
+            settings.sampling_copy_dir,
+            settings.sampling_copies,
+        )
         if self.saver is not None:
             records, schema = self.saver.contents
             if records:

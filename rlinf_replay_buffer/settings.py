@@ -43,6 +43,9 @@ class BufferSettings:
         max_staleness: freshness bound in policy updates (``None``: none).
         rate_limit_timeout: seconds a rate-limited add or sample waits at most (``None``: no
             bound).
+        sampling_copies: give ``pt``/``pkl`` trajectories read from their files a sampling copy
+            (:mod:`.sampling_copy`), made in ``sampling_copy_dir`` (absolute; ``None``: the
+            system's temporary directory).
     """
 
     seed: int = 1234
@@ -66,6 +69,8 @@ class BufferSettings:
     priority_eps: float = 1e-6
     max_staleness: int | None = None
     rate_limit_timeout: float | None = None
+    sampling_copies: bool = True
+    sampling_copy_dir: str | None = None
 
     @classmethod
     def of(cls, **kwargs: Any) -> BufferSettings:
@@ -79,7 +84,7 @@ class BufferSettings:
             v["seed"] = random.SystemRandom().randrange(2**63)
         for name in ("seed", "cache_size", "sample_window_size"):
             v[name] = check_int(name, v[name], 0)
-        for name in ("enable_cache", "auto_save", "check_finite", "prioritized"):
+        for name in ("enable_cache", "auto_save", "check_finite", "prioritized", "sampling_copies"):
             v[name] = check_bool(name, v[name])
         for name in (
             "cache_max_bytes",
@@ -104,6 +109,13 @@ class BufferSettings:
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
         ):
             raise InvalidArgumentError(f"rate_limit_timeout must be None or a number >= 0, got {timeout!r}")
+        where = v.get("sampling_copy_dir")
+        if where is not None:
+            if not isinstance(where, str | os.PathLike) or not os.path.isdir(where):
+                raise InvalidArgumentError(
+                    f"sampling_copy_dir must be None or an existing directory, got {where!r}"
+                )
+            v["sampling_copy_dir"] = os.path.abspath(os.fspath(where))
         path = v.pop("auto_save_path", "")
         if v["auto_save"]:
             if not isinstance(path, str | os.PathLike) or not os.fspath(path):

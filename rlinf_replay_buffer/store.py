@@ -187,6 +187,7 @@ class RowStore:
             ``directory`` is its directory, else ``None``.
         copy_parent: where sampling copies of file-backed trajectories are kept
             (:mod:`.sampling_copy`; ``None``: the system's temporary directory).
+        copies: make sampling copies at all.
 
     Not thread-safe: the buffer calls it under its lock.
     """
@@ -197,6 +198,7 @@ class RowStore:
         ring: TrajectoryCache | None,
         own_segments: Callable[[str, Schema], SegmentStore | None] | None = None,
         copy_parent: str | None = None,
+        copies: bool = True,
     ) -> None:
         self._index = index
         self._copy_parent = copy_parent
@@ -211,7 +213,7 @@ class RowStore:
         self._segment_stores: dict[str, SegmentStore] = {}
         self._episode_ends: dict[int, np.ndarray] = {}
         self._copy: SamplingCopy | None = None  # sampling copies of file-backed rows
-        self._copying = True  # False once a copy could not be written
+        self._copying = copies  # False once a copy could not be written
 
     # -- schema -------------------------------------------------------------------------------
     @property

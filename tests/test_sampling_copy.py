@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_aligned, assert_same_batch, coded_trajectory
 
-from rlinf_replay_buffer import ReplayBufferWarning, TrajectoryReplayBuffer
+from rlinf_replay_buffer import InvalidArgumentError, ReplayBufferWarning, TrajectoryReplayBuffer
 from rlinf_replay_buffer.formats.segment import SegmentStore
 
 FILE_FORMATS = ["pt", "pkl"]
@@ -53,10 +53,14 @@ def pair(tmp_path: Path, fmt: str, window: int, cache: int, **kwargs) -> tuple[T
 
 
 def add_both(buffers, codes) -> None:
+    """Add the same trajectories to each buffer; flush the auto-saving ones (rows still waiting
+    for their file are read from memory, not copied)."""
     for code in codes:
         traj = coded_trajectory(code, n=3, e=2, num_envs=2)
         for buf in buffers:
             buf.add_trajectories([traj])
+    for buf in buffers:
+        buf.flush()
 
 
 @pytest.mark.parametrize("fmt", FILE_FORMATS)
@@ -141,3 +145,32 @@ def test_the_buffer_directory_never_holds_a_copy(tmp_path, private_tmp):
     disk.sample(300)
     assert not [n for n in os.listdir(tmp_path / "auto-pt") if n.startswith(("seg-", "rlinf-sampling"))]
     disk.close()
+
+
+def test_copies_go_to_the_directory_asked_for_or_nowhere(tmp_path, private_tmp):
+    chosen = tmp_path / "copies"
+    chosen.mkdir()
+    disk = auto(tmp_path, "pt", window=10, cache=2, sampling_copy_dir=str(chosen))
+    add_both((disk,), range(10))
+    disk.sample(300)
+    assert glob.glob(str(chosen / "rlinf-sampling-copy-*" / "seg-*")) and not copies(private_tmp)
+    disk.close()
+    off = TrajectoryReplayBuffer(
+        seed=7,
+        sample_window_size=10,
+        cache_size=2,
+        auto_save=True,
+        auto_save_path=str(tmp_path / "off"),
+        sampling_copies=False,
+    )
+    memory = TrajectoryReplayBuffer(seed=7, sample_window_size=10)
+    add_both((off, memory), range(10))
+    for _ in range(3):
+        assert_same_batch(off.sample(300), memory.sample(300))
+    assert not copies(private_tmp) and off.sampling_copies is False
+    off.close()
+
+
+def test_a_copy_directory_that_does_not_exist_is_refused(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="sampling_copy_dir must be None or an existing directory"):
+        TrajectoryReplayBuffer(sampling_copy_dir=str(tmp_path / "missing"))

@@ -24,6 +24,7 @@ The ray scenario's variants:
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rlinf_replay_buffer import TrajectoryReplayBuffer
@@ -70,6 +71,11 @@ def _sampler_kwargs(variant: str, cfg: StoreConfig) -> dict[str, Any]:
     return {}
 
 
+def copies_dir(path: str) -> str:
+    """Where an auto-saving contender keeps its sampling copies: a sibling of its directory."""
+    return path.rstrip(os.sep) + ".copies"
+
+
 def _make(variant: str, cfg: StoreConfig, path: str | None) -> TrajectoryReplayBuffer:
     try:
         if _is_memory(variant):
@@ -78,6 +84,7 @@ def _make(variant: str, cfg: StoreConfig, path: str | None) -> TrajectoryReplayB
             )
         if path is None:
             raise Unsupported("needs a directory")
+        os.makedirs(copies_dir(path), exist_ok=True)
         return TrajectoryReplayBuffer(
             seed=cfg.seed,
             enable_cache=cfg.cache_size > 0,
@@ -86,6 +93,7 @@ def _make(variant: str, cfg: StoreConfig, path: str | None) -> TrajectoryReplayB
             auto_save=True,
             auto_save_path=path,
             trajectory_format=variant,
+            sampling_copy_dir=copies_dir(path),  # beside it: a cold call drops the copies too
         )
     except ValueError as exc:
         raise Unsupported(f"trajectory_format={variant!r} rejected: {exc}") from exc
@@ -129,7 +137,7 @@ class OursStore(Store):
         return len(self.buf)
 
     def files(self) -> list[str]:
-        return files_under(self.path)
+        return files_under(self.path) + (files_under(copies_dir(self.path)) if self.path else [])
 
     def close(self) -> None:
         self.buf.close()
