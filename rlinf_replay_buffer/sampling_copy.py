@@ -13,7 +13,8 @@ rows to a private, scratch segment store (:class:`~.formats.segment.SegmentStore
 temporary directory of its own) and the index locates the trajectory's rows there
 (:meth:`~.index.TrajectoryIndex.set_copy`). The interchange files stay exactly as they are (RLinf
 reads them); the copy is derived data: never fsync'd, never read by anything but this process,
-removed when the buffer closes. It holds the trajectories that were sampled; a segment is deleted
+removed when the buffer closes (a copy whose process died is removed by the next copy made in
+the same directory on the same host). It holds the trajectories that were sampled; a segment is deleted
 once none of its trajectories is in the buffer, or once all of them are older than the sampling
 window.
 
@@ -23,9 +24,11 @@ warning and sampling goes on from the files: a copy never fails a sample.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import warnings
 import weakref
@@ -35,6 +38,7 @@ import torch
 
 from .errors import ReplayBufferWarning
 from .formats.segment import SegmentStore
+from .fsio import atomic_write_json
 from .schema import Schema
 from .trajectory import Key
 
@@ -42,6 +46,35 @@ logger = logging.getLogger("rlinf_replay_buffer")
 
 #: rows of a copy segment before the next one starts (a segment is reclaimed whole)
 COPY_SEGMENT_BYTES = 512 << 20
+PREFIX = "rlinf-sampling-copy-"
+OWNER = "owner.json"  # {"pid": ..., "host": ...} of the process the copy belongs to
+
+
+def remove_orphans(parent: str | None) -> list[str]:
+    """Delete the copies in ``parent`` (``None``: the system's temporary directory) whose
+    process died without removing them (killed, or the machine crashed): their owner file names
+    a process of this host that no longer exists. Returns the deleted directories."""
+    parent = parent or tempfile.gettempdir()
+    host, removed = socket.gethostname(), []
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            with open(os.path.join(path, OWNER), "rb") as f:
+                owner = json.loads(f.read(4096))
+            pid = owner["pid"]
+            if owner["host"] != host or not isinstance(pid, int) or pid <= 0:
+                continue
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not ours to judge (no owner file yet, another user's, unreadable)
+    return removed
 
 
 class SamplingCopy:
@@ -55,8 +88,12 @@ class SamplingCopy:
     """
 
     def __init__(self, schema: Schema, parent: str | None = None, segment_bytes: int | None = None) -> None:
-        self.directory = tempfile.mkdtemp(prefix="rlinf-sampling-copy-", dir=parent)
+        remove_orphans(parent)
+        self.directory = tempfile.mkdtemp(prefix=PREFIX, dir=parent)
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.directory, True)
+        atomic_write_json(
+            os.path.join(self.directory, OWNER), {"pid": os.getpid(), "host": socket.gethostname()}
+        )
         self.store = SegmentStore(self.directory, schema, segment_bytes or COPY_SEGMENT_BYTES)
         self._members: dict[str, set[int]] = {}  # segment -> ids copied there and still held
         self._segment_of: dict[int, str] = {}

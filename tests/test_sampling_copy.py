@@ -9,6 +9,9 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -174,3 +177,41 @@ def test_copies_go_to_the_directory_asked_for_or_nowhere(tmp_path, private_tmp):
 def test_a_copy_directory_that_does_not_exist_is_refused(tmp_path):
     with pytest.raises(InvalidArgumentError, match="sampling_copy_dir must be None or an existing directory"):
         TrajectoryReplayBuffer(sampling_copy_dir=str(tmp_path / "missing"))
+
+
+CHILD = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from conftest import coded_trajectory
+from rlinf_replay_buffer import TrajectoryReplayBuffer
+buf = TrajectoryReplayBuffer(sample_window_size=0, cache_size=1, auto_save=True,
+                             auto_save_path={path!r}, sampling_copy_dir={copies!r})
+for code in range(4):
+    buf.add_trajectories([coded_trajectory(code)])
+buf.flush()
+buf.sample(100)
+print("copied", flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_copy_of_a_killed_process_is_removed_by_the_next_one(tmp_path, private_tmp):
+    chosen = tmp_path / "copies"
+    chosen.mkdir()
+    code = CHILD.format(tests=str(Path(__file__).parent), path=str(tmp_path / "dead"), copies=str(chosen))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline().strip() == b"copied"
+        orphan = glob.glob(str(chosen / "rlinf-sampling-copy-*"))
+        assert len(orphan) == 1
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    assert os.path.isdir(orphan[0])  # SIGKILL: nothing ran to remove it
+    alive = auto(tmp_path, "pt", window=10, cache=1, sampling_copy_dir=str(chosen))
+    add_both((alive,), range(4))
+    alive.sample(100)
+    left = glob.glob(str(chosen / "rlinf-sampling-copy-*"))
+    assert orphan[0] not in left and len(left) == 1  # only the live buffer's own
+    alive.close()
