@@ -163,12 +163,21 @@ def place_records(
     return placed
 
 
-def output_directory(path: str, *, replace_buffer: bool, argument: str = "save_path") -> str:
+def output_directory(
+    path: str,
+    *,
+    replace_buffer: bool,
+    argument: str = "save_path",
+    what: str = "buffer directory",
+    recognize: Callable[[str], bool] = is_buffer_directory,
+) -> str:
     """Absolute path of a buffer directory about to be written at ``path``, with its parent made.
 
     ``path`` may be missing or an empty directory; an existing buffer directory only with
     ``replace_buffer`` (it is then swapped out atomically by :func:`publish`). Anything else (a
-    file, a symlink, a directory of other files) is refused and never touched.
+    file, a symlink, a directory of other files) is refused and never touched. For another kind
+    of directory (a LeRobot dataset), ``what`` names it in messages and ``recognize(path)`` tells
+    one.
 
     Raises:
         InvalidArgumentError: ``path`` is not a path.
@@ -180,17 +189,17 @@ def output_directory(path: str, *, replace_buffer: bool, argument: str = "save_p
     if os.path.islink(dest) or (os.path.lexists(dest) and not os.path.isdir(dest)):
         raise BufferDirectoryError(f"{dest}: exists and is not a directory; choose a new or empty {argument}")
     if os.path.lexists(dest) and not is_empty_directory(dest):
-        if not is_buffer_directory(dest):
+        if not recognize(dest):
             raise BufferDirectoryError(
-                f"{dest}: exists, is not empty and is not a buffer directory; refusing to "
+                f"{dest}: exists, is not empty and is not a {what}; refusing to "
                 f"replace it (choose a new or empty {argument})"
             )
         if not replace_buffer:
             raise BufferDirectoryError(
                 f"{dest}: already exists and is not empty; choose a new or empty {argument}, "
-                "or pass overwrite=True to replace the buffer directory there"
+                f"or pass overwrite=True to replace the {what} there"
             )
-    with writing(dest):
+    with writing(dest, f"the {what}"):
         os.makedirs(os.path.dirname(dest), exist_ok=True)
     return dest
 

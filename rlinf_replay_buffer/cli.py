@@ -9,9 +9,12 @@ Subcommands, each a thin layer over one library function:
 ``merge``  :func:`.tools.merge_split.merge_or_split`: merge ``rank_*`` directories
 ``split``  :func:`.tools.merge_split.merge_or_split` with ``split_count``
 ``verify`` :func:`.tools.verify.verify_directory`: check (and ``--repair``) a directory
-``view``   :mod:`.tools.view`: a picture of a trajectory or a sampled batch
+``view``   :mod:`.tools.view`: a picture of a trajectory or a sampled batch, or a video of a
+           trajectory
 ``export`` :func:`.tools.parquet.export_parquet`: a buffer as one Parquet file
+           (``--format lerobot``: :func:`.tools.lerobot.export_lerobot`, a LeRobot dataset)
 ``import`` :func:`.tools.parquet.import_parquet`: a Parquet export back into a buffer
+           (``--format lerobot``: :func:`.tools.lerobot.import_lerobot`, from a LeRobot dataset)
 =========  ===================================================================================
 
 RLinf's legacy form, ``python rlinf/data/replay_buffer.py --load-path PATH [--num-chunks N ...]``
@@ -38,10 +41,14 @@ import torch
 
 from . import __version__
 from .buffer import Batch, TrajectoryReplayBuffer
-from .errors import ReplayBufferError
+from .errors import InvalidArgumentError, ReplayBufferError
 from .tools.progress import progress_bar
 
 PROG = "rlinf-buffer"
+#: what ``export`` writes and ``import`` reads (``--format``)
+FORMATS = ("parquet", "lerobot")
+#: ``export``'s options for ``--format lerobot`` only
+LEROBOT_OPTIONS = ("fps", "task", "video", "robot_type")
 LEGACY_PROG = "python rlinf/data/replay_buffer.py"
 _WIDTH = 100  # help text width, fixed so that docs/cli.md matches --help everywhere
 
@@ -132,12 +139,16 @@ FLAG_NAMES: dict[str, dict[str, str]] = {
         "seed": "--seed",
         "env": "--env",
         "out": "--out",
+        "fps": "--fps",
         _EMPTY_WINDOW: "the buffer directory is empty",
     },
     "export": {
         "out_path": "--out",
         "overwrite=True": "--overwrite",
         "give the path of the Parquet file": "give --out the path of the Parquet file",
+        "fps": "--fps",
+        "task": "--task",
+        "robot_type": "--robot-type",
     },
     "import": {
         "dest_path": "--save-path",
@@ -329,9 +340,11 @@ def build_tool_parser() -> argparse.ArgumentParser:
     s = _add(
         sub,
         "view",
-        "draw a trajectory or a sampled batch",
-        "Draw a trajectory (camera frames over time, with its actions, rewards and done flags on "
-        "the same time axis) or a sampled batch into a PNG file.",
+        "draw a trajectory or a sampled batch, or play a trajectory as a video",
+        "Draw a trajectory (camera frames over time, with its states, actions, rewards and done "
+        "flags on the same time axis) or a sampled batch into a PNG file (--out), or play a "
+        "trajectory as a video (--video), one frame per step: its camera images above the same "
+        "plots with a cursor at the step.",
     )
     s.add_argument("path", help="the buffer directory")
     which = s.add_mutually_exclusive_group(required=True)
@@ -339,7 +352,14 @@ def build_tool_parser() -> argparse.ArgumentParser:
         "--trajectory", type=int, metavar="ID", help=f"the trajectory id to draw (`{PROG} info` lists them)"
     )
     which.add_argument("--sample", type=int, metavar="N", help="draw N sampled transitions instead")
-    s.add_argument("--out", required=True, help="the PNG file to write")
+    written = s.add_mutually_exclusive_group(required=True)
+    written.add_argument("--out", help="the PNG file to write")
+    written.add_argument(
+        "--video",
+        metavar="FILE",
+        help="with --trajectory: the video file to write instead; its suffix picks the format "
+        "(.mp4, .gif, .mkv, .webm; needs the video extra)",
+    )
     s.add_argument(
         "--env",
         type=int,
@@ -347,30 +367,61 @@ def build_tool_parser() -> argparse.ArgumentParser:
         help="with --trajectory: which of its parallel environments to draw, from 0 (default 0)",
     )
     s.add_argument("--seed", type=int, default=0, help="random seed of --sample (default 0)")
+    s.add_argument("--fps", type=float, help="with --video: frames (steps) per second (default 10)")
     _output_options(s)
 
     s = _add(
         sub,
         "export",
-        "write a buffer as one Parquet file",
+        "write a buffer as one Parquet file or a LeRobot dataset",
         "Export a buffer directory to one Parquet file: one row per transition, image fields as "
         "PNG images (Hugging Face `datasets` loads them as Image features), every field's shape and "
-        "dtype recorded in the file so that `import` restores it.",
+        "dtype recorded in the file so that `import` restores it. With --format lerobot, write a "
+        "LeRobot dataset (codebase version v3.0) instead: one episode per environment of each "
+        "trajectory, cut where dones is set (docs/format.md, LeRobot datasets).",
     )
     s.add_argument("path", help="the buffer directory")
-    s.add_argument("--out", required=True, help="the .parquet file to write")
     s.add_argument(
-        "--overwrite", action="store_true", help="replace the file at --out if it exists (atomically)"
+        "--out",
+        required=True,
+        help="the .parquet file to write, or with --format lerobot the dataset directory",
+    )
+    s.add_argument(
+        "--format", choices=FORMATS, default="parquet", help="what to write: parquet (the default) or lerobot"
+    )
+    s.add_argument(
+        "--fps",
+        type=int,
+        help="with --format lerobot (required): frames per second of the recording (timestamps are "
+        "frame_index / fps)",
+    )
+    s.add_argument("--task", help="with --format lerobot (required): the task description of every episode")
+    s.add_argument(
+        "--video",
+        action="store_true",
+        help="with --format lerobot: store RGB cameras as MP4 videos (H.264) instead of PNG images",
+    )
+    s.add_argument("--robot-type", help="with --format lerobot: the robot_type of meta/info.json")
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what is at --out if there is one (atomically): the Parquet file, or a LeRobot "
+        "dataset directory",
     )
     _output_options(s)
 
     s = _add(
         sub,
         "import",
-        "read a Parquet export back into a buffer",
-        "Rebuild a buffer directory from a Parquet file written by `export` (of this or an earlier version).",
+        "read a Parquet export or a LeRobot dataset into a buffer",
+        "Rebuild a buffer directory from a Parquet file written by `export` (of this or an earlier "
+        "version). With --format lerobot, build one from a LeRobot dataset directory (codebase "
+        "version v2.1 or v3.0, cameras as images or videos): one trajectory per episode.",
     )
-    s.add_argument("parquet", help="the .parquet file")
+    s.add_argument("source", help="the .parquet file, or with --format lerobot the dataset directory")
+    s.add_argument(
+        "--format", choices=FORMATS, default="parquet", help="what to read: parquet (the default) or lerobot"
+    )
     _save_path_options(s)
     s.add_argument(
         "--trajectory-format",
@@ -428,6 +479,7 @@ JSON_KEYS: tuple[tuple[str, str, str, str], ...] = (
      "the buffer directories read from --source-path, in rank order"),
     ("save_path", "string", "merge, split, import", "absolute path of the buffer directory written"),
     ("parquet_path", "string", "import", "absolute path of the Parquet file read"),
+    ("dataset_path", "string", "import", "with --format lerobot: absolute path of the LeRobot dataset read"),
     ("out_path", "string", "view, export", "absolute path of the file written (--out)"),
     ("trajectory_format", "string or null", "info, verify, export, import",
      "format of the trajectory files: pt, pkl or segment (of PATH; for import, of --save-path); "
@@ -441,8 +493,8 @@ JSON_KEYS: tuple[tuple[str, str, str, str], ...] = (
      "info, info (ranks), sample, merge, split, verify, verify (ranks), export, import",
      "transitions (sum of steps x environments over those trajectories)"),
     ("bytes", "integer", "info, info (ranks), export, import",
-     "size on disk: info, of the trajectory data; export, of the Parquet file; import, of every "
-     "file under --save-path"),
+     "size on disk: info, of the trajectory data; export, of the Parquet file (or of every file "
+     "of the LeRobot dataset); import, of every file under --save-path"),
     ("ranks", "list of output", "info (ranks), verify (ranks)",
      "one object per rank_* directory, in rank order: the subcommand's output for that directory"),
     ("ok", "boolean", "verify, verify (ranks)",
@@ -494,15 +546,25 @@ JSON_KEYS: tuple[tuple[str, str, str, str], ...] = (
      "the folder damaged files were moved to by --repair, if any"),
     ("after_repair", "output", "verify",
      "with --repair, when something was repaired: verify's output for the repaired directory"),
-    ("width", "integer", "view", "width of the picture in pixels"),
-    ("height", "integer", "view", "height of the picture in pixels"),
-    ("num_frames", "integer", "view", "camera frames drawn (all cameras together)"),
+    ("width", "integer", "view", "width of the picture (with --video, of each video frame) in pixels"),
+    ("height", "integer", "view", "height of the picture (with --video, of each video frame) in pixels"),
+    ("num_frames", "integer", "view",
+     "camera frames drawn (all cameras together); with --video, frames of the video (one per step)"),
+    ("fps", "number", "view", "with --video: frames per second of the video"),
     ("cameras", "list of string", "view", "the camera fields whose frames are drawn"),
     ("frame_indices", "list of integer", "view",
      "the steps (--trajectory) or sample numbers (--sample) the frames show"),
     ("plotted_fields", "list of string", "view", "the fields plotted under the frames"),
     ("num_row_groups", "integer", "export", "Parquet row groups written"),
-    ("image_fields", "list of string", "export", "the fields stored as PNG images"),
+    ("image_fields", "list of string", "export",
+     "the fields stored as PNG images (with --format lerobot: the LeRobot image features)"),
+    ("num_episodes", "integer", "export", "with --format lerobot: the LeRobot episodes written"),
+    ("video_fields", "list of string", "export",
+     "with --format lerobot: the LeRobot features stored as MP4 videos (--video)"),
+    ("codebase_version", "string", "import",
+     "with --format lerobot: the dataset's LeRobot codebase version (v2.1 or v3.0)"),
+    ("skipped_features", "list of string", "import",
+     "with --format lerobot: the dataset's features no buffer field holds (left out)"),
     ("trajectory_ids", "list of integer", "import", "the ids of the imported trajectories, in index order"),
 )  # fmt: skip
 
@@ -727,10 +789,22 @@ def _verify_one(path: str, args: argparse.Namespace) -> tuple[int, Any]:
 def _view(args: argparse.Namespace) -> int:
     from .tools import view
 
-    if args.trajectory is not None:
-        result = view.render_trajectory(args.path, args.trajectory, args.out, env=args.env)
+    result: Any
+    if args.video is not None:
+        if args.trajectory is None:
+            raise InvalidArgumentError("--video plays one trajectory: give --trajectory ID, not --sample")
+        speed = {} if args.fps is None else {"fps": args.fps}
+        result = view.render_video(args.path, args.trajectory, args.video, env=args.env, **speed)
+        extra: dict[str, Any] = {"fps": result.fps}
+        played = f", {result.frames} frames at {result.fps:g} fps"
     else:
-        result = view.render_sample(args.path, args.sample, args.out, seed=args.seed)
+        if args.fps is not None:
+            raise InvalidArgumentError("--fps sets the speed of a --video; a picture (--out) has none")
+        if args.trajectory is not None:
+            result = view.render_trajectory(args.path, args.trajectory, args.out, env=args.env)
+        else:
+            result = view.render_sample(args.path, args.sample, args.out, seed=args.seed)
+        extra, played = {"frame_indices": result.frame_indices}, ""
     if args.json:
         _print_json(
             {
@@ -740,66 +814,89 @@ def _view(args: argparse.Namespace) -> int:
                 "height": result.height,
                 "num_frames": result.frames,
                 "cameras": result.cameras,
-                "frame_indices": result.frame_indices,
+                **extra,
                 "plotted_fields": result.fields,
             }
         )
     else:
-        print(f"wrote {result.out} ({result.width}x{result.height} px)")
+        print(f"wrote {result.out} ({result.width}x{result.height} px{played})")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .tools.parquet import export_parquet
-
+    lerobot = args.format == "lerobot"
     with progress_bar("exporting", args.quiet) as progress:
-        result = export_parquet(args.path, args.out, progress=progress, overwrite=args.overwrite)
-    if args.json:
-        _print_json(
-            {
-                "path": result.source_path,
-                "out_path": result.out_path,
-                "trajectory_format": result.source_format,
-                "num_trajectories": result.trajectories,
-                "total_samples": result.transitions,
-                "num_row_groups": result.row_groups,
-                "bytes": result.bytes,
-                "image_fields": result.image_fields,
-            }
-        )
+        if lerobot:
+            from .tools.lerobot import export_lerobot
+
+            result = export_lerobot(
+                args.path,
+                args.out,
+                fps=args.fps,
+                task=args.task,
+                video=args.video,
+                robot_type=args.robot_type,
+                progress=progress,
+                overwrite=args.overwrite,
+            )
+        else:
+            from .tools.parquet import export_parquet
+
+            result = export_parquet(args.path, args.out, progress=progress, overwrite=args.overwrite)
+    if not args.json:
+        episodes = f" as {result.episodes} LeRobot episodes" if lerobot else ""
+        print(f"exported {result.transitions} transitions{episodes} to {result.out_path}")
+        return 0
+    out = {
+        "path": result.source_path,
+        "out_path": result.out_path,
+        "trajectory_format": result.source_format,
+        "num_trajectories": result.trajectories,
+        "total_samples": result.transitions,
+        "bytes": result.bytes,
+        "image_fields": result.image_fields,
+    }
+    if lerobot:
+        out.update(num_episodes=result.episodes, video_fields=result.video_fields)
     else:
-        print(f"exported {result.transitions} transitions to {result.out_path}")
+        out.update(num_row_groups=result.row_groups)
+    _print_json(out)
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .tools.parquet import import_parquet
-
+    lerobot = args.format == "lerobot"
+    if lerobot:
+        from .tools.lerobot import import_lerobot as run
+    else:
+        from .tools.parquet import import_parquet as run
     with progress_bar("importing", args.quiet) as progress:
-        result = import_parquet(
-            args.parquet,
+        result = run(
+            args.source,
             args.save_path,
             trajectory_format=args.trajectory_format,
             progress=progress,
             overwrite=args.overwrite,
         )
-    if args.json:
-        _print_json(
-            {
-                "parquet_path": result.parquet_path,
-                "save_path": result.dest_path,
-                "trajectory_format": result.trajectory_format,
-                "num_trajectories": result.trajectories,
-                "total_samples": result.transitions,
-                "bytes": result.bytes,
-                "trajectory_ids": result.trajectory_ids,
-            }
-        )
-    else:
+    if not args.json:
+        what = f"episodes of a LeRobot {result.codebase_version} dataset" if lerobot else "trajectories"
         print(
-            f"imported {result.trajectories} trajectories ({result.transitions} transitions) "
-            f"to {result.dest_path}"
+            f"imported {result.trajectories} {what} ({result.transitions} transitions) to {result.dest_path}"
         )
+        return 0
+    source = {"dataset_path": result.dataset_path} if lerobot else {"parquet_path": result.parquet_path}
+    out = {
+        **source,
+        "save_path": result.dest_path,
+        "trajectory_format": result.trajectory_format,
+        "num_trajectories": result.trajectories,
+        "total_samples": result.transitions,
+        "bytes": result.bytes,
+        "trajectory_ids": result.trajectory_ids,
+    }
+    if lerobot:
+        out.update(codebase_version=result.codebase_version, skipped_features=result.skipped_features)
+    _print_json(out)
     return 0
 
 
@@ -847,7 +944,30 @@ def main(argv: list[str] | None = None) -> int:
     if first.startswith("-") and first not in ("-h", "--help", "--version"):
         tool.error(f"unknown option {first}: options follow a command (see rlinf-buffer --help)")
     args = tool.parse_args(argv)
+    problem = format_options_problem(args)
+    if problem is not None:
+        sub = next(a for a in tool._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(problem)
     return _run(lambda: COMMANDS[args.command](args), FLAG_NAMES.get(args.command, {}))
+
+
+def format_options_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``export``'s options for its ``--format`` (``None``: nothing): the
+    LeRobot options are required with ``--format lerobot`` and refused with ``parquet``."""
+    if args.command != "export":
+        return None
+    given = [
+        f"--{name.replace('_', '-')}" for name in LEROBOT_OPTIONS if getattr(args, name) not in (None, False)
+    ]
+    if args.format == "parquet" and given:
+        return f"{', '.join(given)}: options of --format lerobot only (the Parquet export takes none of them)"
+    missing = [f"--{name}" for name in ("fps", "task") if getattr(args, name) is None]
+    if args.format == "lerobot" and missing:
+        return (
+            f"--format lerobot needs {' and '.join(missing)}: the frames per second of the recording "
+            "(--fps N) and the task description of its episodes (--task TEXT)"
+        )
+    return None
 
 
 def json_markdown() -> str:

@@ -78,8 +78,8 @@ class CorruptTrajectoryError(CorruptBufferError):
 
 class MissingDependencyError(ReplayBufferError, ImportError):
     """An optional dependency is not installed: pyarrow, Pillow or matplotlib (the ``tools``
-    extra, ``pip install rlinf-replay-buffer[tools]``) or Ray (the ``ray`` extra). The message
-    names the package and the command that installs it."""
+    extra, ``pip install rlinf-replay-buffer[tools]``), Ray (the ``ray`` extra) or PyAV (the
+    ``video`` extra). The message names the package and the command that installs it."""
 
 
 #: the earlier name of :class:`MissingDependencyError` in :mod:`.tools.view` (the same class)

@@ -117,6 +117,8 @@ def every_output(capsys, tmp: Path) -> list[tuple[str, dict]]:
     next(damaged.glob("trajectory_*.pt")).unlink()
     (damaged / "trajectory_99_stray.pt").write_bytes(b"not a trajectory")
     parquet = tmp / "buf.parquet"
+    lerobot = tmp / "lerobot"
+    lerobot_options = ("--format", "lerobot", "--fps", "10", "--task", "pick")
     return [
         ("info", run_json(capsys, "info", str(buf))),
         ("info", run_json(capsys, "info", str(buf), "--stats")),
@@ -146,6 +148,12 @@ def every_output(capsys, tmp: Path) -> list[tuple[str, dict]]:
         ("verify (ranks)", run_json(capsys, "verify", str(ranks))),
         ("view", run_json(capsys, "view", str(buf), "--trajectory", "1", "--out", str(tmp / "t.png"))),
         ("view", run_json(capsys, "view", str(buf), "--sample", "6", "--out", str(tmp / "s.png"))),
+        ("view", run_json(capsys, "view", str(buf), "--trajectory", "2", "--video", str(tmp / "t.mp4"))),
+        ("export", run_json(capsys, "export", str(buf), "--out", str(lerobot), *lerobot_options)),
+        (
+            "import",
+            run_json(capsys, "import", str(lerobot), "--format", "lerobot", "--save-path", str(tmp / "demo")),
+        ),
         ("export", run_json(capsys, "export", str(buf), "--out", str(parquet))),
         ("export", run_json(capsys, "export", str(buf), "--out", str(parquet), "--overwrite")),
         ("import", run_json(capsys, "import", str(parquet), "--save-path", str(tmp / "back"))),

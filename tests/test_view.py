@@ -196,7 +196,7 @@ def test_trajectory_picture_every_format(tmp_path, fmt):
     assert res.cameras == ["curr_obs.main_images", "curr_obs.wrist_images"]
     assert res.frames == 24  # 12 per camera
     assert res.frame_indices[0] == 0 and res.frame_indices[-1] == 23
-    assert res.fields == ["actions", "rewards", "dones", "terminations", "truncations"]
+    assert res.fields == ["curr_obs.states", "actions", "rewards", "dones", "terminations", "truncations"]
     assert_not_blank(px)
 
 
@@ -240,7 +240,7 @@ def test_without_cameras_plots_only(tmp_path):
     res = render_trajectory(path, 0, str(tmp_path / "plots.png"), dpi=50)
     px = pixels(res)
     assert res.frames == 0 and res.cameras == [] and res.frame_indices == []
-    assert res.fields == ["actions", "rewards", "dones", "terminations", "truncations"]
+    assert res.fields == ["curr_obs.states", "actions", "rewards", "dones", "terminations", "truncations"]
     assert_not_blank(px)
     with_cams = save(tmp_path, [scene_trajectory(30, 2)], name="cams")
     taller = render_trajectory(with_cams, 0, str(tmp_path / "cams.png"), dpi=50)
@@ -277,7 +277,7 @@ def test_sample_picture_every_format(tmp_path, fmt):
     px = pixels(res)
     assert res.width == 700
     assert res.frames == 24 and res.frame_indices == list(range(12))
-    assert res.fields == ["actions", "rewards", "dones", "terminations", "truncations"]
+    assert res.fields == ["curr_obs.states", "actions", "rewards", "dones", "terminations", "truncations"]
     assert_not_blank(px)
 
 

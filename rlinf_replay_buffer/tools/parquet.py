@@ -86,25 +86,28 @@ _CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _COMPRESSIONS = ("none", "snappy", "gzip", "brotli", "lz4", "zstd")
 
 
-def _pyarrow() -> tuple[Any, Any]:
+def require_pyarrow(purpose: str = "Parquet export/import") -> tuple[Any, Any]:
+    """``(pyarrow, pyarrow.parquet)``, or :class:`MissingDependencyError` saying that ``purpose``
+    needs them and naming the extra to install."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise MissingDependencyError(
-            f"Parquet export/import needs pyarrow, which is not installed ({exc}); install the "
+            f"{purpose} needs pyarrow, which is not installed ({exc}); install the "
             f"tools extra: {INSTALL_HINT}"
         ) from exc
     return pa, pq
 
 
-def _pillow() -> Any:
+def require_pillow(purpose: str = "decoding the PNG image columns") -> Any:
+    """Pillow's ``Image`` module, or :class:`MissingDependencyError` saying that ``purpose``
+    needs it."""
     try:
         from PIL import Image
     except ImportError as exc:
         raise MissingDependencyError(
-            f"decoding the PNG image columns needs Pillow, which is not installed ({exc}); "
-            f"install the tools extra: {INSTALL_HINT}"
+            f"{purpose} needs Pillow, which is not installed ({exc}); install the tools extra: {INSTALL_HINT}"
         ) from exc
     return Image
 
@@ -368,8 +371,9 @@ def encode_png(images: np.ndarray, level: int = 1) -> list[bytes]:
     return [head + _png_chunk(b"IDAT", zlib.compress(image.tobytes(), level)) + tail for image in raw]
 
 
-def _field_array(pa: Any, f: FieldLayout, rows: torch.Tensor, png_level: int) -> Any:
-    """The Arrow array of one field for one trajectory's rows ``[N, *shape]``."""
+def field_array(pa: Any, f: FieldLayout, rows: torch.Tensor, png_level: int) -> Any:
+    """The Arrow array of one field for one trajectory's rows ``[N, *shape]`` (``[N]`` for a
+    scalar): ``Image`` structs of PNGs, plain values, or fixed-size lists of ``numel`` values."""
     n = int(rows.shape[0])
     if f.encoding == PNG:
         pngs = pa.array(encode_png(rows.numpy(), png_level), type=pa.binary())
@@ -418,7 +422,7 @@ def trajectory_table(
             raise CorruptBufferError(
                 f"{record.path}: {f.name} has {int(data.shape[0])} rows, expected {n} (T={T}, B={B})"
             )
-        arrays.append(_field_array(pa, f, data[start:stop], png_level))
+        arrays.append(field_array(pa, f, data[start:stop], png_level))
     return pa.Table.from_arrays(arrays, schema=schema_arrow)
 
 
@@ -489,7 +493,7 @@ def export_parquet(
         raise InvalidArgumentError(f"compression must be one of {list(_COMPRESSIONS)}, got {compression!r}")
     if isinstance(png_compress_level, bool) or png_compress_level not in range(10):
         raise InvalidArgumentError(f"png_compress_level must be an int in 0..9, got {png_compress_level!r}")
-    pa, pq = _pyarrow()
+    pa, pq = require_pyarrow()
     contents, schema = read_directory(source_path)
     layout = plan_layout(schema or Schema(), image_fields)
     out = _check_out_path(out_path, overwrite)
@@ -680,11 +684,21 @@ def _same_type(pa: Any, got: Any, want: Any) -> bool:
     return bool(got == want)
 
 
-def _trajectory_slices(pa: Any, pf: Any, path: str, batch_rows: int) -> Iterator[tuple[int, Any]]:
-    """``(trajectory_id, table)`` per trajectory, in file order, read in batches of rows.
+def contiguous_runs(
+    pa: Any,
+    pf: Any,
+    path: str,
+    batch_rows: int,
+    column: str = "trajectory_id",
+    what: str = "trajectory",
+    writer: str = "export_parquet",
+) -> Iterator[tuple[int, Any]]:
+    """``(value, table)`` per run of rows sharing one integer ``column`` value (a trajectory's
+    rows, an episode's), in file order, read in batches of rows, one row group at a time.
 
     Raises:
-        CorruptBufferError: a trajectory's rows are not contiguous, or a null id.
+        CorruptBufferError: the rows of one value are not contiguous, or a null value (messages
+            name the rows as ``what``; ``writer`` is what writes them in order).
     """
     current: int | None = None
     parts: list[Any] = []
@@ -696,10 +710,10 @@ def _trajectory_slices(pa: Any, pf: Any, path: str, batch_rows: int) -> Iterator
         for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[group])
     )
     for batch in batches:
-        column = batch.column("trajectory_id")
-        if column.null_count:
-            raise CorruptBufferError(f"{path}: trajectory_id has null values")
-        ids = column.to_numpy()
+        values = batch.column(column)
+        if values.null_count:
+            raise CorruptBufferError(f"{path}: {column} has null values")
+        ids = values.to_numpy()
         starts = np.concatenate([[0], np.flatnonzero(np.diff(ids)) + 1]).tolist()
         ends = starts[1:] + [len(ids)]
         for start, end in zip(starts, ends, strict=True):
@@ -711,8 +725,8 @@ def _trajectory_slices(pa: Any, pf: Any, path: str, batch_rows: int) -> Iterator
                 yield current, pa.Table.from_batches(parts)
             if tid in seen:
                 raise CorruptBufferError(
-                    f"{path}: the rows of trajectory {tid} are not contiguous; rows must be ordered by "
-                    "trajectory (as export_parquet writes them)"
+                    f"{path}: the rows of {what} {tid} are not contiguous; rows must be ordered by "
+                    f"{what} (as {writer} writes them)"
                 )
             seen.add(tid)
             current, parts = tid, [batch.slice(start, end - start)]
@@ -886,7 +900,7 @@ def import_parquet(
     """
     fmt = formats.check_format(trajectory_format)
     batch_rows = check_int("batch_rows", batch_rows, 1)
-    pa, pq = _pyarrow()
+    pa, pq = require_pyarrow()
     if not isinstance(parquet_path, str | os.PathLike) or not os.fspath(parquet_path):
         raise InvalidArgumentError(f"parquet_path must be a file path, got {parquet_path!r}")
     path = os.path.abspath(os.fspath(parquet_path))
@@ -899,7 +913,7 @@ def import_parquet(
     except pa.ArrowException as exc:
         raise CorruptBufferError(f"{path}: is not a readable Parquet file ({exc})") from None
     info = read_description(pa, path, pf.schema_arrow)
-    Image = _pillow() if any(f.encoding == PNG for f in info.layout) else None
+    Image = require_pillow() if any(f.encoding == PNG for f in info.layout) else None
     dest = output_directory(dest_path, replace_buffer=overwrite, argument="dest_path")
     ids: list[int] = []
     entries: list[dict[str, Any]] = []
@@ -908,7 +922,7 @@ def import_parquet(
         store = SegmentStore(staging, info.schema) if fmt == formats.SEGMENT and info.schema else None
         try:
             try:
-                for tid, table in _trajectory_slices(pa, pf, path, batch_rows):
+                for tid, table in contiguous_runs(pa, pf, path, batch_rows):
                     data = decode_trajectory(pa, Image, info, tid, table, path)
                     del table
                     try:
@@ -969,11 +983,16 @@ __all__ = [
     "ExportResult",
     "ImportResult",
     "MissingDependencyError",
+    "contiguous_runs",
+    "encode_png",
     "export_parquet",
+    "field_array",
     "hf_features",
     "image_struct",
     "import_parquet",
     "is_image",
     "meta_columns",
     "plan_layout",
+    "require_pillow",
+    "require_pyarrow",
 ]

@@ -67,8 +67,13 @@ def dimensions(spec: ColumnSpec) -> int:
 
 
 @dataclass
-class _Accumulator:
-    """Running statistics of one field: ``[items, d]`` float64 chunks folded in one by one."""
+class StatsAccumulator:
+    """Running statistics of one field: ``[items, d]`` float64 chunks folded in one by one.
+
+    ``StatsAccumulator(d, sample_size, scale)``: ``d`` values per item (the last axis of the
+    rows given to :meth:`add`), ``sample_size`` items kept for the quantiles, ``scale`` a factor
+    applied to every value (:data:`IMAGE_SCALE` for ``uint8`` images) or ``None``;
+    :meth:`result` gives the statistics as :func:`field_stats` reports them."""
 
     d: int
     sample_size: int
@@ -175,8 +180,8 @@ def field_stats(
     seed = check_int("seed", seed, 0)
     contents, schema = read_directory(path)
     rng = np.random.default_rng(seed)
-    fields: dict[Key, _Accumulator] = {
-        key: _Accumulator(dimensions(spec), sample_size, IMAGE_SCALE if is_image(spec) else None)
+    fields: dict[Key, StatsAccumulator] = {
+        key: StatsAccumulator(dimensions(spec), sample_size, IMAGE_SCALE if is_image(spec) else None)
         for key, spec in (schema or {}).items()
         if math.prod(spec.row_shape) > 0
     }
@@ -222,6 +227,7 @@ __all__ = [
     "QUANTILES",
     "STAT_NAMES",
     "FieldStats",
+    "StatsAccumulator",
     "dimensions",
     "field_stats",
     "format_stats",

@@ -1,20 +1,32 @@
-"""Pictures of trajectories: camera frames over time above plots of actions, rewards and flags.
+"""Pictures and videos of trajectories: camera frames over time above plots of states, actions,
+rewards and flags.
 
 :func:`render_trajectory` draws one env column of one stored trajectory:
 
 * a title with the trajectory id, the env, ``T``, ``B``, ``model_update_count``, the weights
   id, the format and the directory;
 * per camera, a strip of up to ``max_frames`` frames at evenly spaced steps (first and last
-  included), each labelled with its step;
-* panels sharing one time axis (steps ``0 .. T-1``): every action dimension as a line,
-  the rewards, and the flags (``dones``, ``terminations``, ``truncations``, ``intervene_flags``)
-  as markers. A dashed line after every step whose episode ended runs through all panels,
-  and small triangles on the top edge of the first panel mark the steps the frames show.
+  included), each labelled with its step, the env, its reward and its done flag
+  (``step 12 · env 0`` / ``r 0.5 · done 1``);
+* panels sharing one time axis (steps ``0 .. T-1``): every dimension of each state field
+  (:func:`find_states`) and of the actions as a line, the rewards, and the flags (``dones``,
+  ``terminations``, ``truncations``, ``intervene_flags``) as markers. A dashed line after every
+  step whose episode ended runs through all panels, and small triangles on the top edge of the
+  first panel mark the steps the frames show.
+
+:func:`render_video` plays one env column of one trajectory as a video (``.mp4``, ``.gif``,
+``.mkv``, ``.webm``; :mod:`.video`), one video frame per step: a label (trajectory, env, step,
+reward, done), the step's camera images side by side (small images scaled up by a whole factor,
+nearest neighbour), and under them the same panels over the whole trajectory with a cursor at
+the step.
 
 :func:`render_sample` draws ``num`` transitions sampled by a :class:`TrajectoryReplayBuffer`
 (``sample_window_size=0``: the whole directory): the camera frames of the first ``max_frames``
 samples, and the same panels indexed by sample number (draws are independent: there is no
 time axis, and points are not joined by lines).
+
+**States** are the other ``curr_obs`` fields whose per-step value has 1 to 64 elements (of a
+real, integer or bool dtype): up to 4 of them are plotted, each in its own panel.
 
 **Cameras** are the ``curr_obs`` fields whose dtype is ``uint8`` or floating point and whose
 per-step shape is one of
@@ -29,10 +41,11 @@ frames within ``[0, 1]`` are drawn as they are, within ``[0, 255]`` divided by 2
 stretched from their minimum to their maximum (over the frames shown). ``next_obs`` is not
 drawn (its frames are the next step's ``curr_obs``).
 
-The PNG is written atomically (temporary file in the same directory, then renamed): ``out``
-is either the complete old file or the complete new one. matplotlib and pillow are imported
-only when a picture is drawn (``pip install rlinf-replay-buffer[tools]``); the figure is drawn
-with the Agg canvas directly, so pyplot's state and the global backend are left alone.
+The PNG and the video are written atomically (temporary file in the same directory, then
+renamed): ``out`` is either the complete old file or the complete new one. matplotlib and pillow
+are imported only when a picture is drawn (``pip install rlinf-replay-buffer[tools]``), PyAV only
+when a video is written (``pip install rlinf-replay-buffer[video]``); the figure is drawn with
+the Agg canvas directly, so pyplot's state and the global backend are left alone.
 """
 
 from __future__ import annotations
@@ -57,6 +70,7 @@ from ..record import Record
 from ..schema import Schema
 from ..trajectory import Key, key_name
 from ..validate import check_int
+from . import video
 
 EXTRA = "rlinf-replay-buffer[tools]"
 FLAG_FIELDS = ("dones", "terminations", "truncations", "intervene_flags")
@@ -73,11 +87,14 @@ _MIN_SIDE = 4
 _FRAMES_PER_ROW = 12
 _MAX_PIXELS = 20000  # picture width
 _LEGEND_MAX = 10  # action dimensions beyond this get no legend
+_STATE_MAX_ELEMENTS = 64  # a curr_obs field with more elements per step is not a state
+_MAX_STATE_PANELS = 4
 
 # layout, in inches
 _LEFT, _RIGHT, _TOP, _BOTTOM = 1.15, 1.55, 0.95, 0.6
 _LINE, _CHAR_INCHES, _SEP = 0.21, 0.085, "   ·   "  # subtitle line height, width of a 10 pt character
 _CAM_HEADER, _FRAME_LABEL, _FRAME_GAP, _MAX_FRAME_HEIGHT = 0.3, 0.26, 0.06, 3.0
+_LABEL_LINE = 0.16  # each further line of a frame label
 _PANEL_TITLE, _PANEL_GAP, _BLOCK_GAP = 0.28, 0.1, 0.2
 _ACTIONS_H, _REWARDS_H, _FLAG_ROW_H = 2.1, 1.3, 0.3
 
@@ -90,7 +107,8 @@ class RenderResult:
         out: absolute path of the PNG.
         width, height: its size in pixels (``round(inches * dpi)``).
         frames: camera frames drawn (all cameras together).
-        fields: the fields plotted under the frames (``actions``, ``rewards``, flags).
+        fields: the fields plotted under the frames (states such as ``curr_obs.states``,
+            ``actions``, ``rewards``, flags).
         cameras: the camera names (``curr_obs.main_images``, ``curr_obs.extra_view_images[1]``).
         frame_indices: the steps (trajectory) or sample numbers (sample) the frames show.
     """
@@ -136,6 +154,22 @@ def find_cameras(schema: Mapping[Key, Any]) -> list[Camera]:
         elif len(shape) == 4 and shape[3] in _CHANNELS and min(shape[1:3]) >= _MIN_SIDE and shape[0] >= 1:
             cameras.extend(Camera(key, "vhwc", v) for v in range(shape[0]))
     return cameras
+
+
+def find_states(schema: Mapping[Key, Any]) -> list[Key]:
+    """The state fields among the ``curr_obs`` columns of a schema: those that are not cameras
+    (:func:`find_cameras`) and whose per-step value has 1 to 64 elements of a real, integer or
+    bool dtype, in schema order."""
+    cameras = {camera.key for camera in find_cameras(schema)}
+    return [
+        key
+        for key, spec in schema.items()
+        if len(key) == 2
+        and key[0] == "curr_obs"
+        and key not in cameras
+        and not spec.dtype.is_complex
+        and 1 <= math.prod(spec.row_shape) <= _STATE_MAX_ELEMENTS
+    ]
 
 
 def frame_array(camera: Camera, rows: torch.Tensor) -> np.ndarray:
@@ -250,20 +284,23 @@ class _Page:
         self.y = top
         self.frame_size = (0.0, 0.0)
 
-    def frame_rows(self, count: int, aspect: float, per_row: int) -> list[tuple[float, float]]:
-        """Reserve a camera block (header, rows of frames with their labels); return the top-left
-        ``(x, y)`` of each frame (all of size ``frame_size``)."""
+    def frame_rows(
+        self, count: int, aspect: float, per_row: int, label_lines: int = 1
+    ) -> list[tuple[float, float]]:
+        """Reserve a camera block (header, rows of frames with their labels of ``label_lines``
+        lines); return the top-left ``(x, y)`` of each frame (all of size ``frame_size``)."""
         self.y += _CAM_HEADER
         fw = (self.content - (per_row - 1) * _FRAME_GAP) / per_row
         fh = min(fw * aspect, _MAX_FRAME_HEIGHT)
+        label = _FRAME_LABEL + _LABEL_LINE * (label_lines - 1)
         self.frame_size = (fw, fh)
         spots = []
         for i in range(count):
             row, col = divmod(i, per_row)
             if col == 0 and row > 0:
-                self.y += fh + _FRAME_LABEL
+                self.y += fh + label
             spots.append((_LEFT + col * (fw + _FRAME_GAP), self.y))
-        self.y += fh + _FRAME_LABEL + _BLOCK_GAP
+        self.y += fh + label + _BLOCK_GAP
         return spots
 
     def panel(self, height: float) -> float:
@@ -287,8 +324,8 @@ class _Figure:
             (x / self.width, 1 - (y + h) / self.height, w / self.width, h / self.height), **kwargs
         )
 
-    def text(self, x: float, y: float, s: str, **kwargs: Any) -> None:
-        self.fig.text(x / self.width, 1 - y / self.height, s, **kwargs)
+    def text(self, x: float, y: float, s: str, **kwargs: Any) -> Any:
+        return self.fig.text(x / self.width, 1 - y / self.height, s, **kwargs)
 
 
 _RC = {
@@ -312,39 +349,126 @@ class _Content:
     title: str
     facts: list[str]  # the subtitle, in parts (wrapped at part boundaries)
     columns: Mapping[Key, torch.Tensor]  # [n, ...] per field (all steps or all samples)
+    states: list[Key]  # the state fields of columns to plot, in order
     cameras: list[tuple[Camera, str, np.ndarray]]  # camera, header text, frames [k, H, W, C]
-    frame_prefix: str  # "step " or "sample " (dropped where frames are too narrow for it)
+    frame_labels: list[tuple[str, str]]  # per frame: its label (lines), and a short one for narrow frames
     frame_positions: list[int]  # x of each frame on the shared axis
     x_label: str
     time_axis: bool  # join points by lines and draw episode boundaries
     per_row: int
 
 
-def _draw(content: _Content, out: str, dpi: int, width: float) -> RenderResult:
-    matplotlib, figure_cls, canvas_cls = _import_matplotlib()
+#: a panel: (kind, the field plotted or None for the flags, top, height), inches
+_Panel = tuple[str, Key | None, float, float]
+
+
+def _plan_panels(
+    page: _Page, cols: Mapping[Key, Any], states: Sequence[Key], flags: Mapping[str, Any], scale: float = 1.0
+) -> list[_Panel]:
+    """Reserve the plot panels on ``page``: one per state field, the actions (if present), the
+    rewards, the flags (if any); heights are the picture's times ``scale``."""
+    lines, rewards = _ACTIONS_H * scale, _REWARDS_H * scale
+    panels: list[_Panel] = [("state", key, page.panel(lines), lines) for key in states]
+    if ("actions",) in cols:
+        panels.append(("actions", ("actions",), page.panel(lines), lines))
+    panels.append(("rewards", ("rewards",), page.panel(rewards), rewards))
+    if flags:
+        h = _FLAG_ROW_H * len(flags) + 0.25
+        panels.append(("flags", None, page.panel(h), h))
+    return panels
+
+
+def _episode_ends(flags: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """Boolean ``[n]``: the steps after which an episode ended (``dones``, ``terminations`` or
+    ``truncations``); ``None`` if none of these fields is present."""
+    episode = [v for name, v in flags.items() if name != "intervene_flags"]
+    return np.any(episode, axis=0) if episode else None
+
+
+def _draw_panels(
+    f: _Figure,
+    page: _Page,
+    panels: Sequence[_Panel],
+    cols: Mapping[Key, torch.Tensor],
+    flags: Mapping[str, np.ndarray],
+    *,
+    time_axis: bool,
+    x_label: str,
+    markers: Sequence[int] = (),
+) -> tuple[list[str], list[Any]]:
+    """Draw the planned panels on one shared x axis (``0 .. n-1``); small triangles on the top
+    edge of the first panel mark ``markers``. Returns the fields plotted and the axes."""
     from matplotlib.ticker import MaxNLocator
 
-    cols = content.columns
     n = int(cols[("rewards",)].shape[0])
+    ends = _episode_ends(flags) if time_axis else None
+    ends_at = [] if ends is None else np.flatnonzero(ends).tolist()
+    x = np.arange(n)
+    plotted: list[str] = []
+    axes: list[Any] = []
+    for i, (kind, key, top, h) in enumerate(panels):
+        ax = f.axes(_LEFT, top, page.content, h, sharex=axes[0] if axes else None)
+        if kind == "state" and key is not None:
+            _plot_dims(ax, x, _as_2d(cols[key]), time_axis, key_name(key), "s", "state")
+            plotted.append(key_name(key))
+        elif kind == "actions":
+            _plot_dims(ax, x, _as_2d(cols[("actions",)]), time_axis, "actions", "a", "action")
+            plotted.append("actions")
+        elif kind == "rewards":
+            _plot_rewards(ax, x, _as_2d(cols[("rewards",)]), time_axis)
+            plotted.append("rewards")
+        else:
+            _plot_flags(ax, x, flags, time_axis)
+            plotted.extend(flags)
+        if i == 0 and markers:
+            ax.plot(
+                markers,
+                [1.0] * len(markers),
+                "v",
+                color="#555555",
+                markersize=5,
+                transform=ax.get_xaxis_transform(),
+                clip_on=False,
+                label="frame shown",
+            )
+            _legend(ax, time_axis)
+        for t in ends_at:
+            ax.axvline(t + 0.5, color="#666666", linestyle="--", linewidth=0.9, zorder=0, clip_on=False)
+        ax.set_xlim(-0.5, n - 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=max(4, int(page.content * 1.4)), integer=True))
+        ax.grid(axis="x", color="#eeeeee", linewidth=0.6)
+        ax.set_axisbelow(True)
+        if i == len(panels) - 1:
+            ax.set_xlabel(x_label)
+        else:
+            ax.tick_params(axis="x", labelbottom=False)
+        axes.append(ax)
+    return plotted, axes
+
+
+def _exact_size(width: float, height: float, dpi: int) -> tuple[int, int, float, float]:
+    """Whole pixel sizes at ``dpi`` and the inches that give them: ``(w_px, h_px, w_in, h_in)``
+    (Agg truncates inches * dpi to whole pixels: aim a hair above the intended count)."""
+    width_px, height_px = round(width * dpi), round(height * dpi)
+    return width_px, height_px, (width_px + 1e-3) / dpi, (height_px + 1e-3) / dpi
+
+
+def _draw(content: _Content, out: str, dpi: int, width: float) -> RenderResult:
+    matplotlib, figure_cls, canvas_cls = _import_matplotlib()
+
+    cols = content.columns
     flags = _flags(cols)
     subtitle = _wrap(content.facts, int((width - _LEFT - 0.2) / _CHAR_INCHES))
     page = _Page(width, _TOP + _LINE * (len(subtitle) - 1))
+    label_lines = max((label.count("\n") + 1 for label, _ in content.frame_labels), default=1)
     frame_boxes = []
     for _, _, frames in content.cameras:
-        spots = page.frame_rows(frames.shape[0], frames.shape[1] / frames.shape[2], content.per_row)
+        spots = page.frame_rows(
+            frames.shape[0], frames.shape[1] / frames.shape[2], content.per_row, label_lines
+        )
         frame_boxes.append((spots, page.frame_size))
-    panels: list[tuple[str, float, float]] = []
-    if ("actions",) in cols:
-        panels.append(("actions", page.panel(_ACTIONS_H), _ACTIONS_H))
-    panels.append(("rewards", page.panel(_REWARDS_H), _REWARDS_H))
-    if flags:
-        h = _FLAG_ROW_H * len(flags) + 0.25
-        panels.append(("flags", page.panel(h), h))
-    height = page.y - _PANEL_GAP + _BOTTOM
-    # exact pixel sizes: round both sides to whole pixels at this dpi
-    # (Agg truncates inches * dpi to whole pixels: aim a hair above the intended count)
-    width_px, height_px = round(width * dpi), round(height * dpi)
-    width, height = (width_px + 1e-3) / dpi, (height_px + 1e-3) / dpi
+    panels = _plan_panels(page, cols, content.states, flags)
+    _, _, width, height = _exact_size(width, page.y - _PANEL_GAP + _BOTTOM, dpi)
 
     with matplotlib.rc_context(_RC):
         f = _Figure(figure_cls, canvas_cls, width, height, dpi)
@@ -366,54 +490,19 @@ def _draw(content: _Content, out: str, dpi: int, width: float) -> RenderResult:
                     spine.set_visible(True)
                     spine.set_color("#999999")
                     spine.set_linewidth(0.6)
-                number = str(content.frame_positions[i])
-                label = content.frame_prefix + number
-                if len(label) * _CHAR_INCHES * 0.9 > fw:
-                    label = number
-                f.text(x + fw / 2, y + fh + 0.04, label, fontsize=9, ha="center", va="top")
+                _frame_label(f, x + fw / 2, y + fh + 0.04, fw, *content.frame_labels[i])
                 drawn += 1
-        plotted: list[str] = []
-        share = None
-        ends: list[int] = []  # steps after which an episode ended
-        episode_flags = [v for name, v in flags.items() if name != "intervene_flags"]
-        if content.time_axis and episode_flags:
-            ends = np.flatnonzero(np.any(episode_flags, axis=0)).tolist()
-        x = np.arange(n)
-        for i, (kind, top, h) in enumerate(panels):
-            ax = f.axes(_LEFT, top, page.content, h, sharex=share)
-            share = share or ax
-            last = i == len(panels) - 1
-            if kind == "actions":
-                _plot_actions(ax, x, _as_2d(cols[("actions",)]), content.time_axis)
-                plotted.append("actions")
-                if content.frame_positions and content.cameras:
-                    ax.plot(
-                        content.frame_positions,
-                        [1.0] * len(content.frame_positions),
-                        "v",
-                        color="#555555",
-                        markersize=5,
-                        transform=ax.get_xaxis_transform(),
-                        clip_on=False,
-                        label="frame shown",
-                    )
-                    _legend(ax, content.time_axis)
-            elif kind == "rewards":
-                _plot_rewards(ax, x, _as_2d(cols[("rewards",)]), content.time_axis)
-                plotted.append("rewards")
-            else:
-                _plot_flags(ax, x, flags, content.time_axis)
-                plotted.extend(flags)
-            for t in ends:
-                ax.axvline(t + 0.5, color="#666666", linestyle="--", linewidth=0.9, zorder=0, clip_on=False)
-            ax.set_xlim(-0.5, n - 0.5)
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=max(4, int(page.content * 1.4)), integer=True))
-            ax.grid(axis="x", color="#eeeeee", linewidth=0.6)
-            ax.set_axisbelow(True)
-            if last:
-                ax.set_xlabel(content.x_label)
-            else:
-                ax.tick_params(axis="x", labelbottom=False)
+        markers = content.frame_positions if content.cameras else []
+        plotted, _ = _draw_panels(
+            f,
+            page,
+            panels,
+            cols,
+            flags,
+            time_axis=content.time_axis,
+            x_label=content.x_label,
+            markers=markers,
+        )
         buf = io.BytesIO()
         f.fig.savefig(buf, format="png", dpi=dpi)
     data = buf.getvalue()
@@ -429,6 +518,16 @@ def _draw(content: _Content, out: str, dpi: int, width: float) -> RenderResult:
         cameras=[c.name for c, _, _ in content.cameras],
         frame_indices=list(content.frame_positions) if content.cameras else [],
     )
+
+
+def _frame_label(f: _Figure, x: float, y: float, width: float, label: str, short: str) -> None:
+    """A frame's label centred under it: 9 pt, shrunk down to 6 pt to fit ``width`` inches;
+    ``short`` where even that is too wide."""
+    chars = max(len(line) for line in label.split("\n"))
+    size = max(6.0, min(9.0, width * 72 / (0.6 * max(chars, 1))))
+    if chars * size * 0.6 / 72 > width:
+        label, size = short, 9.0
+    f.text(x, y, label, fontsize=size, ha="center", va="top", linespacing=1.25)
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -465,16 +564,20 @@ def _title(ax: Any, text: str) -> None:
     ax.set_title(text, loc="left", fontsize=size)
 
 
-def _plot_actions(ax: Any, x: np.ndarray, a: np.ndarray, time_axis: bool) -> None:
+def _plot_dims(
+    ax: Any, x: np.ndarray, a: np.ndarray, time_axis: bool, name: str, symbol: str, y_label: str
+) -> None:
+    """Every dimension of ``a`` (``[n, k]``) as a line (dots without a time axis), labelled
+    ``symbol[d]``, under the title ``name (k dims)``."""
     k = a.shape[1]
     hide = "_" if k > _LEGEND_MAX else ""
     for d, color in zip(range(k), _colors(k), strict=True):
         if time_axis:
-            ax.plot(x, a[:, d], color=color, linewidth=1.3, label=f"{hide}a[{d}]")
+            ax.plot(x, a[:, d], color=color, linewidth=1.3, label=f"{hide}{symbol}[{d}]")
         else:
-            ax.plot(x, a[:, d], "o", color=color, markersize=3, label=f"{hide}a[{d}]")
-    _title(ax, f"actions ({k} dim{'s' if k != 1 else ''})")
-    ax.set_ylabel("action")
+            ax.plot(x, a[:, d], "o", color=color, markersize=3, label=f"{hide}{symbol}[{d}]")
+    _title(ax, f"{name} ({k} dim{'s' if k != 1 else ''})")
+    ax.set_ylabel(y_label)
     if k <= _LEGEND_MAX:
         _legend(ax, time_axis)
     else:
@@ -560,9 +663,76 @@ def _find_record(path: str, trajectory_id: Any) -> tuple[Record, Schema, Any]:
     )
 
 
-def _header(camera: Camera, frames: np.ndarray, dtype: torch.dtype) -> str:
+def _header(camera: Camera, frames: np.ndarray, dtype: torch.dtype, sep: str = "   ") -> str:
     h, w = frames.shape[1:3]
-    return f"{camera.name}   {h}×{w}   {str(dtype).removeprefix('torch.')}"
+    return f"{camera.name}{sep}{h}×{w}   {str(dtype).removeprefix('torch.')}"
+
+
+@dataclass
+class _EnvColumn:
+    """One env column of one stored trajectory, read."""
+
+    record: Record
+    directory: str
+    schema: Schema
+    rows: Mapping[Key, torch.Tensor]  # every stored row [T * B, ...]
+    picks: torch.Tensor  # the row of each step of the env: step * B + env
+    cameras: list[Camera]  # the cameras to show
+    states: list[Key]  # every state field
+    columns: dict[Key, torch.Tensor]  # [T, ...]: the fields that are not observations, and the states
+
+    def frames(self, camera: Camera, steps: Sequence[int]) -> np.ndarray:
+        """``camera``'s frames at ``steps``, as :func:`frame_array` gives them."""
+        return frame_array(camera, self.rows[camera.key][self.picks[list(steps)]])
+
+    def facts(self) -> list[str]:
+        record = self.record
+        facts = [
+            f"T = {record.num_steps} steps",
+            f"B = {record.num_envs} envs",
+            f"model_update_count = {record.model_update_count}",
+            f"model_weights_id = {_short(record.model_weights_id, 24)}",
+            f"max_episode_length = {record.max_episode_length}",
+            f"format {record.fmt}",
+            _short(self.directory, 70),
+        ]
+        if len(self.states) > _MAX_STATE_PANELS:
+            facts.append(f"{len(self.states) - _MAX_STATE_PANELS} more state fields not plotted")
+        if not self.cameras:
+            facts.append("no camera fields in curr_obs")
+        return facts
+
+
+def _read_env_column(path: str, trajectory_id: Any, env: Any, cameras: Sequence[str] | None) -> _EnvColumn:
+    record, schema, contents = _find_record(path, trajectory_id)
+    b = record.num_envs
+    if isinstance(env, bool) or not isinstance(env, int) or not 0 <= env < b:
+        raise InvalidArgumentError(
+            f"env {env!r} is out of range: trajectory {trajectory_id} has B={b} env"
+            f"{'s' if b != 1 else ''} (valid: 0..{b - 1})"
+        )
+    rows = read_rows(record, schema)
+    picks = torch.arange(record.num_steps) * b + env  # row = step * B + env
+    states = find_states(schema)
+    columns = {k: v[picks] for k, v in rows.items() if k[0] not in ("curr_obs", "next_obs") or k in states}
+    wanted = None if cameras is None else set(cameras)
+    shown = [c for c in find_cameras(schema) if wanted is None or c.key[1] in wanted]
+    return _EnvColumn(record, contents.path, schema, rows, picks, shown, states, columns)
+
+
+def _step_texts(columns: Mapping[Key, torch.Tensor]) -> tuple[list[str], list[bool] | None]:
+    """Per step: the reward as text (its value, up to 4 values, or their sum) and whether an
+    episode ended there (``None`` without ``dones``/``terminations``/``truncations``)."""
+    rewards = _as_2d(columns[("rewards",)])
+    k = rewards.shape[1]
+    if k == 1:
+        texts = [f"{v:.4g}" for v in rewards[:, 0]]
+    elif k <= 4:
+        texts = ["[" + ", ".join(f"{v:.3g}" for v in row) + "]" for row in rewards]
+    else:
+        texts = [f"sum {v:.4g}" for v in rewards.sum(axis=1)]
+    ends = _episode_ends(_flags(columns))
+    return texts, None if ends is None else ends.tolist()
 
 
 def render_trajectory(
@@ -602,42 +772,28 @@ def render_trajectory(
     """
     out = _check_common(out, max_frames, dpi, width_inches)
     _import_matplotlib()  # fail before reading anything if the extra is missing
-    record, schema, contents = _find_record(path, trajectory_id)
-    b = record.num_envs
-    if isinstance(env, bool) or not isinstance(env, int) or not 0 <= env < b:
-        raise InvalidArgumentError(
-            f"env {env!r} is out of range: trajectory {trajectory_id} has B={b} env"
-            f"{'s' if b != 1 else ''} (valid: 0..{b - 1})"
+    column = _read_env_column(path, trajectory_id, env, cameras)
+    record = column.record
+    steps = _frame_steps(record.num_steps, max_frames)
+    shown = []
+    for camera in column.cameras:
+        frames = column.frames(camera, steps)
+        shown.append((camera, _header(camera, frames, column.schema[camera.key].dtype), frames))
+    rewards, ends = _step_texts(column.columns)
+    labels = [
+        (
+            f"step {t} · env {env}\nr {rewards[t]}" + ("" if ends is None else f" · done {int(ends[t])}"),
+            str(t),
         )
-    rows = read_rows(record, schema)
-    t = record.num_steps
-    picks = torch.arange(t) * b + env  # row = step * B + env
-    columns = {k: v[picks] for k, v in rows.items() if k[0] != "curr_obs" and k[0] != "next_obs"}
-    steps = _frame_steps(t, max_frames)
-    wanted = None if cameras is None else set(cameras)
-    cameras = []
-    for camera in find_cameras(schema):
-        if wanted is not None and camera.key[1] not in wanted:
-            continue
-        frames = frame_array(camera, rows[camera.key][torch.tensor(steps) * b + env])
-        cameras.append((camera, _header(camera, frames, schema[camera.key].dtype), frames))
-    facts = [
-        f"T = {t} steps",
-        f"B = {b} envs",
-        f"model_update_count = {record.model_update_count}",
-        f"model_weights_id = {_short(record.model_weights_id, 24)}",
-        f"max_episode_length = {record.max_episode_length}",
-        f"format {record.fmt}",
-        _short(contents.path, 70),
+        for t in steps
     ]
-    if not cameras:
-        facts.append("no camera fields in curr_obs")
     content = _Content(
-        title=f"trajectory {record.trajectory_id}  ·  env {env} of {b}",
-        facts=facts,
-        columns=columns,
-        cameras=cameras,
-        frame_prefix="step ",
+        title=f"trajectory {record.trajectory_id}  ·  env {env} of {record.num_envs}",
+        facts=column.facts(),
+        columns=column.columns,
+        states=column.states[:_MAX_STATE_PANELS],
+        cameras=shown,
+        frame_labels=labels,
         frame_positions=steps,
         x_label="step (transition t of the trajectory; env column fixed)",
         time_axis=True,
@@ -661,7 +817,7 @@ def render_sample(
     The transitions are drawn by a :class:`TrajectoryReplayBuffer` (``seed``,
     ``sample_window_size=0``: every trajectory of the directory), exactly as ``sample(num)``
     returns them. The picture shows the ``curr_obs`` camera frames of the first
-    ``max_frames`` samples and plots of actions, rewards and flags by sample number.
+    ``max_frames`` samples and plots of states, actions, rewards and flags by sample number.
 
     Args:
         path: a buffer directory (any format, ours or RLinf's).
@@ -693,25 +849,241 @@ def render_sample(
         else:
             columns[(name,)] = value
     schema = Schema.of_columns(columns, lead_dims=1)
+    states = find_states(schema)
     k = min(num, max_frames)
     cameras = []
     for camera in find_cameras(schema):
         frames = frame_array(camera, columns[camera.key][:k])
         cameras.append((camera, _header(camera, frames, schema[camera.key].dtype), frames))
+    facts = [
+        f"drawn uniformly, with replacement, from the {stats['total_samples']} transitions of "
+        f"{stats['size']} trajectories (whole directory)",
+        f"frames of samples 0..{k - 1}" if cameras else "no camera fields in curr_obs",
+        _short(os.path.abspath(path), 70),
+    ]
+    if len(states) > _MAX_STATE_PANELS:
+        facts.append(f"{len(states) - _MAX_STATE_PANELS} more state fields not plotted")
     content = _Content(
         title=f"{num} sampled transition{'s' if num != 1 else ''}  ·  seed {seed}",
-        facts=[
-            f"drawn uniformly, with replacement, from the {stats['total_samples']} transitions of "
-            f"{stats['size']} trajectories (whole directory)",
-            f"frames of samples 0..{k - 1}" if cameras else "no camera fields in curr_obs",
-            _short(os.path.abspath(path), 70),
-        ],
-        columns={key: v for key, v in columns.items() if key[0] not in ("curr_obs", "next_obs")},
+        facts=facts,
+        columns={
+            key: v for key, v in columns.items() if key[0] not in ("curr_obs", "next_obs") or key in states
+        },
+        states=states[:_MAX_STATE_PANELS],
         cameras=cameras,
-        frame_prefix="sample ",
+        frame_labels=[(f"sample {i}", str(i)) for i in range(k)],
         frame_positions=list(range(k)),
         x_label="sample number (independent random draws: not a time axis)",
         time_axis=False,
         per_row=_per_row(max_frames),
     )
     return _draw(content, out, dpi, float(width_inches))
+
+
+# -- videos -------------------------------------------------------------------------------------
+_VIDEO_DPI = 100
+_VIDEO_MIN_WIDTH = 1024  # pixels
+_VIDEO_CAMERA_HEIGHT = 240  # smaller frames are scaled up by a whole factor to about this height
+_VIDEO_MAX_CAMERA_HEIGHT = 480  # taller frames are scaled down to it
+_VIDEO_MAX_STRIP = 2400  # the cameras side by side are scaled down to fit this width
+_VIDEO_CAMERA_GAP = 0.12  # inches
+_VIDEO_PANEL_SCALE = 0.7  # panel heights, relative to the picture's
+_VIDEO_TOP = 0.75  # inches: the label and the facts above the cameras
+_VIDEO_CAM_HEADER = 0.45  # inches: a camera's name and size, on two lines
+_CURSOR = "#d62728"
+
+
+@dataclass
+class VideoResult:
+    """What :func:`render_video` wrote.
+
+    Attributes:
+        out: absolute path of the video file.
+        width, height: size of each video frame, in pixels.
+        frames: video frames written: one per step of the trajectory.
+        fps: frames per second.
+        fields: the fields plotted under the cameras (states, ``actions``, ``rewards``, flags).
+        cameras: the camera names shown (``curr_obs.main_images``, ...).
+        camera_boxes: where each camera's image is in a frame: ``(top, left, height, width)`` in
+            pixels, in the order of ``cameras``.
+    """
+
+    out: str
+    width: int
+    height: int
+    frames: int
+    fps: float
+    fields: list[str]
+    cameras: list[str] = field(default_factory=list)
+    camera_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+
+def _rgb8(frames: np.ndarray) -> np.ndarray:
+    """:func:`frame_array`'s frames (``uint8`` or float in ``[0, 1]``, 1 or 3 channels) as
+    ``uint8`` ``[n, H, W, 3]``."""
+    if frames.dtype != np.uint8:
+        frames = np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
+
+
+def _scaled_size(height: int, width: int) -> tuple[int, int]:
+    """The shown size of a camera frame: small frames scaled up by a whole factor to about
+    240 pixels high, frames over 480 pixels high scaled down to 480."""
+    if height <= _VIDEO_CAMERA_HEIGHT:
+        factor = _VIDEO_CAMERA_HEIGHT // height
+        return height * factor, width * factor
+    if height <= _VIDEO_MAX_CAMERA_HEIGHT:
+        return height, width
+    return _VIDEO_MAX_CAMERA_HEIGHT, max(1, round(width * _VIDEO_MAX_CAMERA_HEIGHT / height))
+
+
+def _nearest(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` ``[h, w, C]`` resized to ``size`` ``(H, W)`` by nearest neighbour (a whole
+    factor up repeats each pixel)."""
+    h, w = image.shape[:2]
+    rows = np.arange(size[0]) * h // size[0]
+    cols = np.arange(size[1]) * w // size[1]
+    return image[rows[:, None], cols[None, :]]
+
+
+class _Movie:
+    """The frames of a trajectory video. The figure (facts, camera names, panels) is drawn
+    once; each frame restores it, draws the step's label and the cursors over it and pastes the
+    step's camera images into their boxes."""
+
+    def __init__(self, column: _EnvColumn, env: int, cameras: list[tuple[Camera, np.ndarray]]) -> None:
+        matplotlib, figure_cls, canvas_cls = _import_matplotlib()
+        record = column.record
+        self.column, self.cameras = column, cameras
+        self.rewards, self.ends = _step_texts(column.columns)
+        sizes = [_scaled_size(*frames.shape[1:3]) for _, frames in cameras]
+        gap = round(_VIDEO_CAMERA_GAP * _VIDEO_DPI)
+        strip = sum(w for _, w in sizes) + gap * max(len(sizes) - 1, 0)
+        if strip > _VIDEO_MAX_STRIP:  # too wide side by side: scale every camera down alike
+            shrink = _VIDEO_MAX_STRIP / strip
+            sizes = [(max(1, int(h * shrink)), max(1, int(w * shrink))) for h, w in sizes]
+            strip = sum(w for _, w in sizes) + gap * max(len(sizes) - 1, 0)
+        width_px = max(_VIDEO_MIN_WIDTH, round((_LEFT + _RIGHT) * _VIDEO_DPI) + strip)
+        width_px += width_px % 2
+        width = width_px / _VIDEO_DPI
+        subtitle = _wrap(column.facts(), int((width - _LEFT - 0.2) / _CHAR_INCHES))
+        page = _Page(width, _VIDEO_TOP + _LINE * (len(subtitle) - 1))
+        self.boxes: list[tuple[int, int, int, int]] = []  # top, left, height, width of each camera, pixels
+        if cameras:
+            page.y += _VIDEO_CAM_HEADER
+            x = round(_LEFT * _VIDEO_DPI)
+            top = round(page.y * _VIDEO_DPI)
+            for h, w in sizes:
+                self.boxes.append((top, x, h, w))
+                x += w + gap
+            page.y += max(h for h, _ in sizes) / _VIDEO_DPI + _BLOCK_GAP
+        flags = _flags(column.columns)
+        panels = _plan_panels(
+            page, column.columns, column.states[:_MAX_STATE_PANELS], flags, _VIDEO_PANEL_SCALE
+        )
+        height_px = round((page.y - _PANEL_GAP + _BOTTOM) * _VIDEO_DPI)
+        height_px += height_px % 2
+        self.width, self.height, width, height = _exact_size(
+            width_px / _VIDEO_DPI, height_px / _VIDEO_DPI, _VIDEO_DPI
+        )
+        with matplotlib.rc_context(_RC):
+            f = _Figure(figure_cls, canvas_cls, width, height, _VIDEO_DPI)
+            self.label = f.text(_LEFT, 0.14, "", fontsize=14, fontweight="bold", va="top", animated=True)
+            f.text(_LEFT, 0.48, "\n".join(subtitle), fontsize=10, color="#444444", va="top", linespacing=1.5)
+            for (camera, frames), (y, x, _, w) in zip(cameras, self.boxes, strict=True):
+                header = _header(camera, frames, column.schema[camera.key].dtype, sep="\n")
+                size = min(10.5, w / _VIDEO_DPI * 72 / (0.6 * len(camera.name)))
+                top = y / _VIDEO_DPI - _VIDEO_CAM_HEADER + 0.06
+                f.text(x / _VIDEO_DPI, top, header, fontsize=max(size, 6.0), va="top", linespacing=1.3)
+            self.fields, axes = _draw_panels(
+                f,
+                page,
+                panels,
+                column.columns,
+                flags,
+                time_axis=True,
+                x_label="step (transition t of the trajectory; env column fixed)",
+            )
+            self.cursors = [
+                (ax, ax.axvline(0, color=_CURSOR, linewidth=1.6, zorder=5, animated=True)) for ax in axes
+            ]
+            self.fig, self.canvas = f.fig, f.fig.canvas
+            self.canvas.draw()
+            self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+        self.title = f"trajectory {record.trajectory_id}  ·  env {env} of {record.num_envs}"
+
+    def frame(self, step: int) -> np.ndarray:
+        """The video frame of ``step``: ``uint8`` ``[height, width, 3]`` (RGB)."""
+        self.canvas.restore_region(self.background)
+        done = "" if self.ends is None else f"  ·  done: {'yes' if self.ends[step] else 'no'}"
+        total = self.column.record.num_steps
+        self.label.set_text(f"{self.title}  ·  step {step} of {total}  ·  reward {self.rewards[step]}{done}")
+        self.fig.draw_artist(self.label)
+        for ax, cursor in self.cursors:
+            cursor.set_xdata([step, step])
+            ax.draw_artist(cursor)
+        image = np.asarray(self.canvas.buffer_rgba())[..., :3].copy()  # the renderer's buffer is reused
+        for (_, frames), (y, x, h, w) in zip(self.cameras, self.boxes, strict=True):
+            image[y : y + h, x : x + w] = _nearest(frames[step], (h, w))
+        return image
+
+
+def render_video(
+    path: str,
+    trajectory_id: int,
+    out: str,
+    *,
+    env: int = 0,
+    fps: float = 10.0,
+    cameras: Sequence[str] | None = None,
+    codec: str | None = None,
+    crf: int | None = None,
+) -> VideoResult:
+    """Play one env column of one trajectory of a buffer directory as a video, one frame per step.
+
+    Each frame (``uint8`` RGB, the same size for every step; width and height even) shows, top
+    down: a label (trajectory, env, step, reward, done), the facts of :func:`render_trajectory`'s
+    subtitle, the step's camera images side by side (small images scaled up by a whole factor
+    to about 240 pixels high, nearest neighbour; over 480 pixels scaled down to 480), and the
+    panels of :func:`render_trajectory` (states, actions, rewards, flags over the whole
+    trajectory) with a red cursor at the step. Without cameras the frames show the plots only.
+    Frames are rendered and encoded one at a time.
+
+    Args:
+        path, trajectory_id, env, cameras: as for :func:`render_trajectory`.
+        out: the video file to write; its suffix picks the container and the default codec
+            (``.mp4``: H.264, ``.gif``, ``.mkv``, ``.webm``; see :mod:`.video`). Its directory
+            is created; an existing file is replaced atomically.
+        fps: frames (steps) per second.
+        codec, crf: passed to :func:`.video.write_video` (``None``: the suffix's default codec,
+            the encoder's default quality).
+
+    Returns:
+        A :class:`VideoResult`.
+
+    Raises:
+        InvalidArgumentError: no such trajectory (the message lists the ids present), ``env``
+            out of range, an unknown suffix, a bad ``fps``, ``codec`` or ``crf``.
+        BufferNotFoundError, CorruptBufferError: the directory is missing or damaged.
+        MissingDependencyError: matplotlib, pillow or PyAV is missing.
+    """
+    video.video_suffix(out)
+    out = os.path.abspath(os.fspath(out))
+    fps = video.check_fps(fps)
+    _import_matplotlib()
+    video.require_pyav()
+    column = _read_env_column(path, trajectory_id, env, cameras)
+    steps = range(column.record.num_steps)
+    shown = [(camera, _rgb8(column.frames(camera, steps))) for camera in column.cameras]
+    movie = _Movie(column, env, shown)
+    video.write_video((movie.frame(t) for t in steps), out, fps, codec=codec, crf=crf)
+    return VideoResult(
+        out=out,
+        width=movie.width,
+        height=movie.height,
+        frames=len(steps),
+        fps=fps,
+        fields=movie.fields,
+        cameras=[camera.name for camera, _ in shown],
+        camera_boxes=list(movie.boxes),
+    )
