@@ -13,7 +13,7 @@ one call fails once with ``ENOSPC`` or ``EIO``; the parent then checks the invar
   directories involved load, and its retry (for auto-save, a later ``flush()``/``close()``)
   completes with every acknowledged trajectory present exactly once.
 
-The default run takes 5 points spread evenly over each operation (first and last included),
+The default run takes 3 points spread evenly over each operation (first and last included),
 each killed and failed (``ENOSPC`` and ``EIO`` alternately). The soak run (``-m soak`` or
 ``RLINF_SOAK=1``; pyproject does not deselect the marker, so it skips itself otherwise) takes
 every point with each of the three outcomes::
@@ -34,7 +34,7 @@ from pathlib import Path
 import faults
 import pytest
 
-SPREAD = 5
+SPREAD = 3
 OPERATIONS = list(faults.OPERATIONS)
 Points = list[tuple[str, str]]
 
