@@ -30,7 +30,7 @@ import contextlib
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -47,8 +47,9 @@ from .journal import INDEX, JOURNAL, Journal, removed_ids, write_index
 from .lock import DirectoryLock
 from .metadata import write_metadata
 from .moves import finish_move
-from .naming import list_trajectory_files
+from .naming import Listing
 from .record import Record
+from .record_table import EntryMap, segment_use, transitions_of
 from .schema import Schema
 from .trajectory import Key, file_dict_from_columns
 from .writer import BackgroundWriter
@@ -128,7 +129,7 @@ class AutoSaver:
 
     # -- what the directory holds -------------------------------------------------------------
     @property
-    def contents(self) -> tuple[list[Record], Schema | None]:
+    def contents(self) -> tuple[Sequence[Record], Schema | None]:
         """The trajectories the directory held when opened, and their schema."""
         return self.own.contents.records, self.own.schema
 
@@ -446,8 +447,7 @@ class AutoSaver:
         if self.fmt == formats.SEGMENT or not journal.lines or journal.appended == self._published:
             return
         journal.sync()  # every entry (and so every file) it lists is durable before the index names it
-        entries = sorted(self.own.entries.values(), key=lambda e: e["trajectory_id"])
-        write_index(self.path, entries, keep_journal=True)
+        write_index(self.path, self.own.entries.in_order(), keep_journal=True)
         self._published = journal.appended
 
     def save_here(self, snapshot: Snapshot) -> None:
@@ -543,8 +543,9 @@ class OwnDirectory:
         self.seed = seed
         self.contents = contents
         self.schema = schema
-        self.entries: dict[int, dict[str, Any]] = {r.trajectory_id: r.to_entry() for r in contents.records}
-        self._total = sum(int(e["num_samples"]) for e in self.entries.values())
+        # built per entry only when read: reopening a large directory costs no entry dicts
+        self.entries = EntryMap(contents.records)
+        self._total = int(transitions_of(contents.records).sum())
         self.next_id = contents.counter
         self.journal = Journal(path)
         self._store: SegmentStore | None = None
@@ -553,9 +554,10 @@ class OwnDirectory:
         self._unreferenced: set[str] = set()  # segments no entry names (deleted once sealed)
         self._unjournaled: list[dict[str, Any]] = []  # lines whose append failed, oldest first
         self.lock: DirectoryLock | None = None  # held from open() to close(); see .lock
-        for entry in self.entries.values():
-            if entry.get("row") is not None:
-                self._segment_refs[entry["file"]] = self._segment_refs.get(entry["file"], 0) + 1
+        self._segment_refs = {name: n for name, (n, _) in segment_use(contents.records).items()}
+        # trajectory_index.json (with its sidecar) lists exactly ``entries``: compaction need
+        # not rewrite it while nothing changes and no journal exists
+        self._index_current = contents.index_current
 
     def segment_store(self, schema: Schema) -> SegmentStore:
         """The store appending this directory's segments (``segment`` format only; the
@@ -589,18 +591,21 @@ class OwnDirectory:
     @classmethod
     def _open(cls, path: str, fmt: str, seed: int | None) -> OwnDirectory:
         os.makedirs(path, exist_ok=True)
-        remove_tmp_files(path)
         finish_move(path)  # a merge/split moving trajectories out of it was cut short
+        listing = Listing(path)  # one listing serves what follows, unless files go
+        remove_tmp_files(path, listing.names)
         removed: list[int] = []
         if os.path.lexists(os.path.join(path, JOURNAL)):
-            files = list_trajectory_files(path)
+            files = listing.by_id()
             removed = removed_ids(path)
-            for tid in removed:  # evicted, but the crash came before their deletion
-                for name in files.get(tid, []):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(path, name))
+            gone = [name for tid in removed for name in files.get(tid, [])]
+            for name in gone:  # evicted, but the crash came before their deletion
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(path, name))
+            if gone:
+                listing = Listing(path)
         if is_buffer_directory(path):
-            contents, schema = read_directory(path)
+            contents, schema = read_directory(path, listing=listing)
             if contents.fmt != fmt:
                 raise BufferDirectoryError(
                     f"auto_save_path {path} holds a {contents.fmt!r} buffer; construct the buffer "
@@ -614,7 +619,7 @@ class OwnDirectory:
             if contents.journal_entries or removed or not contents.written_by_us:
                 own.compact(own.next_id, schema)  # the removal lines go once their files have
             return own
-        if list_trajectory_files(path):
+        if listing.by_id():
             raise BufferDirectoryError(
                 f"auto_save_path {path} holds trajectory files but no metadata.json; repair it "
                 "with the verify tool or choose another path"
@@ -690,6 +695,7 @@ class OwnDirectory:
             entry = self.entries.pop(tid, None)
             if entry is None:
                 continue
+            self._index_current = False
             self._total -= int(entry["num_samples"])
             name = entry["file"]
             if entry.get("row") is None:
@@ -759,11 +765,14 @@ class OwnDirectory:
         fsync_dir(self.path)
 
     def compact(self, counter: int, schema: Schema | None) -> None:
-        """Rewrite ``trajectory_index.json`` with every entry and drop the journal."""
+        """Rewrite ``trajectory_index.json`` with every entry and drop the journal (the index is
+        left as it is when it already lists every entry and there is no journal)."""
         self.sync_journal()  # the queued lines too: a file goes only once its removal is durable
         fsync_dir(self.path)
         self._delete_doomed()
-        write_index(self.path, sorted(self.entries.values(), key=lambda e: e["trajectory_id"]))
+        if not (self._index_current and not os.path.lexists(self.journal.path)):
+            write_index(self.path, self.entries.in_order())
+            self._index_current = True
         self.journal.reset()
         self._write_metadata(counter, schema)
 
@@ -775,6 +784,7 @@ class OwnDirectory:
         write_metadata(self.path, self.fmt, totals, self.next_id, self.seed, self.schema)
 
     def _set_entry(self, entry: dict[str, Any]) -> None:
+        self._index_current = False
         old = self.entries.get(entry["trajectory_id"])
         self._total += int(entry["num_samples"]) - (int(old["num_samples"]) if old else 0)
         self.entries[entry["trajectory_id"]] = entry
@@ -826,12 +836,9 @@ class OwnDirectory:
                 self.lock.release()
 
 
-def recover_segments(path: str, schema: Schema | None, records: list[Record]) -> None:
+def recover_segments(path: str, schema: Schema | None, records: Sequence[Record]) -> None:
     """Cut what a crash left in segment files beyond the rows the index names."""
-    committed: dict[str, int] = {}
-    for r in records:
-        if r.file is not None and r.row is not None:
-            committed[r.file] = max(committed.get(r.file, 0), r.row + r.num_transitions)
+    committed = {name: end for name, (_, end) in segment_use(records).items()}
     for name in os.listdir(path):
         if SEGMENT_RE.match(name) and not os.path.islink(os.path.join(path, name)):
             if committed.get(name, 0) == 0:  # no entry names it: evicted, or never committed

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from . import checkpoint
 from .autosave import AutoSaver
@@ -29,6 +31,7 @@ from .formats import priorities as priorities_file
 from .index import TrajectoryIndex, Window
 from .rate_limiter import LimiterGate
 from .record import Record
+from .record_table import ids_of, with_checksum
 from .samplers import Draw, Prioritized, Request, Sampler
 from .schema import Schema
 from .settings import BufferSettings
@@ -172,8 +175,8 @@ class Contents:
             return self.add(aligned, checked[1] if checked and same else self.store.admit(aligned))
 
     def prepare(
-        self, records: list[Record], schema: Schema | None, progress: Progress | None = None
-    ) -> tuple[list[Record], list[tuple[Record, Rows]]]:
+        self, records: Sequence[Record], schema: Schema | None, progress: Progress | None = None
+    ) -> tuple[Sequence[Record], list[tuple[Record, Rows]]]:
         """What a load keeps (without ``auto_save``: the window) and the rows it warms the ring
         with (the newest ``cache_size``; the rest stay in their files, read on demand), read
         without changing the buffer (may be called without the lock)."""
@@ -187,16 +190,15 @@ class Contents:
 
     def _install(
         self,
-        records: list[Record],
-        keep: list[Record],
+        records: Sequence[Record],
+        keep: Sequence[Record],
         warm: list[tuple[Record, Rows]],
         schema: Schema | None,
     ) -> None:
         self.counts["evicted"] += len(records) - len(keep)
         self.store.set_schema(schema if keep else None)
-        warmed = {record.trajectory_id for record, _ in warm}  # read, so checked, while warming
-        for record in keep:
-            self.index.append(record, checked=record.checksum is None or record.trajectory_id in warmed)
+        warmed = [record.trajectory_id for record, _ in warm]  # read, so checked, while warming
+        self.index.extend(keep, ~with_checksum(keep) | np.isin(ids_of(keep), warmed))
         self._limiter.rebase(self.index.total_transitions)  # loaded transitions count as inserted
         warm.reverse()
         while warm:  # one at a time, each released once copied: its mapped pages go with it

@@ -22,10 +22,11 @@ from __future__ import annotations
 import os
 import uuid as uuidlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import formats
@@ -39,11 +40,12 @@ from .errors import (
 )
 from .formats import segment
 from .integrity import check_entry_crc
-from .journal import INDEX, read_index
+from .journal import INDEX, IndexParts, read_index_parts
 from .metadata import METADATA, read_metadata
 from .moves import hidden_ids
-from .naming import checked_weights_id, list_trajectory_files, read_json, safe_file
+from .naming import FILE_RE, Listing, checked_weights_id, list_trajectory_files, read_json, safe_file
 from .record import Record
+from .record_table import CANONICAL, RecordColumns, RecordTable
 from .schema import Schema, combine, schema_from_json
 from .trajectory import (
     MAX_INDEX_INT,
@@ -62,24 +64,28 @@ class DirectoryContents:
     Attributes:
         path: absolute path.
         fmt: the ``trajectory_format`` of its metadata.
-        records: trajectories in index order (only the selected share when sharded).
+        records: trajectories in index order (only the selected share when sharded): a
+            :class:`~.record_table.RecordTable` when the index was read as columns, else a list.
         all_ids: every trajectory id the directory holds, in index order.
         counter: the next unused trajectory id (past every id present).
         seed: the seed recorded in metadata (``None`` if absent).
         written_by_us: the index carries this library's ``format_version``.
         journal_entries: how many entries came from the journal (not yet compacted).
         metadata: the raw metadata dict.
+        index_current: ``trajectory_index.json`` is this library's, has a sidecar that matches
+            it, and there was no journal entry to apply: rewriting it would change nothing.
     """
 
     path: str
     fmt: str
-    records: list[Record]
+    records: Sequence[Record]
     all_ids: list[int]
     counter: int
     seed: int | None
     written_by_us: bool
     journal_entries: int
     metadata: dict[str, Any]
+    index_current: bool = False
 
 
 def check_directory(path: str) -> str:
@@ -236,18 +242,39 @@ def schema_of_segment(path: str, name: Any) -> Schema:
     return schema_from_json(fields, meta_path, CorruptBufferError)
 
 
-def _segment_records(
-    path: str, meta: dict[str, Any], selected: list[dict[str, Any]], require_files: bool
-) -> tuple[list[Record], Schema | None]:
-    """Records of a ``segment`` directory: index entries naming ``(segment, row)``."""
-    where = os.path.join(path, INDEX)
+def _segment_dir_present(path: str, name: str) -> bool:
+    """Whether segment ``name`` of the directory ``path`` exists (a link is refused)."""
+    seg_dir = os.path.join(path, name)
+    if os.path.islink(seg_dir):
+        raise UnsafeFileError(f"{seg_dir}: is a symbolic link; refusing to read it")
+    return os.path.isdir(seg_dir)
+
+
+def _missing_segment(path: str, tid: Any, name: str) -> BufferNotFoundError:
+    return BufferNotFoundError(
+        f"{path}: the index lists trajectory {tid} in segment {name}, which is missing; "
+        "restore it or repair the directory with the verify tool"
+    )
+
+
+def _segment_schema(path: str, meta: dict[str, Any], first_name: Any) -> Schema | None:
+    """The schema of a ``segment`` directory: its metadata's fields, or (``first_name``: the
+    segment of its first selected trajectory, ``None`` if there is none) that segment's."""
     schema = schema_from_json(meta.get("fields"), os.path.join(path, METADATA), CorruptBufferError)
-    if selected and not schema:
+    if first_name is not None and not schema:
         # metadata.json is refreshed at flush/close: a crash before the first one leaves it
         # without fields, but every segment describes its own columns
-        schema = schema_of_segment(path, selected[0].get("file"))
+        schema = schema_of_segment(path, first_name)
+    return schema
+
+
+def _segment_records(
+    path: str, selected: list[dict[str, Any]], require_files: bool, seen: dict[str, bool]
+) -> list[Record]:
+    """Records of a ``segment`` directory: index entries naming ``(segment, row)``; ``seen``
+    (segment name -> its directory exists) is filled as segments are checked, once each."""
+    where = os.path.join(path, INDEX)
     records = []
-    seen: dict[str, bool] = {}  # segment name -> its directory exists (checked once each)
     for entry in selected:
         tid = entry["trajectory_id"]
         name, row = entry.get("file"), entry.get("row")
@@ -259,92 +286,46 @@ def _segment_records(
             raise CorruptBufferError(f"{where}: trajectory {tid} has row {row!r}")
         present = seen.get(name)
         if present is None:
-            seg_dir = os.path.join(path, name)
-            if os.path.islink(seg_dir):
-                raise UnsafeFileError(f"{seg_dir}: is a symbolic link; refusing to read it")
-            present = seen[name] = os.path.isdir(seg_dir)
+            present = seen[name] = _segment_dir_present(path, name)
         if not present:
             if require_files:
-                raise BufferNotFoundError(
-                    f"{path}: the index lists trajectory {tid} in segment {name}, which is missing; "
-                    "restore it or repair the directory with the verify tool"
-                )
+                raise _missing_segment(path, tid, name)
             continue
         records.append(replace(record_from_entry(path, entry, name, where), row=row))
-    return records, (schema if records else None)
+    return records
 
 
-def read_directory(
+def _file_records(
     path: str,
-    share: tuple[int, int] = (0, 1),
-    require_files: bool = True,
-    skip_corrupt: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[DirectoryContents, Schema | None]:
-    """Parse a buffer directory (ours or RLinf's) and the schema of its trajectories.
-
-    Args:
-        path: the directory.
-        share: ``(rank, world_size)``: keep index positions ``rank, rank + world_size, ...``.
-        require_files: raise if a selected trajectory's file is missing.
-        skip_corrupt: leave out (with a :class:`CorruptDataWarning`) trajectories whose file
-            must be opened to be indexed (RLinf's directories) and turns out unreadable.
-        progress: ``progress(done, total)`` as index entries are resolved.
-
-    Returns:
-        The parsed contents and the schema (``None`` when no trajectory was selected).
-
-    Raises:
-        BufferNotFoundError, CorruptBufferError, UnsafeFileError: with the file named.
-    """
-    path = check_directory(path)
-    meta = read_metadata(path)
-    fmt = meta.get("trajectory_format", meta.get("storage_format"))
-    entries, ours, journal_entries = read_index(path)
-    moved = hidden_ids(path)  # a merge/split moved them out; its release was cut short
-    if moved:
-        entries = [e for e in entries if e.get("trajectory_id") not in moved]
-    if not entries and not os.path.exists(os.path.join(path, INDEX)):
-        files_present = list_trajectory_files(path)
-        if files_present:
-            raise BufferNotFoundError(
-                f"{path}: {INDEX} is missing but trajectory files are present; rebuild the index "
-                "with the verify tool (--repair)"
-            )
-    regular: set[str] = set()
+    fmt: str,
+    ours: bool,
+    selected: list[dict[str, Any]],
+    listing: Listing,
+    require_files: bool,
+    skip_corrupt: bool,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[Record], Schema | None]:
+    """Records of ``pt``/``pkl`` index entries (``listing``: the directory's names), and the
+    schema of the files opened to build them (RLinf's entries)."""
     index_path = os.path.join(path, INDEX)
-    files = list_trajectory_files(path, regular)
-    ids = [e["trajectory_id"] if isinstance(e.get("trajectory_id"), int) else -1 for e in entries]
-    if len(set(ids)) != len(ids) or min(ids, default=0) < 0:
-        raise CorruptBufferError(f"{path}: the index lists a trajectory id twice or a bad id")
-    rank, world = share
-    selected = entries[rank::world]
     records: list[Record] = []
     schema: Schema | None = None
-    if fmt == formats.SEGMENT:
-        records, schema = _segment_records(path, meta, selected, require_files)
-        if progress is not None:
-            progress(len(selected), len(selected))
-        selected = []
     for done, entry in enumerate(selected, 1):
         if progress is not None and (done % 256 == 0 or done == len(selected)):
             progress(done, len(selected))
         tid = entry["trajectory_id"]
-        names = files.get(tid, [])
         named = entry.get("file")
         if named is not None:
             if not isinstance(named, str):
                 raise CorruptBufferError(f"{path}: trajectory {tid} names file {named!r}")
-            if named not in regular:  # a listed regular file needs no further check
+            if not listing.is_regular_file(named):  # a listed regular file needs no further check
                 safe_file(path, named)
-            names = [named] if named in names else []
+            names = [named] if listing.holds_file(named, tid) else []
+        else:
+            names = listing.by_id().get(tid, [])
         if not names:
             if require_files:
-                raise BufferNotFoundError(
-                    f"{path}: the index lists trajectory {tid} but its file "
-                    f"(trajectory_{tid}_*.{fmt}) is missing; restore it or repair the directory "
-                    "with the verify tool"
-                )
+                raise _missing_file(path, tid, fmt)
             continue
         if len(names) > 1:
             raise CorruptBufferError(
@@ -361,11 +342,115 @@ def read_directory(
             except CorruptBufferError as exc:
                 if not skip_corrupt:
                     raise
-                warnings.warn(f"skipped trajectory {tid}: {exc}", CorruptDataWarning, stacklevel=2)
+                warnings.warn(f"skipped trajectory {tid}: {exc}", CorruptDataWarning, stacklevel=3)
                 continue
             schema = combine(schema, file_schema, f"{path}/{name}: ", CorruptBufferError)
             records.append(record)
-    if records and schema is None:
+    return records, schema
+
+
+def _missing_file(path: str, tid: Any, fmt: str) -> BufferNotFoundError:
+    return BufferNotFoundError(
+        f"{path}: the index lists trajectory {tid} but its file "
+        f"(trajectory_{tid}_*.{fmt}) is missing; restore it or repair the directory "
+        "with the verify tool"
+    )
+
+
+def _entry_ids(entries: list[dict[str, Any]]) -> list[int]:
+    """The ids of index entries (-1 for a bad one)."""
+    return [e["trajectory_id"] if isinstance(e.get("trajectory_id"), int) else -1 for e in entries]
+
+
+def _check_ids(path: str, ids: list[int]) -> None:
+    if len(set(ids)) != len(ids) or min(ids, default=0) < 0:
+        raise CorruptBufferError(f"{path}: the index lists a trajectory id twice or a bad id")
+
+
+def read_directory(
+    path: str,
+    share: tuple[int, int] = (0, 1),
+    require_files: bool = True,
+    skip_corrupt: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    listing: Listing | None = None,
+) -> tuple[DirectoryContents, Schema | None]:
+    """Parse a buffer directory (ours or RLinf's) and the schema of its trajectories.
+
+    When ``trajectory_index.json`` has a sidecar that matches it (:mod:`.index_columns`), its
+    entries are read as columns and ``records`` is a :class:`~.record_table.RecordTable`
+    (records are built as they are asked for); otherwise the JSON index is parsed and
+    ``records`` is a list. Both give the same records, and the same errors.
+
+    Args:
+        path: the directory.
+        share: ``(rank, world_size)``: keep index positions ``rank, rank + world_size, ...``.
+        require_files: raise if a selected trajectory's file is missing.
+        skip_corrupt: leave out (with a :class:`CorruptDataWarning`) trajectories whose file
+            must be opened to be indexed (RLinf's directories) and turns out unreadable.
+        progress: ``progress(done, total)`` as index entries are resolved.
+        listing: the directory's names as just listed (default: it is listed here).
+
+    Returns:
+        The parsed contents and the schema (``None`` when no trajectory was selected).
+
+    Raises:
+        BufferNotFoundError, CorruptBufferError, UnsafeFileError: with the file named.
+    """
+    path = check_directory(path)
+    meta = read_metadata(path)
+    fmt = meta.get("trajectory_format", meta.get("storage_format"))
+    parts = read_index_parts(path, columns=require_files)
+    moved = hidden_ids(path)  # a merge/split moved them out; its release was cut short
+    if parts.columns is not None:
+        found = _read_columns(path, meta, fmt, parts, moved, share, skip_corrupt, progress, listing)
+        if found is not None:
+            return found
+        parts = read_index_parts(path, columns=False)  # the JSON index, which reports the problem
+    entries = parts.entries
+    if moved:
+        entries = [e for e in entries if e.get("trajectory_id") not in moved]
+    if not entries and not os.path.exists(os.path.join(path, INDEX)):
+        files_present = list_trajectory_files(path)
+        if files_present:
+            raise BufferNotFoundError(
+                f"{path}: {INDEX} is missing but trajectory files are present; rebuild the index "
+                "with the verify tool (--repair)"
+            )
+    listing = listing or Listing(path)
+    ids = _entry_ids(entries)
+    _check_ids(path, ids)
+    rank, world = share
+    selected = entries[rank::world]
+    records: list[Record]
+    if fmt == formats.SEGMENT:
+        schema = _segment_schema(path, meta, selected[0].get("file") if selected else None)
+        records = _segment_records(path, selected, require_files, {})
+        schema = schema if records else None
+        if progress is not None:
+            progress(len(selected), len(selected))
+    else:
+        records, schema = _file_records(
+            path, fmt, parts.ours, selected, listing, require_files, skip_corrupt, progress
+        )
+    return _contents(path, fmt, meta, parts, records, ids, listing, schema)
+
+
+def _contents(
+    path: str,
+    fmt: str,
+    meta: dict[str, Any],
+    parts: IndexParts,
+    records: Sequence[Record],
+    ids: list[int],
+    listing: Listing,
+    schema: Schema | None,
+    hidden: bool = False,
+) -> tuple[DirectoryContents, Schema | None]:
+    """The parsed directory, once its records are known (for ``pt``/``pkl`` without a
+    schema from opened files, the newest file gives it; ``hidden``: the index lists
+    trajectories a move took out)."""
+    if records and schema is None and fmt != formats.SEGMENT:
         newest = records[-1]
         data = formats.read(safe_file(path, newest.file or ""), newest.fmt or fmt, mmap=True)
         where = f"{newest.path}: "
@@ -375,7 +460,7 @@ def read_directory(
         except InvalidTrajectoryError as exc:
             raise CorruptBufferError(str(exc)) from None
     counter = max(
-        [max(ids, default=-1) + 1, max(files, default=-1) + 1]
+        [max(ids, default=-1) + 1, listing.max_file_id() + 1]
         + [meta["trajectory_counter"]] * isinstance(meta.get("trajectory_counter"), int)
     )
     seed = meta.get("seed") if isinstance(meta.get("seed"), int) else None
@@ -386,11 +471,115 @@ def read_directory(
         all_ids=ids,
         counter=counter,
         seed=seed,
-        written_by_us=ours,
-        journal_entries=journal_entries,
+        written_by_us=parts.ours,
+        journal_entries=parts.journal_entries,
         metadata=meta,
+        index_current=parts.columns is not None and not parts.journal_entries and not hidden,
     )
     return contents, schema
+
+
+# -- the index as columns ------------------------------------------------------------------------
+def _fits_format(columns: RecordColumns, fmt: str) -> RecordColumns | None:
+    """``columns`` as the JSON index's reader would take them in a directory of format
+    ``fmt`` (rows only for segments), or ``None`` if a name does not fit the format (the
+    JSON index is then read, and reports it)."""
+    names = columns.file_names
+    if fmt == formats.SEGMENT:
+        fits = (
+            bool((columns.rows >= 0).all())
+            and bool((columns.files != CANONICAL).all())
+            and all(segment.SEGMENT_RE.match(n) for n in names)
+        )
+        return columns if fits else None
+    ids, codes = columns.ids, columns.files
+    for i in np.flatnonzero(codes != CANONICAL).tolist():
+        m = FILE_RE.match(names[int(codes[i])])
+        if m is None or int(m.group(1)) != int(ids[i]):
+            return None
+    return replace(columns, rows=np.full(len(ids), -1, dtype=np.int64))
+
+
+def _read_columns(
+    path: str,
+    meta: dict[str, Any],
+    fmt: str,
+    parts: IndexParts,
+    moved: set[int],
+    share: tuple[int, int],
+    skip_corrupt: bool,
+    progress: Callable[[int, int], None] | None,
+    listing: Listing | None,
+) -> tuple[DirectoryContents, Schema | None] | None:
+    """:func:`read_directory` of an index held as columns (``parts.columns``, all files
+    required), or ``None`` if they do not fit the directory's format."""
+    assert parts.columns is not None and parts.kept is not None
+    columns = _fits_format(parts.columns, fmt)
+    if columns is None:
+        return None
+    table = RecordTable(path, columns)
+    kept, extras = parts.kept, parts.entries
+    if moved:
+        kept = kept & ~np.isin(table.ids, np.array(sorted(moved), dtype=np.int64))
+        extras = [e for e in extras if e.get("trajectory_id") not in moved]
+    rows = np.flatnonzero(kept)
+    extra_ids = _entry_ids(extras)
+    _check_ids(path, extra_ids)  # unique among themselves; the journal adds no listed id
+    ids = table.ids[rows].tolist() + extra_ids
+    rank, world = share
+    picked = np.arange(rank, len(ids), world)
+    selected = table.take(rows[picked[picked < len(rows)]])
+    selected_extras = [extras[p] for p in (picked[picked >= len(rows)] - len(rows)).tolist()]
+    listing = listing or Listing(path)
+    if fmt == formats.SEGMENT:
+        first = (
+            selected.file_name(0)
+            if len(selected)
+            else (selected_extras[0].get("file") if selected_extras else None)
+        )
+        schema = _segment_schema(path, meta, first)
+        seen = _check_segments(path, selected)
+        extra_records = _segment_records(path, selected_extras, True, seen)
+        schema = schema if len(selected) or extra_records else None
+    else:
+        _check_files(path, fmt, selected, listing)
+        extra_records, schema = _file_records(
+            path, fmt, parts.ours, selected_extras, listing, True, skip_corrupt, None
+        )
+    if progress is not None and len(picked):
+        progress(len(picked), len(picked))
+    records: Sequence[Record] = selected
+    if extra_records:
+        try:
+            records = RecordTable.concat([selected, RecordTable.of_records(path, extra_records)])
+        except ValueError:  # a journal entry the columns cannot hold (a non-ASCII uuid)
+            records = [*selected, *extra_records]
+    return _contents(path, fmt, meta, parts, records, ids, listing, schema, hidden=bool(moved))
+
+
+def _check_files(path: str, fmt: str, table: RecordTable, listing: Listing) -> None:
+    """Raise as :func:`_file_records` would for the first record of ``table`` whose file is
+    not a regular file here (its names fit the naming rule and its ids already)."""
+    names = table.file_names()
+    ids = table.ids
+    for i in listing.missing(names):
+        safe_file(path, names[i])
+        if not listing.holds_file(names[i], int(ids[i])):
+            raise _missing_file(path, int(ids[i]), fmt)
+
+
+def _check_segments(path: str, table: RecordTable) -> dict[str, bool]:
+    """Raise as :func:`_segment_records` would if a segment of ``table``'s records is missing
+    or a link; returns the segments checked (all present)."""
+    seen: dict[str, bool] = {}
+    codes = table.columns.files
+    _, first = np.unique(codes, return_index=True)
+    for i in np.sort(first).tolist():
+        name = table.file_name(i)
+        if not _segment_dir_present(path, name):
+            raise _missing_segment(path, int(table.ids[i]), name)
+        seen[name] = True
+    return seen
 
 
 def load_columns(record: Record, mmap: bool = True) -> dict[Key, torch.Tensor]:

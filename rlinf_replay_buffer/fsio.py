@@ -17,9 +17,10 @@ import functools
 import json
 import os
 import shutil
+import stat
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 TMP_PREFIX = ".tmp-"
@@ -103,10 +104,11 @@ def atomic_write(
     return sink.crc
 
 
-def atomic_write_json(path: str, obj: Any, sync: bool = True) -> None:
-    """Atomically write ``obj`` as compact JSON."""
+def atomic_write_json(path: str, obj: Any, sync: bool = True) -> bytes:
+    """Atomically write ``obj`` as compact JSON; return the bytes written."""
     data = json.dumps(obj, separators=(",", ":")).encode()
     atomic_write(path, lambda f: f.write(data), sync=sync)
+    return data
 
 
 def atomic_copy(src: str, dst: str, sync: bool = True) -> int:
@@ -127,15 +129,17 @@ def link_or_copy(src: str, dst: str) -> None:
         atomic_copy(src, dst)
 
 
-def remove_tmp_files(directory: str) -> list[str]:
-    """Delete leftovers of interrupted atomic writes in ``directory``; return their names."""
+def remove_tmp_files(directory: str, names: Iterable[str] | None = None) -> list[str]:
+    """Delete leftovers of interrupted atomic writes in ``directory`` (``names``: its entries as
+    just listed; default: listed here); return their names."""
     removed = []
-    with os.scandir(directory) as it:
-        for entry in it:
-            if entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-                    removed.append(entry.name)
+    listed = os.listdir(directory) if names is None else names
+    for name in [n for n in listed if n.startswith(TMP_PREFIX)]:
+        path = os.path.join(directory, name)
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.unlink(path)
+                removed.append(name)
     return removed
 
 

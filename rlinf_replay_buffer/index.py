@@ -18,12 +18,13 @@ locates its rows there, exactly like rows of the ``segment`` format.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .record import Record
+from .record_table import RecordTable
 
 _COLUMNS = ("ids", "counts", "segs", "rows", "updates", "envs")
 
@@ -78,7 +79,8 @@ class TrajectoryIndex:
     """Ordered trajectories of a buffer, oldest first, with where their rows live."""
 
     def __init__(self) -> None:
-        self._records: dict[int, Record] = {}
+        self._records: dict[int, Record] = {}  # records placed, or built from a table once asked for
+        self._tables: list[RecordTable] = []  # records added in bulk (:meth:`extend`), built lazily
         self._arrays = {name: np.empty(64, dtype=np.int64) for name in _COLUMNS}
         # whether a trajectory's data was checked against its checksum (or needs no check)
         self._checked = np.empty(64, dtype=np.bool_)
@@ -97,14 +99,23 @@ class TrajectoryIndex:
         return self._tail - self._head
 
     def __contains__(self, trajectory_id: object) -> bool:
-        return trajectory_id in self._records
+        return trajectory_id in self._pos
 
     def __iter__(self) -> Iterator[Record]:
         for tid in self._arrays["ids"][self._head : self._tail].tolist():
-            yield self._records[tid]
+            yield self[tid]
 
     def __getitem__(self, trajectory_id: int) -> Record:
-        return self._records[trajectory_id]
+        record = self._records.get(trajectory_id)
+        if record is not None:
+            return record
+        if trajectory_id in self._pos:
+            for table in self._tables:
+                record = table.by_id(trajectory_id)
+                if record is not None:
+                    self._records[trajectory_id] = record
+                    return record
+        raise KeyError(trajectory_id)
 
     @property
     def total_transitions(self) -> int:
@@ -117,7 +128,7 @@ class TrajectoryIndex:
 
     def holds(self, record: Record) -> bool:
         """Whether ``record`` itself (not only its id) is the index's current record."""
-        return self._records.get(record.trajectory_id) is record
+        return self.get(record.trajectory_id) is record
 
     # -- changes ------------------------------------------------------------------------------
     def append(self, record: Record, checked: bool = True) -> None:
@@ -128,7 +139,7 @@ class TrajectoryIndex:
             checked: its data needs no checksum check before it is read (see
                 :meth:`window_checked`).
         """
-        if record.trajectory_id in self._records:
+        if record.trajectory_id in self._pos:
             raise KeyError(f"trajectory {record.trajectory_id} is already indexed")
         if self._tail == len(self._checked):
             self._grow()
@@ -144,10 +155,51 @@ class TrajectoryIndex:
         self._total += record.num_transitions
         self._changed()
 
+    def extend(self, records: Sequence[Record], checked: np.ndarray) -> None:
+        """Add trajectories, oldest first, after every indexed one: as :meth:`append` of each
+        (``checked``: bool ``[n]``, its argument for each), in one go for a
+        :class:`~.record_table.RecordTable`, whose records are then built only when asked for.
+        """
+        if not isinstance(records, RecordTable):
+            for record, ok in zip(records, checked.tolist(), strict=True):
+                self.append(record, checked=ok)
+            return
+        n = len(records)
+        if not n:
+            return
+        ids = records.ids.tolist()
+        if not self._pos.keys().isdisjoint(ids):
+            raise KeyError("a trajectory is already indexed")
+        if self._tail + n > len(self._checked):
+            self._grow(n)
+        at = slice(self._tail, self._tail + n)
+        c = records.columns
+        counts = records.transitions
+        a = self._arrays
+        a["ids"][at] = c.ids
+        a["counts"][at] = counts
+        a["updates"][at] = c.update_counts
+        a["envs"][at] = c.num_envs
+        segs = np.full(n, -1, dtype=np.int64)
+        in_segment = c.rows >= 0
+        if in_segment.any():  # as _place: a record's own segment rows (a new id has no copy)
+            keys = np.full(len(c.file_names), -1, dtype=np.int64)
+            for code in np.unique(c.files[in_segment]).tolist():
+                keys[code] = self._segment_key((records.directory, c.file_names[code]))
+            segs[in_segment] = keys[c.files[in_segment]]
+        a["segs"][at] = segs
+        a["rows"][at] = np.where(in_segment, c.rows, -1)
+        self._checked[at] = checked
+        self._pos.update(zip(ids, range(self._tail, self._tail + n), strict=True))
+        self._tables.append(records)
+        self._tail += n
+        self._total += int(counts.sum())
+        self._changed()
+
     def relocate(self, record: Record) -> None:
         """Replace the record of an indexed trajectory by ``record`` (same id and shape, its
         rows now elsewhere: a file written, rows appended to a segment, a checkpoint saved)."""
-        old = self._records[record.trajectory_id]
+        old = self[record.trajectory_id]
         if old.num_transitions != record.num_transitions:
             raise ValueError(f"trajectory {record.trajectory_id} cannot change its shape when it moves")
         self._place(self._pos[record.trajectory_id], record)
@@ -161,7 +213,7 @@ class TrajectoryIndex:
                 return
         else:
             self._copies[trajectory_id] = (where, row)
-        self._place(self._pos[trajectory_id], self._records[trajectory_id])
+        self._place(self._pos[trajectory_id], self[trajectory_id])
         self._window = None  # same trajectories (``version`` stays), rows elsewhere
 
     def has_copy(self, trajectory_id: int) -> bool:
@@ -177,19 +229,22 @@ class TrajectoryIndex:
             self._copies.pop(record.trajectory_id, None)  # its own segment is as fast
         elif record.trajectory_id in self._copies:
             where, row = self._copies[record.trajectory_id]
-        segment = -1
-        if where is not None:
-            segment = self._segment_keys.get(where, -1)
-            if segment < 0:
-                segment = self._segment_keys[where] = len(self._segments)
-                self._segments.append(where)
+        segment = -1 if where is None else self._segment_key(where)
         self._arrays["segs"][p] = segment
         self._arrays["rows"][p] = row if segment >= 0 else -1
         self._records[record.trajectory_id] = record
 
-    def _grow(self) -> None:
+    def _segment_key(self, where: tuple[str, str]) -> int:
+        """The key of segment ``where`` (``(directory, name)``), given once per segment."""
+        key = self._segment_keys.get(where)
+        if key is None:
+            key = self._segment_keys[where] = len(self._segments)
+            self._segments.append(where)
+        return key
+
+    def _grow(self, adding: int = 1) -> None:
         live = self._tail - self._head
-        size = max(64, 2 * live)
+        size = max(64, 2 * live, live + adding)
         for name, old in self._arrays.items():
             new = np.empty(size, dtype=np.int64)
             new[:live] = old[self._head : self._tail]
@@ -207,12 +262,13 @@ class TrajectoryIndex:
 
     def get(self, trajectory_id: int) -> Record | None:
         """The record of ``trajectory_id``, or ``None`` if it is not indexed."""
-        return self._records.get(trajectory_id)
+        return self[trajectory_id] if trajectory_id in self._pos else None
 
     def remove(self, trajectory_id: int) -> Record:
         """Remove one trajectory wherever it is (O(1) for the oldest, else O(n))."""
         if len(self) and int(self._arrays["ids"][self._head]) == trajectory_id:
             return self.pop_oldest()
+        record = self[trajectory_id]
         p = self._pos.pop(trajectory_id)
         for arr in (*self._arrays.values(), self._checked):
             arr[p : self._tail - 1] = arr[p + 1 : self._tail].copy()
@@ -220,7 +276,7 @@ class TrajectoryIndex:
         ids = self._arrays["ids"]
         for q in range(p, self._tail):
             self._pos[int(ids[q])] = q
-        record = self._records.pop(trajectory_id)
+        self._records.pop(trajectory_id, None)
         self._copies.pop(trajectory_id, None)
         self._total -= record.num_transitions
         self._changed()
@@ -231,9 +287,10 @@ class TrajectoryIndex:
         if not len(self):
             raise IndexError("index is empty")
         tid = int(self._arrays["ids"][self._head])
+        record = self[tid]
         self._head += 1
         del self._pos[tid]
-        record = self._records.pop(tid)
+        self._records.pop(tid, None)
         self._copies.pop(tid, None)
         self._total -= record.num_transitions
         self._changed()

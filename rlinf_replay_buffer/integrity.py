@@ -67,14 +67,21 @@ def file_checksum(path: str, max_bytes: int | None = None) -> int:
         CorruptBufferError: it holds more than ``max_bytes`` bytes.
         BufferDirectoryError: the system refused to read it.
     """
-    crc = 0
-    with open_regular(path, max_bytes, what="trajectory file", links=True) as f:
+    return sized_checksum(path, max_bytes)[1]
+
+
+def sized_checksum(path: str, max_bytes: int | None = None, what: str = "trajectory file") -> tuple[int, int]:
+    """``(bytes, CRC-32)`` of a file (``what`` names it in errors), read as
+    :func:`file_checksum` reads it, and raising as it does."""
+    crc = size = 0
+    with open_regular(path, max_bytes, what=what, links=True) as f:
         try:
             while block := f.read(_CHUNK):
                 crc = zlib.crc32(block, crc)
+                size += len(block)
         except OSError as exc:
             raise unreadable(path, exc) from None
-    return crc
+    return size, crc
 
 
 def check_entry_crc(value: object, where: str) -> int | None:

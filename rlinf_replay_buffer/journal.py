@@ -8,6 +8,9 @@
   between compactions (:class:`Journal`), so persisting the index costs O(1) per trajectory; an
   entry ``{"trajectory_id": id, "removed": true}`` records an eviction. A torn last line (an
   append a crash interrupted) is ignored when reading and cut off before the next append.
+* ``trajectory_index.columns`` (:mod:`.index_columns`): the index file's entries as binary
+  columns, written with it; :func:`read_index_parts` reads them instead of the JSON when they
+  match it.
 
 :func:`read_index` gives the entries in order: the index file's, then the journal's. A writer may
 fold the journal into the index (and remove it) while a reader reads them:
@@ -21,13 +24,17 @@ import errno
 import json
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+
+from . import index_columns
 from .errors import BufferDirectoryError, CorruptBufferError, UnsafeFileError, unreadable
 from .fsio import atomic_write_json, fsync_dir
 from .metadata import FORMAT_VERSION
-from .naming import read_json
-from .safe_open import INDEX_BYTES, check_size, refuse_special
+from .record_table import RecordColumns
+from .safe_open import INDEX_BYTES, check_size, parse_json, read_limited, refuse_special
 
 INDEX = "trajectory_index.json"
 INDEX_RLINF_MERGE = "trajector_index.json"  # sic: also written by RLinf's merge tool
@@ -168,27 +175,58 @@ def _read_journal(path: str, data: bytes) -> list[dict[str, Any]]:
     return entries
 
 
-def _read_index_file(path: str) -> tuple[str, Any] | None:
-    """``(path, parsed JSON)`` of the index file (either name), ``None`` if there is none."""
+def _read_index_file(path: str, columns: bool) -> tuple[str, Any] | None:
+    """``(path, parsed JSON)`` of the index file (either name), ``None`` if there is none; with
+    ``columns``, ``(path, RecordColumns)`` instead when ``trajectory_index.json`` has a sidecar
+    that matches it (:mod:`.index_columns`)."""
     for name in (INDEX, INDEX_RLINF_MERGE):
         ipath = os.path.join(path, name)
-        if os.path.lexists(ipath):  # a FIFO or a link out is refused by read_json, not skipped
+        if os.path.lexists(ipath):  # a FIFO or a link out is refused by read_limited, not skipped
+            found = index_columns.read(path, ipath) if columns and name == INDEX else None
+            if found is not None:
+                return ipath, found
             try:
-                return ipath, read_json(ipath, name, INDEX_BYTES)
+                return ipath, parse_json(read_limited(ipath, INDEX_BYTES, what=name, links=True), ipath, name)
             except FileNotFoundError:  # a link to nothing: no index under this name
                 continue
     return None
 
 
-def read_index(path: str) -> tuple[list[dict[str, Any]], bool, int]:
-    """Index entries in order (index file, then journal), whether ours, and journal length.
+@dataclass
+class IndexParts:
+    """A directory's index as :func:`read_index_parts` reads it.
+
+    Attributes:
+        columns: the entries of ``trajectory_index.json`` as columns, when its sidecar matches
+            it (``None``: ``entries`` holds them).
+        kept: with ``columns``, which of their rows the journal did not remove (bool ``[n]``).
+        entries: without ``columns``, every entry in order (index file, then journal); with
+            them, the entries the journal adds after the kept rows.
+        ours: the index carries this library's ``format_version``.
+        journal_entries: journal lines that changed the index (added or removed entries).
+    """
+
+    columns: RecordColumns | None
+    kept: np.ndarray | None
+    entries: list[dict[str, Any]]
+    ours: bool
+    journal_entries: int
+
+
+def read_index_parts(path: str, columns: bool = True) -> IndexParts:
+    """The index of the directory ``path``: ``trajectory_index.json`` (as columns, from its
+    sidecar, with ``columns`` and when it matches) and the journal applied to it.
 
     The pair is read with :func:`read_consistent`: a writer compacting meanwhile never makes
     an entry the directory held when the call started go missing.
     """
     entries: list[dict[str, Any]] = []
     ours = False
-    found, journal_data = read_consistent(path, lambda: _read_index_file(path))
+    found, journal_data = read_consistent(path, lambda: _read_index_file(path, columns))
+    if found is not None and isinstance(found[1], RecordColumns):
+        journal = _read_journal(path, journal_data)
+        kept, added, count = _apply_journal_to_columns(found[1].ids, journal)
+        return IndexParts(found[1], kept, added, True, count)
     if found is not None:
         ipath, data = found
         if (
@@ -212,7 +250,14 @@ def read_index(path: str) -> tuple[list[dict[str, Any]], bool, int]:
     if journal:
         ours = ours or not entries
     added, removed = apply_journal(entries, journal)
-    return entries, ours, added + len(removed)
+    return IndexParts(None, None, entries, ours, added + len(removed))
+
+
+def read_index(path: str) -> tuple[list[dict[str, Any]], bool, int]:
+    """Index entries in order (index file, then journal), whether ours, and journal length
+    (:func:`read_index_parts` without columns)."""
+    parts = read_index_parts(path, columns=False)
+    return parts.entries, parts.ours, parts.journal_entries
 
 
 def apply_journal(entries: list[dict[str, Any]], journal: list[dict[str, Any]]) -> tuple[int, list[int]]:
@@ -238,6 +283,35 @@ def apply_journal(entries: list[dict[str, Any]], journal: list[dict[str, Any]]) 
     return added, removed
 
 
+def _apply_journal_to_columns(
+    ids: np.ndarray, journal: list[dict[str, Any]]
+) -> tuple[np.ndarray, list[dict[str, Any]], int]:
+    """:func:`apply_journal` on an index held as columns (``ids``: their trajectory ids):
+    returns which rows stay, the entries appended after them (in order) and the number of
+    lines that changed the index."""
+    kept = np.ones(len(ids), dtype=np.bool_)
+    if not journal:
+        return kept, [], 0
+    rows = {tid: i for i, tid in enumerate(ids.tolist())}  # as apply_journal's dict lookups
+    added: dict[Any, dict[str, Any]] = {}
+    changes = 0
+    for entry in journal:
+        tid = entry.get("trajectory_id")
+        row = rows.get(tid)
+        listed = row is not None and bool(kept[row])
+        if entry.get("removed") is True:
+            if tid in added:
+                del added[tid]
+                changes += 1
+            elif listed:
+                kept[row] = False
+                changes += 1
+        elif not listed and tid not in added:
+            added[tid] = entry
+            changes += 1
+    return kept, list(added.values()), changes
+
+
 def removed_ids(path: str) -> list[int]:
     """Ids the journal records as removed (their files may still await deletion)."""
     entries, _, _ = parse_journal(path)
@@ -258,7 +332,7 @@ def write_index(path: str, entries: Iterable[dict[str, Any]], keep_journal: bool
     loader this way; the journal's entries are then all listed, and reading skips them).
     """
     entries = list(entries)
-    atomic_write_json(
+    data = atomic_write_json(
         os.path.join(path, INDEX),
         {
             "format_version": FORMAT_VERSION,
@@ -266,6 +340,7 @@ def write_index(path: str, entries: Iterable[dict[str, Any]], keep_journal: bool
             "trajectory_id_list": [e["trajectory_id"] for e in entries],
         },
     )
+    index_columns.write(path, entries, data)  # best effort: an optimization of reading only
     if keep_journal:
         return
     jpath = os.path.join(path, JOURNAL)

@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from . import index_columns
 from .errors import BufferDirectoryError, CorruptBufferError, ReplayBufferError
 from .fsio import atomic_write_json, fsync_dir
 from .journal import INDEX, INDEX_RLINF_MERGE, JOURNAL, read_index, removed_ids, write_index
@@ -186,7 +187,7 @@ def release(path: str, trajectory_ids: Iterable[int], remove_empty: bool = False
     elif os.path.lexists(os.path.join(path, METADATA)):  # from here on it is no buffer directory
         os.unlink(os.path.join(path, METADATA))
         fsync_dir(path)
-        for name in (INDEX, INDEX_RLINF_MERGE, JOURNAL):
+        for name in (INDEX, INDEX_RLINF_MERGE, JOURNAL, index_columns.NAME):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(path, name))
     kept_segments = {e.get("file") for e in keep if "row" in e}

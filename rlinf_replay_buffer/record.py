@@ -85,33 +85,20 @@ class Record:
         name = file or self.file
         if name is None:
             raise ValueError("a memory-only record has no index entry")
-        if self.row is not None:
-            entry = {
-                **self._common_entry(),
-                "model_weights_id": self.model_weights_id,
-                "file": name,
-                "row": self.row,
-            }
-        else:
-            entry = {**self._common_entry(), "model_weights_id": rlinf_weights_id(name), "file": name}
-        if self.checksum is not None:
-            entry["crc32"] = self.checksum
-        if self.rlinf_flat:
-            entry["rlinf_flat"] = True
-        return entry
-
-    def _common_entry(self) -> dict[str, Any]:
-        return {
-            "num_samples": self.num_transitions,
-            "trajectory_id": self.trajectory_id,
-            "max_episode_length": self.max_episode_length,
-            "shape": list(self.shape),
-            "model_weights_uuid": self.model_weights_id,
-            "model_update_count": self.model_update_count,
-            "uuid": self.uuid,
-            "num_steps": self.num_steps,
-            "num_envs": self.num_envs,
-        }
+        return index_entry(
+            self.trajectory_id,
+            self.num_steps,
+            self.num_envs,
+            self.max_episode_length,
+            self.model_weights_id,
+            self.model_update_count,
+            self.uuid,
+            self.shape,
+            name,
+            self.row,
+            self.checksum,
+            self.rlinf_flat,
+        )
 
     @classmethod
     def of_trajectory(cls, tid: int, traj: AlignedTrajectory, uid: str | None = None) -> Record:
@@ -127,3 +114,41 @@ class Record:
             uuid=uid or str(uuidlib.uuid4()),
             shape=[int(d) for d in rewards.shape],
         )
+
+
+def index_entry(
+    trajectory_id: int,
+    num_steps: int,
+    num_envs: int,
+    max_episode_length: int | None,
+    model_weights_id: str,
+    model_update_count: int,
+    uuid: str,
+    shape: list[int],
+    file: str,
+    row: int | None,
+    checksum: int | None,
+    rlinf_flat: bool,
+) -> dict[str, Any]:
+    """The index entry of a trajectory stored in ``file`` (at ``row`` for a segment), with the
+    values of :class:`Record`'s fields (see :meth:`Record.to_entry`, which calls it)."""
+    entry = {
+        "num_samples": num_steps * num_envs,
+        "trajectory_id": trajectory_id,
+        "max_episode_length": max_episode_length,
+        "shape": list(shape),
+        "model_weights_uuid": model_weights_id,
+        "model_update_count": model_update_count,
+        "uuid": uuid,
+        "num_steps": num_steps,
+        "num_envs": num_envs,
+    }
+    if row is not None:
+        entry.update(model_weights_id=model_weights_id, file=file, row=row)
+    else:
+        entry.update(model_weights_id=rlinf_weights_id(file), file=file)
+    if checksum is not None:
+        entry["crc32"] = checksum
+    if rlinf_flat:
+        entry["rlinf_flat"] = True
+    return entry

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlinf_replay_buffer import ReplayBufferError, Trajectory, TrajectoryReplayBuffer, formats
+from rlinf_replay_buffer import ReplayBufferError, Trajectory, TrajectoryReplayBuffer, formats, index_columns
 from rlinf_replay_buffer import contents as contents_module
 from rlinf_replay_buffer.cache import TrajectoryCache
 from rlinf_replay_buffer.lock import LOCK_NAME
@@ -179,11 +179,13 @@ def data_files(root: Path) -> dict[Path, bytes]:
 
 def assert_same_stored_data(a: Path, b: Path) -> None:
     """Two buffer directories store the same data: the same trajectory files, segments and
-    ``metadata.json`` byte for byte (not the index, whose entries carry each trajectory's random
-    ``uuid``, nor lock files). A ``pkl`` file is compared by what it holds, bit for bit: the pickle
-    of a tensor names its storage by its memory address, so two writes of the same data differ."""
+    ``metadata.json`` byte for byte (not the index and its sidecar, whose entries carry each
+    trajectory's random ``uuid``, nor lock files). A ``pkl`` file is compared by what it holds, bit
+    for bit: the pickle of a tensor names its storage by its memory address, so two writes of the
+    same data differ."""
+    index_files = ("trajectory_index.json", index_columns.NAME)
     files = [
-        {str(p.relative_to(root)): p for p in data_files(root) if p.name != "trajectory_index.json"}
+        {str(p.relative_to(root)): p for p in data_files(root) if p.name not in index_files}
         for root in (a, b)
     ]
     assert files[0].keys() == files[1].keys()

@@ -245,6 +245,7 @@ def test_leftovers_and_a_torn_journal_line_are_noted_and_cleaned(tmp_path, capsy
     assert run(capsys, str(path), "--repair")[0] == 0
     assert sorted(p.name for p in path.iterdir() if not p.name.endswith(".pt") and p.name != LOCK_NAME) == [
         "metadata.json",
+        "trajectory_index.columns",
         "trajectory_index.json",
     ]
     loads_and_samples(path, len(IDS))

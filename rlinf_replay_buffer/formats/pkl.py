@@ -3,7 +3,8 @@
 Only what a trajectory dict needs can be rebuilt: tensors, ``torch.Size``, dtypes, ``dict`` and
 ``OrderedDict``, numbers and strings. Any other global in the stream (``os.system``,
 ``builtins.eval``, ...) makes the load fail with :class:`UnsafeFileError` before anything runs.
-Tensor storages embedded by ``pickle`` are themselves read with ``torch.load(weights_only=True)``.
+Tensor storages embedded by ``pickle`` are themselves ``torch.save`` archives, read by
+:mod:`.torchsave` (or, if one is anything but a plain storage, ``torch.load(weights_only=True)``).
 
 Sizes the stream declares are checked before anything is allocated: the opcodes are walked once
 without building anything (:func:`check_declared_sizes`), and a length (of bytes, a string, a
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import collections
 import io
+import mmap as memory_map
 import os
 import pickle
 import pickletools
-from typing import IO, Any
+import re
+from typing import Any, NamedTuple
 
 import torch
 import torch._utils
@@ -26,13 +29,23 @@ import torch._utils
 from ..errors import BufferDirectoryError, CorruptBufferError, UnsafeFileError, unreadable
 from ..fsio import atomic_write
 from ..safe_open import open_regular
+from . import torchsave
 
 EXTENSION = "pkl"
+
+
+class _Elements(NamedTuple):
+    """A storage read by :mod:`.torchsave`: its elements as a 1-D tensor."""
+
+    tensor: torch.Tensor
 
 
 def _load_storage(data: bytes) -> Any:
     if not isinstance(data, bytes | bytearray):
         raise UnsafeFileError("tensor storage is not bytes")
+    elements = torchsave.storage_elements(data)  # a plain storage, read directly
+    if elements is not None:
+        return _Elements(elements)
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's restricted reader refused a global, or bad bytes
@@ -58,9 +71,12 @@ def _rebuild_tensor_v2(
 ) -> torch.Tensor:
     if backward_hooks:
         raise UnsafeFileError("tensor carries backward hooks")
+    if type(storage) is _Elements:  # as torch rebuilds it: a view of the storage's elements
+        _check_view(storage.tensor.numel(), offset, size, stride)
+        return storage.tensor.as_strided(tuple(size), tuple(stride), offset)
     if not isinstance(storage, torch.UntypedStorage | torch.TypedStorage):
         raise UnsafeFileError("tensor storage is not a torch storage")
-    _check_view(storage, offset, size, stride)
+    _check_view(_held(storage), offset, size, stride)
     return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, {})
 
 
@@ -68,21 +84,23 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _check_view(
-    storage: torch.UntypedStorage | torch.TypedStorage, offset: Any, size: Any, stride: Any
-) -> None:
-    """Refuse a tensor whose elements would lie outside its storage (torch would grow the
-    storage to fit, allocating what the file declares and exposing uninitialized memory)."""
+def _held(storage: torch.UntypedStorage | torch.TypedStorage) -> int:
+    """The elements a storage holds."""
+    if isinstance(storage, torch.TypedStorage):  # its own size methods warn of deprecation
+        untyped = torch.empty(0, dtype=storage.dtype).set_(storage).untyped_storage()
+        return untyped.nbytes() // storage.dtype.itemsize
+    return storage.nbytes()
+
+
+def _check_view(held: int, offset: Any, size: Any, stride: Any) -> None:
+    """Refuse a tensor whose elements would lie outside its storage of ``held`` elements (torch
+    would grow the storage to fit, allocating what the file declares and exposing uninitialized
+    memory)."""
     if not isinstance(size, tuple | list) or not isinstance(stride, tuple | list):
         raise CorruptBufferError(f"a tensor has size {size!r} and stride {stride!r}")
     dims, steps = tuple(size), tuple(stride)
     if len(dims) != len(steps) or not all(_is_count(d) for d in dims + steps) or not _is_count(offset):
         raise CorruptBufferError(f"a tensor has size {dims!r}, stride {steps!r}, offset {offset!r}")
-    if isinstance(storage, torch.TypedStorage):  # its own size methods warn of deprecation
-        untyped = torch.empty(0, dtype=storage.dtype).set_(storage).untyped_storage()
-        held = untyped.nbytes() // storage.dtype.itemsize
-    else:
-        held = storage.nbytes()
     needed = 0 if 0 in dims else offset + 1 + sum((d - 1) * s for d, s in zip(dims, steps, strict=True))
     if needed > held:
         raise CorruptBufferError(
@@ -90,7 +108,6 @@ def _check_view(
         )
 
 
-_OPS = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
 _COUNT_WIDTH = {  # pickletools' markers of counted arguments -> (bytes of the count, signed)
     pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
     pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
@@ -99,62 +116,86 @@ _COUNT_WIDTH = {  # pickletools' markers of counted arguments -> (bytes of the c
 }
 #: longest text argument (a protocol-0 number or name, up to its newline) accepted
 MAX_TEXT_ARGUMENT = 1 << 16
+_NONE, _FIXED, _LINES, _COUNTED = range(4)  # kinds of opcode arguments
 
 
-def check_declared_sizes(f: IO[bytes], size: int) -> None:
-    """Walk the opcodes of the pickle ``f`` (of ``size`` bytes, read from its current position
-    to its ``STOP``) without building anything, and raise :class:`CorruptBufferError` if one
-    declares more bytes than remain in the file (``BINBYTES8``, ``BINUNICODE``, ``FRAME``, ...),
-    has a text argument longer than :data:`MAX_TEXT_ARGUMENT`, or is not an opcode at all.
+def _argument(op: pickletools.OpcodeInfo) -> tuple[str, int, int, bool]:
+    """``(name, kind, n, signed)`` of an opcode's argument: no argument; ``n`` fixed bytes;
+    ``n`` lines of text; or a count of ``n`` bytes (``signed``) and that many bytes."""
+    arg = op.arg
+    if arg is None:
+        return op.name, _NONE, 0, False
+    if arg.n >= 0:  # fixed width (at most 8 bytes)
+        return op.name, _FIXED, arg.n, False
+    if arg.n == pickletools.UP_TO_NEWLINE:
+        return op.name, _LINES, 2 if arg is pickletools.stringnl_noescape_pair else 1, False
+    return (op.name, _COUNTED, *_COUNT_WIDTH[arg.n])
 
-    Counted arguments are skipped by seeking, not read: the walk allocates nothing whatever the
-    declarations say. ``f`` is left at an unspecified position.
+
+_ARGUMENTS: list[tuple[str, int, int, bool] | None] = [None] * 256
+for _op in pickletools.opcodes:
+    _ARGUMENTS[ord(_op.code)] = _argument(_op)
+#: a run of opcodes without an argument (but ``STOP``), skipped in one step
+_PLAIN_RUN = re.compile(
+    b"["
+    + b"".join(
+        re.escape(bytes([c])) for c, a in enumerate(_ARGUMENTS) if a and a[1] == _NONE and a[0] != "STOP"
+    )
+    + b"]*"
+)
+
+
+def check_declared_sizes(buf: Any) -> None:
+    """Walk the opcodes of the pickle in ``buf`` (bytes or a mapping of the file, from its
+    start to its ``STOP``) without building anything, and raise :class:`CorruptBufferError` if
+    one declares more bytes than remain in the file (``BINBYTES8``, ``BINUNICODE``, ``FRAME``,
+    ...), has a text argument longer than :data:`MAX_TEXT_ARGUMENT`, or is not an opcode at all.
+
+    Counted arguments are skipped, not read: the walk allocates nothing whatever the
+    declarations say.
     """
-    pos = f.tell()
+    size = len(buf)
+    pos = 0
     while True:
+        pos = _PLAIN_RUN.match(buf, pos).end()  # type: ignore[union-attr]  # matches, maybe nothing
         at = pos
-        code = f.read(1)
-        if not code:
+        if pos >= size:
             raise CorruptBufferError(f"the pickle ends at byte {pos} before its STOP opcode (truncated)")
-        op = _OPS.get(code)
-        if op is None:
-            raise CorruptBufferError(f"byte {at} ({code!r}) is not a pickle opcode")
+        spec = _ARGUMENTS[buf[pos]]
+        if spec is None:
+            raise CorruptBufferError(f"byte {at} ({bytes([buf[pos]])!r}) is not a pickle opcode")
         pos += 1
-        if op.name == "STOP":
+        name, kind, n, signed = spec
+        if name == "STOP":
             return
-        arg = op.arg
-        if arg is None:
-            continue
-        if arg.n >= 0:  # fixed width (at most 8 bytes)
-            if arg.n > size - pos:
-                raise CorruptBufferError(f"{op.name} at byte {at} is cut off by the end of the file")
-            raw = f.read(arg.n)
-            pos += arg.n
-            if op.name == "FRAME" and int.from_bytes(raw, "little") > size - pos:
+        if kind == _FIXED:
+            if n > size - pos:
+                raise CorruptBufferError(f"{name} at byte {at} is cut off by the end of the file")
+            raw = buf[pos : pos + n]
+            pos += n
+            if name == "FRAME" and int.from_bytes(raw, "little") > size - pos:
                 raise CorruptBufferError(
                     f"FRAME at byte {at} declares {int.from_bytes(raw, 'little')} bytes, but only "
                     f"{size - pos} remain in the file"
                 )
-        elif arg.n == pickletools.UP_TO_NEWLINE:
-            for _ in range(2 if arg is pickletools.stringnl_noescape_pair else 1):
-                line = f.readline(MAX_TEXT_ARGUMENT)
-                if not line.endswith(b"\n"):
+        elif kind == _LINES:
+            for _ in range(n):
+                end = buf.find(b"\n", pos, pos + MAX_TEXT_ARGUMENT)
+                if end < 0:
                     raise CorruptBufferError(
-                        f"{op.name} at byte {at} has a text argument without its end of line within "
+                        f"{name} at byte {at} has a text argument without its end of line within "
                         f"{MAX_TEXT_ARGUMENT} bytes"
                     )
-                pos += len(line)
-        else:
-            width, signed = _COUNT_WIDTH[arg.n]
-            if width > size - pos:
-                raise CorruptBufferError(f"{op.name} at byte {at} is cut off by the end of the file")
-            count = int.from_bytes(f.read(width), "little", signed=signed)
-            pos += width
+                pos = end + 1
+        elif kind == _COUNTED:
+            if n > size - pos:
+                raise CorruptBufferError(f"{name} at byte {at} is cut off by the end of the file")
+            count = int.from_bytes(buf[pos : pos + n], "little", signed=signed)
+            pos += n
             if count < 0 or count > size - pos:
                 raise CorruptBufferError(
-                    f"{op.name} at byte {at} declares {count} bytes, but only {size - pos} remain in the file"
+                    f"{name} at byte {at} declares {count} bytes, but only {size - pos} remain in the file"
                 )
-            f.seek(count, os.SEEK_CUR)
             pos += count
 
 
@@ -211,8 +252,11 @@ def read(path: str, mmap: bool = False, max_bytes: int | None = None) -> dict[st
     """
     try:
         with open_regular(path, max_bytes, what="trajectory file", links=True) as f:
-            check_declared_sizes(f, os.fstat(f.fileno()).st_size)
-            f.seek(0)
+            if os.fstat(f.fileno()).st_size:
+                with memory_map.mmap(f.fileno(), 0, access=memory_map.ACCESS_READ) as mapped:
+                    check_declared_sizes(mapped)
+            else:
+                check_declared_sizes(b"")
             obj = RestrictedUnpickler(f).load()
     except UnsafeFileError as exc:
         raise exc if str(exc).startswith(path) else UnsafeFileError(f"{path}: {exc}") from None
