@@ -213,14 +213,34 @@ def test_an_unknown_dtype_name_is_refused():
         decode((array, "os.system"))
 
 
-def test_assembly_mixes_shards_and_refuses_different_fields():
+def _shard_rows(values: list[float]) -> dict[tuple[str, ...], object]:
+    return {("rewards",): encode(torch.tensor(values).reshape(-1, 1))}
+
+
+def test_assembly_puts_every_shard_row_once_at_random_positions():
+    """Shard 0's rows are 0..29, shard 1's 100..109: a concatenation in either order (rows
+    grouped by shard) forms exactly two runs of labels and keeps shard 1 at one end."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    first, second = [float(i) for i in range(30)], [float(100 + i) for i in range(10)]
+    parts = [_shard_rows(first), _shard_rows(second)]
+    hits = np.zeros(40)
+    for _ in range(400):
+        values = assemble(parts, np.array([30, 10]), rng)["rewards"].flatten().tolist()
+        assert sorted(values) == first + second  # every row exactly once
+        labels = np.array([v >= 100 for v in values])
+        assert 1 + int((labels[1:] != labels[:-1]).sum()) > 2, values  # not grouped by shard
+        hits += labels
+    # each position holds a shard-1 row a quarter of the time (100 of 400, sd ~9)
+    assert hits.min() > 60 and hits.max() < 140, hits
+
+
+def test_assembly_refuses_shards_with_different_fields():
     import numpy as np
 
     rng = np.random.default_rng(0)
     zeros = {("rewards",): encode(torch.zeros(30, 1))}
-    ones = {("rewards",): encode(torch.ones(10, 1))}
-    batch = assemble([zeros, ones], np.array([30, 10]), rng)
-    assert batch["rewards"].sum() == 10 and batch["rewards"][:10].sum() < 10  # shards are mixed
     other = {("actions",): encode(torch.ones(10, 1))}
     with pytest.raises(InvalidTrajectoryError, match="different data for rewards"):
         assemble([zeros, other], np.array([30, 10]), rng)
