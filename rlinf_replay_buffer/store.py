@@ -368,23 +368,15 @@ class RowStore:
             self.close_files()
 
     def _gather_segments(self, out: Rows, segs: np.ndarray, rows: np.ndarray, dest: np.ndarray) -> None:
-        """``out[k][dest[i]]`` = row ``rows[i]`` of segment ``segs[i]``: one ``index_select``
-        per (segment, column) over the memory-mapped column files."""
+        """``out[k][dest[i]]`` = row ``rows[i]`` of segment ``segs[i]``: per (segment, column)
+        one ``index_select`` over the mapped column file, or one ``pread`` per row for long rows
+        (:meth:`~.formats.segment.SegmentStore.gather_into`)."""
         present = np.unique(segs).tolist()
         whole = len(present) == 1 and np.array_equal(dest, np.arange(len(next(iter(out.values())))))
         for s in present:
             sel = slice(None) if len(present) == 1 else np.flatnonzero(segs == s)
             directory, name = self._index.segment(s)
-            store = self._segments(directory)
-            r = rows[sel]
-            cols = store.columns(name, int(r.max()) + 1)
-            idx = torch.from_numpy(r)
-            for key in out:
-                if whole:
-                    out[key] = torch.index_select(cols[key], 0, idx)
-                else:
-                    scatter_rows(out[key], dest[sel], torch.index_select(cols[key], 0, idx))
-            store.note_read()
+            self._segments(directory).gather_into(name, rows[sel], out, None if whole else dest[sel])
 
     def _gather_rest(
         self, out: Rows, ids: np.ndarray, positions: np.ndarray, rows: np.ndarray, dest: np.ndarray

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from ..cache import scatter_rows
 from ..errors import CorruptBufferError, UnsafeFileError, unreadable
 from ..fsio import atomic_write_json, fsync_dir
 from ..safe_open import JSON_BYTES, load_json, open_regular
@@ -52,6 +53,12 @@ _OPEN_SEGMENTS = 32  # mapped segments kept open for reading (each maps one file
 #: are dropped from it (``MADV_DONTNEED``; they stay in the page cache), so resident memory
 #: does not grow to the size of every segment ever sampled.
 MAPPED_RESIDENT_BYTES = 1 << 30
+#: Columns whose rows are at least this long are read with one ``pread`` per row instead of
+#: through their mapping: a read through a mapping maps the file's whole large folio (often
+#: 1-2 MiB) into this process per row touched, so a batch of image rows would add gigabytes of
+#: resident memory; a ``pread`` copies from the page cache and maps nothing. At this size the
+#: call (about a microsecond) costs less than copying the row.
+PREAD_ROW_BYTES = 16 << 10
 
 
 def segment_name(number: int) -> str:
@@ -129,6 +136,7 @@ class SegmentStore:
         self._files: list[ColumnFile] = []
         self._maps: OrderedDict[int, tuple[int, dict[Key, torch.Tensor]]] = OrderedDict()
         self._mmaps: dict[int, list[mmap.mmap]] = {}
+        self._fds: dict[int, list[int | None]] = {}  # per mapped segment: pread descriptors
         self._resident_base: int | None = None  # file-backed resident bytes before our maps
         self._dirty = False  # rows appended but not yet fsync'd
         self._torn = False  # a failed append left bytes past _active_rows (cut before the next)
@@ -279,6 +287,7 @@ class SegmentStore:
         check_segment_meta(path, self.describe())
         cols: dict[Key, torch.Tensor] = {}
         maps: list[mmap.mmap] = []
+        fds: list[int | None] = []
         rows = None
         for i, (key, spec) in enumerate(self.schema.items()):
             file = os.path.join(path, column_file(i))
@@ -298,13 +307,50 @@ class SegmentStore:
             assert f is not None
             with f:
                 cols[key] = _map_column(f, file, n, spec, maps)
+                fds.append(os.dup(f.fileno()) if spec.row_bytes >= PREAD_ROW_BYTES else None)
             rows = n if rows is None else min(rows, n)
+        self._drop(number)
         self._maps[number] = (rows or 0, cols)
         self._mmaps[number] = maps
+        self._fds[number] = fds
         if len(self._maps) > _OPEN_SEGMENTS:
-            old, _ = self._maps.popitem(last=False)
-            self._mmaps.pop(old, None)
+            self._drop(next(iter(self._maps)))
         return cols
+
+    def gather_into(
+        self, name: str, rows: np.ndarray, out: dict[Key, torch.Tensor], dest: np.ndarray | None
+    ) -> None:
+        """``out[k][dest[i]] = row rows[i]`` of segment ``name`` for every column ``k``.
+
+        ``rows``, ``dest``: int64 ``[N]`` (``dest=None``: ``out``'s rows in order, ``N`` of
+        them); ``out``: contiguous ``[M, *row_shape]`` tensors of the schema's dtypes. Columns
+        of short rows are gathered through the mapping (one ``index_select``); columns of rows
+        of ``PREAD_ROW_BYTES`` or more are read with one ``pread`` per row, which maps nothing
+        into this process.
+
+        Raises:
+            CorruptBufferError: a column file is shorter than the rows asked for.
+        """
+        cols = self.columns(name, int(rows.max()) + 1)
+        fds = self._fds[segment_number(name)]
+        idx = torch.from_numpy(rows)
+        to = np.arange(len(rows)) if dest is None else dest
+        for (key, spec), fd in zip(self.schema.items(), fds, strict=True):
+            if fd is not None:
+                _pread_rows(fd, spec.row_bytes, rows, out[key], to, self.segment_path(name))
+            elif dest is None:
+                out[key] = torch.index_select(cols[key], 0, idx)
+            else:
+                scatter_rows(out[key], dest, torch.index_select(cols[key], 0, idx))
+        self.note_read()
+
+    def _drop(self, number: int) -> None:
+        """Forget one segment's mappings and close its descriptors."""
+        self._maps.pop(number, None)
+        self._mmaps.pop(number, None)
+        for fd in self._fds.pop(number, ()):
+            if fd is not None:
+                os.close(fd)
 
     def note_read(self) -> None:
         """Call after reading through the mappings: once this process maps more than
@@ -321,9 +367,18 @@ class SegmentStore:
                 m.madvise(mmap.MADV_DONTNEED)
 
     def read(self, name: str, row: int, count: int) -> dict[Key, torch.Tensor]:
-        """Copies of rows ``[row, row + count)`` of every column of segment ``name``."""
+        """Copies of rows ``[row, row + count)`` of every column of segment ``name`` (columns
+        of long rows are read with one ``pread`` each, the rest through the mapping)."""
         cols = self.columns(name, row + count)
-        return {k: v[row : row + count].clone() for k, v in cols.items()}
+        fds = self._fds[segment_number(name)]
+        out = {}
+        for (key, spec), fd in zip(self.schema.items(), fds, strict=True):
+            if fd is None:
+                out[key] = cols[key][row : row + count].clone()
+            else:
+                out[key] = torch.empty((count, *spec.row_shape), dtype=spec.dtype)
+                _pread_span(fd, row * spec.row_bytes, out[key], self.segment_path(name))
+        return out
 
     def checksum(self, name: str, row: int, count: int) -> int:
         """CRC-32 of rows ``[row, row + count)`` of every column of segment ``name``, column
@@ -375,14 +430,12 @@ class SegmentStore:
 
     def forget(self, name: str) -> None:
         """Drop the mappings of one segment (before it is deleted)."""
-        number = segment_number(name)
-        self._maps.pop(number, None)
-        self._mmaps.pop(number, None)
+        self._drop(segment_number(name))
 
     def forget_maps(self) -> None:
         """Drop every mapping (they are re-created on demand)."""
-        self._maps.clear()
-        self._mmaps.clear()
+        for number in list(self._maps):
+            self._drop(number)
 
 
 def file_resident_bytes() -> int:
@@ -428,6 +481,33 @@ def open_column(file: str) -> BinaryIO:
         BufferDirectoryError: the system refused to read it.
     """
     return open_regular(file, what="segment column file", links=False)
+
+
+def _bytes_of(tensor: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, writable, flat."""
+    return memoryview(tensor.view(-1).view(torch.uint8).numpy()).cast("B")
+
+
+def _pread_span(fd: int, offset: int, out: torch.Tensor, where: str) -> None:
+    """Fill ``out`` (contiguous) with the file's bytes from ``offset`` on."""
+    buf = _bytes_of(out)
+    done = 0
+    while done < len(buf):
+        got = os.preadv(fd, [buf[done:]], offset + done)
+        if got <= 0:
+            raise CorruptBufferError(f"{where}: a column file ends before the rows the index names")
+        done += got
+
+
+def _pread_rows(
+    fd: int, row_bytes: int, rows: np.ndarray, out: torch.Tensor, dest: np.ndarray, where: str
+) -> None:
+    """``out[dest[i]]`` = row ``rows[i]`` of the column file ``fd``: one ``pread`` per row."""
+    buf = _bytes_of(out)
+    for d, r in zip(dest.tolist(), rows.tolist(), strict=True):
+        start = d * row_bytes
+        if os.preadv(fd, [buf[start : start + row_bytes]], r * row_bytes) != row_bytes:
+            _pread_span(fd, r * row_bytes, out[d], where)  # a short read: finish it, or raise
 
 
 def _map_column(f: BinaryIO, file: str, rows: int, spec: ColumnSpec, maps: list[mmap.mmap]) -> torch.Tensor:
