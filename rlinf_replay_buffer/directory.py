@@ -582,15 +582,21 @@ def _check_segments(path: str, table: RecordTable) -> dict[str, bool]:
     return seen
 
 
-def load_columns(record: Record, mmap: bool = True) -> dict[Key, torch.Tensor]:
+def load_columns(
+    record: Record,
+    mmap: bool = True,
+    max_bytes: int | None = None,
+    check: Callable[[int], None] | None = None,
+) -> dict[Key, torch.Tensor]:
     """The raw columns ``[rows, B, ...]`` of a record's file (extra rows not yet dropped).
 
     Columns RLinf's ``save_checkpoint`` left flat (``[rows * B, ...]``) come back reshaped
-    (:func:`~.trajectory.unflatten_rlinf`, with the record's ``B`` and ``T``).
+    (:func:`~.trajectory.unflatten_rlinf`, with the record's ``B`` and ``T``). ``max_bytes``
+    and ``check`` (``pt`` only) go to :func:`.formats.read`.
     """
     path = safe_file(record.directory or "", record.file or "")
     try:
-        data = formats.read(path, record.fmt or "pt", mmap=mmap)
+        data = formats.read(path, record.fmt or "pt", mmap=mmap, max_bytes=max_bytes, check=check)
     except FileNotFoundError:
         raise BufferNotFoundError(
             f"{path}: the file of trajectory {record.trajectory_id} has disappeared; restore it "

@@ -138,7 +138,12 @@ class Listing:
             return max(self._by_id, default=-1)
         names: Iterable[str] = self.names
         if self._unnamed is not None:
-            names = [*self._unnamed, *(n for n in self.names if n not in self.regular)]
+            others = (
+                ()
+                if len(self.regular) == len(self.names)
+                else (n for n in self.names if n not in self.regular)
+            )
+            names = [*self._unnamed, *others]
         joined = "\0" + "\0".join(names) + "\0"
         return max(map(int, _FILE_IDS.findall(joined)), default=-1)
 

@@ -132,12 +132,32 @@ def read_rows(record: Record, schema: Schema | None, store: SegmentStore | None 
             rows = store.read(record.file, record.row, n)
             verify_rows(record.trajectory_id, record.path or "", rows, schema, record.checksum)
         return rows
-    verify_record(record, schema=schema)
     with reading(record):
-        raw = load_columns(record, mmap=True)
+        raw = checked_columns(record, schema)
     columns = aligned_columns(raw, record.num_steps)
     combine(schema, Schema.of_columns(columns), f"{record.path}: ", CorruptBufferError)
     return {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
+
+
+def checked_columns(record: Record, schema: Schema | None) -> Rows:
+    """The raw columns of a record's ``pt``/``pkl`` file (:func:`~.directory.load_columns`),
+    its bytes checked against the record's checksum first: a ``pt`` file in the same read
+    (the bytes checked are the bytes parsed), a ``pkl`` file before it is read.
+
+    Raises:
+        CorruptTrajectoryError: the file fails its checksum.
+        BufferNotFoundError: the file is missing.
+    """
+    expected, limit = record.checksum, file_limit(record.num_transitions, schema)
+    if expected is None or record.fmt != formats.pt.EXTENSION:
+        verify_record(record, schema=schema)
+        return load_columns(record, mmap=True)
+
+    def check(found: int) -> None:
+        if found != expected:
+            raise mismatch(record.trajectory_id, record.path or "", expected, found)
+
+    return load_columns(record, mmap=True, max_bytes=limit, check=check)
 
 
 def aligned_columns(raw: Rows, num_steps: int) -> Rows:

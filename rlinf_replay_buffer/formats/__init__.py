@@ -12,6 +12,7 @@ trajectories in one raw file per column. It is not a per-file format, so it is n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,9 +35,21 @@ def check_format(name: object) -> str:
     return str(name)
 
 
-def read(path: str, fmt: str, mmap: bool = False) -> dict[str, Any]:
-    """Read one trajectory file (``mmap`` maps ``pt`` tensors instead of reading them)."""
-    return FORMATS[fmt].read(path, mmap=mmap)
+def read(
+    path: str,
+    fmt: str,
+    mmap: bool = False,
+    max_bytes: int | None = None,
+    check: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Read one trajectory file (``mmap`` maps ``pt`` tensors instead of reading them) of at
+    most ``max_bytes``; ``check``, for ``pt``, is called with the CRC-32 of the bytes read
+    before they are parsed (see :func:`.pt.read`)."""
+    if check is None:
+        return FORMATS[fmt].read(path, mmap=mmap, max_bytes=max_bytes)
+    if fmt != pt.EXTENSION:
+        raise ValueError(f"a check while reading is made for pt files only, not {fmt!r}")
+    return pt.read(path, mmap=mmap, max_bytes=max_bytes, check=check)
 
 
 def write(path: str, fmt: str, data: dict[str, Any], sync: bool = True) -> int:

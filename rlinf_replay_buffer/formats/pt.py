@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,13 +35,37 @@ def _opened_name(f: Any, path: str) -> str:
     return name if os.path.exists(name) else path
 
 
-def read(path: str, mmap: bool = False, max_bytes: int | None = None) -> dict[str, Any]:
+def _checked_bytes(f: Any, path: str, mmap: bool, check: Callable[[int], None]) -> bytearray | None:
+    """Call ``check`` with the CRC-32 of the open file ``f``'s bytes; return those bytes when
+    they are to be parsed from memory (not for a large file to be mapped: ``None``)."""
+    try:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(0)
+        if mmap and size > torchsave.MAX_COPIED_BYTES:
+            crc = 0
+            while block := f.read(1 << 20):
+                crc = zlib.crc32(block, crc)
+            check(crc)
+            return None
+        buf = bytearray(size)
+        got = f.readinto(buf)
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+    check(zlib.crc32(memoryview(buf)[:got]))  # a file that shrank meanwhile fails here
+    return buf
+
+
+def read(
+    path: str, mmap: bool = False, max_bytes: int | None = None, check: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Load a ``pt`` trajectory file; only tensors, containers, numbers and strings are allowed.
 
     Args:
         path: the file.
         mmap: map tensor data instead of reading it (only the rows used are then read).
         max_bytes: the most bytes the file may hold (``None``: any size).
+        check: called with the CRC-32 of the file's bytes before they are parsed (it raises to
+            refuse them); the bytes checked are the bytes parsed, read once.
 
     Raises:
         UnsafeFileError: the file holds objects other than plain data (it would run code), or
@@ -49,7 +75,9 @@ def read(path: str, mmap: bool = False, max_bytes: int | None = None) -> dict[st
     """
     try:
         with open_regular(path, max_bytes, what="trajectory file", links=True) as f:
-            obj = torchsave.load(f, mmap)  # plain data and tensors, read directly; else torch.load
+            data = None if check is None else _checked_bytes(f, path, mmap, check)
+            # plain data and tensors are read directly; anything else by torch.load
+            obj = torchsave.load(f, mmap) if data is None else torchsave.load_bytes(data)
             if obj is None:
                 name = _opened_name(f, path)
                 try:

@@ -323,6 +323,15 @@ def load(f: IO[bytes], mapped: bool = False) -> Any | None:
         f.seek(0)
 
 
+def load_bytes(buf: bytearray) -> Any | None:
+    """:func:`load` of an archive already read into ``buf`` (its tensors are views of ``buf``);
+    ``None`` if it is not plain data and CPU tensors (use ``torch.load``)."""
+    try:
+        return _load(buf, storage_result=False)
+    except Exception:  # noqa: BLE001 - anything unexpected: torch.load reads it, or reports it
+        return None
+
+
 def storage_elements(data: bytes) -> torch.Tensor | None:
     """The elements of the one storage ``torch.save`` wrote into ``data`` (a zip archive, or the
     legacy format ``pickle`` embeds in a ``pkl`` file) as a 1-D tensor over a private copy of
