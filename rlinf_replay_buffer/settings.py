@@ -58,7 +58,7 @@ class BufferSettings:
     cache_max_bytes: int | None = None
     check_finite: bool = False
     reserve_bytes: int | None = None
-    max_pending_bytes: int = 256 << 20
+    max_pending_bytes: int = 64 << 20
     on_corrupt: str = "raise"
     max_trajectories: int | None = None
     max_transitions: int | None = None
