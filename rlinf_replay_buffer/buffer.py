@@ -57,7 +57,7 @@ class TrajectoryReplayBuffer:
         cache_max_bytes: int | None = None,
         check_finite: bool = False,
         reserve_bytes: int | None = None,
-        max_pending_bytes: int = 256 << 20,
+        max_pending_bytes: int = BufferSettings.max_pending_bytes,
         on_corrupt: str = "raise",
         max_trajectories: int | None = None,
         max_transitions: int | None = None,

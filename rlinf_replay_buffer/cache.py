@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .prefault import AHEAD_BYTES, PREFAULTER
 from .schema import Schema
 from .trajectory import Key
 
@@ -120,6 +121,8 @@ class TrajectoryCache:
         self._capacity = 0
         self._head = 0  # virtual row one past the newest
         self._tail = 0  # virtual row of the oldest live row
+        self._ahead = 0  # virtual row up to which ring pages were committed or asked to be
+        self._commit_end = 0  # virtual row from which every ring page has been committed once
         self._slots: deque[_Slot] = deque()
         self._by_id: dict[int, _Slot] = {}
         self._bytes = 0
@@ -178,6 +181,7 @@ class TrajectoryCache:
         self._write(self._columns, self._capacity, self._head, flat)
         slot = _Slot(trajectory_id, self._head, rows, nbytes)
         self._head += rows
+        self._commit_ahead(schema)
         self._slots.append(slot)
         self._by_id[trajectory_id] = slot
         self._bytes += nbytes
@@ -212,6 +216,25 @@ class TrajectoryCache:
         """Reserve an empty ring of ``capacity`` rows (nothing is committed yet)."""
         self._columns, self._capacity = self._new_columns(capacity, schema)
         self._head = self._tail = self.start_row % self._capacity
+        self._ahead, self._commit_end = self._head, self._head + self._capacity
+
+    def _commit_ahead(self, schema: Schema) -> None:
+        """Have the pages of the rows after the head committed in the background
+        (:mod:`.prefault`), until every page of the ring has been committed once."""
+        lo = max(self._ahead, self._head)
+        hi = min(self._head + max(1, AHEAD_BYTES // max(1, schema.row_bytes)), self._commit_end)
+        if hi <= lo:
+            return
+        self._ahead = hi
+        start, count = lo % self._capacity, hi - lo
+        first = min(count, self._capacity - start)
+        spans = []
+        for c in self._columns.values():
+            if c.row_bytes:
+                spans.append((c.tensor, start * c.row_bytes, first * c.row_bytes))
+                if first < count:
+                    spans.append((c.tensor, 0, (count - first) * c.row_bytes))
+        PREFAULTER.submit(spans)
 
     def _new_columns(self, capacity: int, schema: Schema) -> tuple[dict[Key, _Column], int]:
         minimum = max(1, self._head - self._tail)
@@ -237,6 +260,7 @@ class TrajectoryCache:
             rows = {k: self._rows_of(c.tensor, self._capacity, slot) for k, c in self._columns.items()}
             self._write(columns, capacity, slot.vstart, rows)
         self._columns, self._capacity = columns, capacity
+        self._ahead, self._commit_end = self._head, self._tail + capacity
 
     def _evict_over_bounds(self, incoming: int = 0, incoming_bytes: int = 0) -> list[int]:
         """Evict oldest trajectories until the bounds hold with ``incoming`` more added."""

@@ -740,3 +740,21 @@ def test_config_knows_every_constructor_argument_and_only_those():
 
     own = set(inspect.signature(TrajectoryReplayBuffer.__init__).parameters) - {"self"}
     assert own == set(CONSTRUCTOR_KEYS)
+
+
+def test_the_constructor_defaults_are_the_settings_defaults():
+    """Each default has one home (``BufferSettings``): the constructor's signature agrees."""
+    import dataclasses
+    import inspect
+
+    from rlinf_replay_buffer import TrajectoryReplayBuffer as Buffer
+    from rlinf_replay_buffer.settings import BufferSettings
+
+    fields = {
+        f.name: f.default for f in dataclasses.fields(BufferSettings) if f.default is not dataclasses.MISSING
+    }
+    params = inspect.signature(Buffer.__init__).parameters
+    # auto_save_path: RLinf's signature says "", which the settings store as None (no path)
+    shared = [name for name in fields if name in params and name != "auto_save_path"]
+    assert "max_pending_bytes" in shared and len(shared) > 10
+    assert {n: params[n].default for n in shared} == {n: fields[n] for n in shared}
