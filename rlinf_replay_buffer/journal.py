@@ -329,7 +329,10 @@ def write_index(path: str, entries: Iterable[dict[str, Any]], keep_journal: bool
     removed only once an index listing all its entries is in place.
 
     ``keep_journal``: leave the journal in place (``flush()`` publishes the index for RLinf's
-    loader this way; the journal's entries are then all listed, and reading skips them).
+    loader this way; the journal's entries are then all listed, and reading skips them). The
+    binary sidecar is then not rewritten (it would cost a third of the publish at every
+    ``flush()``): the old one no longer matches the JSON and is ignored until compaction
+    writes both again.
     """
     entries = list(entries)
     data = atomic_write_json(
@@ -340,9 +343,9 @@ def write_index(path: str, entries: Iterable[dict[str, Any]], keep_journal: bool
             "trajectory_id_list": [e["trajectory_id"] for e in entries],
         },
     )
-    index_columns.write(path, entries, data)  # best effort: an optimization of reading only
     if keep_journal:
         return
+    index_columns.write(path, entries, data)  # best effort: an optimization of reading only
     jpath = os.path.join(path, JOURNAL)
     if os.path.exists(jpath):
         os.unlink(jpath)
