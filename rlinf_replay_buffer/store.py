@@ -142,16 +142,15 @@ def read_rows(record: Record, schema: Schema | None, store: SegmentStore | None 
 
 def checked_columns(record: Record, schema: Schema | None) -> Rows:
     """The raw columns of a record's ``pt``/``pkl`` file (:func:`~.directory.load_columns`),
-    its bytes checked against the record's checksum first: a ``pt`` file in the same read
-    (the bytes checked are the bytes parsed), a ``pkl`` file before it is read.
+    its bytes checked against the record's checksum in the same read (the bytes checked are
+    the bytes parsed).
 
     Raises:
         CorruptTrajectoryError: the file fails its checksum.
         BufferNotFoundError: the file is missing.
     """
     expected, limit = record.checksum, file_limit(record.num_transitions, schema)
-    if expected is None or record.fmt != formats.pt.EXTENSION:
-        verify_record(record, schema=schema)
+    if expected is None:
         return load_columns(record, mmap=True)
 
     def check(found: int) -> None:

@@ -43,13 +43,9 @@ def read(
     check: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Read one trajectory file (``mmap`` maps ``pt`` tensors instead of reading them) of at
-    most ``max_bytes``; ``check``, for ``pt``, is called with the CRC-32 of the bytes read
-    before they are parsed (see :func:`.pt.read`)."""
-    if check is None:
-        return FORMATS[fmt].read(path, mmap=mmap, max_bytes=max_bytes)
-    if fmt != pt.EXTENSION:
-        raise ValueError(f"a check while reading is made for pt files only, not {fmt!r}")
-    return pt.read(path, mmap=mmap, max_bytes=max_bytes, check=check)
+    most ``max_bytes``; ``check`` is called with the CRC-32 of the bytes read before they are
+    parsed (see :func:`.pt.read`, :func:`.pkl.read`)."""
+    return FORMATS[fmt].read(path, mmap=mmap, max_bytes=max_bytes, check=check)
 
 
 def write(path: str, fmt: str, data: dict[str, Any], sync: bool = True) -> int:

@@ -21,6 +21,8 @@ import os
 import pickle
 import pickletools
 import re
+import zlib
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -238,12 +240,16 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafeFileError("refused to load: the pickle uses persistent ids")
 
 
-def read(path: str, mmap: bool = False, max_bytes: int | None = None) -> dict[str, Any]:
+def read(
+    path: str, mmap: bool = False, max_bytes: int | None = None, check: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Load a ``pkl`` trajectory file safely (``mmap`` is ignored: pickles are read whole).
 
     The file is opened with :func:`~..safe_open.open_regular` (at most ``max_bytes`` bytes;
     links only inside its directory), and every size the pickle declares is checked against
     the bytes left in the file before anything is allocated (:func:`check_declared_sizes`).
+    ``check`` is called with the CRC-32 of the file's bytes before they are parsed (it raises
+    to refuse them); the file is then read once, and the bytes checked are the bytes parsed.
 
     Raises:
         UnsafeFileError: the pickle references code, or the file is not a regular file.
@@ -252,12 +258,18 @@ def read(path: str, mmap: bool = False, max_bytes: int | None = None) -> dict[st
     """
     try:
         with open_regular(path, max_bytes, what="trajectory file", links=True) as f:
-            if os.fstat(f.fileno()).st_size:
-                with memory_map.mmap(f.fileno(), 0, access=memory_map.ACCESS_READ) as mapped:
-                    check_declared_sizes(mapped)
+            if check is not None:
+                data = f.read()
+                check(zlib.crc32(data))
+                check_declared_sizes(data)
+                obj = RestrictedUnpickler(io.BytesIO(data)).load()
             else:
-                check_declared_sizes(b"")
-            obj = RestrictedUnpickler(f).load()
+                if os.fstat(f.fileno()).st_size:
+                    with memory_map.mmap(f.fileno(), 0, access=memory_map.ACCESS_READ) as mapped:
+                        check_declared_sizes(mapped)
+                else:
+                    check_declared_sizes(b"")
+                obj = RestrictedUnpickler(f).load()
     except UnsafeFileError as exc:
         raise exc if str(exc).startswith(path) else UnsafeFileError(f"{path}: {exc}") from None
     except CorruptBufferError as exc:
