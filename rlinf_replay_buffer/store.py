@@ -40,7 +40,6 @@ from .errors import (
     UnsafeFileError,
 )
 from .formats.segment import SegmentStore, file_resident_bytes
-from .heap import FreedBytes
 from .index import TrajectoryIndex, Window
 from .integrity import file_limit, mismatch, verify_file, verify_rows
 from .record import Record
@@ -226,7 +225,6 @@ class RowStore:
         self._own_segments = own_segments
         self._schema: Schema | None = None
         self._pending: dict[int, Rows] = {}
-        self._freed = FreedBytes()  # bytes of pending rows let go, to hand back to the system
         self._readers: OrderedDict[str, tuple[Rows, int]] = OrderedDict()  # path -> (columns, bytes held)
         self._reader_bytes = 0
         self._file_base: int | None = None  # resident file-backed bytes with no file open
@@ -306,11 +304,8 @@ class RowStore:
         return self._pending.get(trajectory_id)
 
     def release(self, trajectory_id: int) -> None:
-        """Stop holding rows whose file is written (or whose trajectory left); the memory of
-        every ``heap.TRIM_AFTER_BYTES`` let go is handed back to the system (:mod:`.heap`)."""
-        rows = self._pending.pop(trajectory_id, None)
-        if rows is not None:
-            self._freed.add(sum(int(t.nbytes) for t in rows.values()))
+        """Stop holding rows whose file is written (or whose trajectory left)."""
+        self._pending.pop(trajectory_id, None)
 
     def snapshot_rows(self, records: list[Record]) -> tuple[Callable[[int], Rows | None], Callable[[], None]]:
         """For a checkpoint of ``records``: ``rows_of(tid)`` returns a private copy of rows held
