@@ -71,6 +71,7 @@ class TrajectoryReplayBuffer:
         rate_limit_timeout: float | None = None,
         sampling_copies: bool = True,
         sampling_copy_dir: str | None = None,
+        dedup_next_obs: bool = True,
     ) -> None:
         s = BufferSettings.of(**{k: v for k, v in locals().items() if k in NAMES})
         self._limiter = LimiterGate(rate_limiter, s.rate_limit_timeout)
@@ -107,6 +108,7 @@ class TrajectoryReplayBuffer:
     reserve_bytes, max_pending_bytes = read_only("reserve_bytes"), read_only("max_pending_bytes")
     priority_alpha, priority_eps = read_only("priority_alpha"), read_only("priority_eps")
     sampling_copies, sampling_copy_dir = read_only("sampling_copies"), read_only("sampling_copy_dir")
+    dedup_next_obs = read_only("dedup_next_obs")
 
     @property
     def rate_limiter(self) -> RateLimiter | None:

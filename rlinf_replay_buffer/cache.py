@@ -19,6 +19,17 @@ and at most one modulo, and each column is gathered with a single ``index_select
 
 A trajectory that crosses the end of the ring is stored in two pieces; :meth:`TrajectoryCache.view`
 returns a copy for it and a view otherwise.
+
+Observations stored once (:mod:`.dedup`). A ``next_obs`` column paired with its ``curr_obs``
+column holds no rows in the ring: it is a column of source numbers (int64, one per row), each a
+row of the paired ``curr_obs`` tensor, which has ``2 * capacity`` rows: ``[0, capacity)`` is its
+ring, ``[capacity, 2 * capacity)`` the *spill ring* of the ``next_obs`` rows that must be kept
+(the last ``B`` rows of each trajectory and those that differ from ``curr_obs`` one step later).
+Row ``r`` of a trajectory points at ``curr_obs`` ring row ``r + B`` or at its kept row in the
+spill ring, so a gather is two ``index_select`` calls (the sources, then the rows) with no mask.
+The spill ring has its own virtual row numbers and is filled and evicted in step with the
+trajectories (a trajectory keeps at most its own rows, so it never overflows); its pages are
+committed only where written. A read of a whole trajectory rebuilds ``next_obs`` in full.
 """
 
 from __future__ import annotations
@@ -27,12 +38,13 @@ import mmap
 import os
 import sys
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from .dedup import SOURCE_BYTES, Pair, kept_mask, pairs_of, stored_row_bytes
 from .prefault import AHEAD_BYTES, PREFAULTER
 from .schema import Schema
 from .trajectory import Key
@@ -73,23 +85,36 @@ class _Slot:
     vstart: int  # virtual row of the first transition
     rows: int
     nbytes: int
+    envs: int = 0  # B (0: unknown; every next_obs row is then kept)
+    spills: dict[Key, int] = field(default_factory=dict)  # paired next_obs -> spill virtual row
 
 
 class _Column:
-    """One column's ring: a ``[capacity, *row_shape]`` tensor over reserved memory."""
+    """One column's ring: a ``[capacity, *row_shape]`` tensor over reserved memory (``ring``);
+    with ``spill``, ``tensor`` has ``capacity`` more rows after it for a paired ``next_obs``."""
 
-    def __init__(self, capacity: int, dtype: torch.dtype, row_shape: tuple[int, ...], row_bytes: int):
+    def __init__(
+        self,
+        capacity: int,
+        dtype: torch.dtype,
+        row_shape: tuple[int, ...],
+        row_bytes: int,
+        spill: bool = False,
+    ):
         self.row_bytes = row_bytes
         self.map: mmap.mmap | None = None
+        rows = 2 * capacity if spill else capacity
         if row_bytes == 0:
-            self.tensor = torch.empty((capacity, *row_shape), dtype=dtype)
+            self.tensor = torch.empty((rows, *row_shape), dtype=dtype)
+            self.ring = self.tensor[:capacity]
             self.length = 0
             return
-        self.length = -(-capacity * row_bytes // _PAGE) * _PAGE
+        self.length = -(-rows * row_bytes // _PAGE) * _PAGE
         self.map = mmap.mmap(-1, self.length, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
         # numpy keeps a buffer export on the map, so it can never be unmapped under a tensor
         raw = torch.from_numpy(np.frombuffer(self.map, dtype=np.uint8))
-        self.tensor = raw[: capacity * row_bytes].view(dtype).view(capacity, *row_shape)
+        self.tensor = raw[: rows * row_bytes].view(dtype).view(rows, *row_shape)
+        self.ring = self.tensor[:capacity]
 
 
 class TrajectoryCache:
@@ -104,6 +129,12 @@ class TrajectoryCache:
             fits the newest trajectory; when it is full the oldest trajectories are evicted.
         start_row: ring row where the first trajectory goes (negative: from the end). Any
             value behaves the same; tests use one near the end to exercise wrapping.
+        dedup: store paired ``next_obs`` columns as references to ``curr_obs`` rows where they
+            are equal (:mod:`.dedup`); reads are the same either way.
+
+    Byte counts (``nbytes``, the ``max_bytes`` bound, and ``reserve_bytes`` as a bound on the
+    bytes held) count what the ring really holds: source numbers and kept rows, not the
+    ``next_obs`` rows read from ``curr_obs``.
     """
 
     def __init__(
@@ -112,11 +143,17 @@ class TrajectoryCache:
         max_bytes: int | None = None,
         reserve_bytes: int | None = None,
         start_row: int = 0,
+        dedup: bool = True,
     ) -> None:
         self.start_row = start_row
         self.max_trajectories = max_trajectories
         self.max_bytes = max_bytes
         self.reserve_bytes = reserve_bytes
+        self.dedup = dedup
+        self._pairs: tuple[Pair, ...] = ()  # (curr_obs, next_obs) columns stored once
+        self._partner: dict[Key, Key] = {}  # paired next_obs -> its curr_obs
+        self._spill_heads: dict[Key, int] = {}  # paired next_obs -> spill virtual row one past the newest
+        self._physical: int | None = None
         self._columns: dict[Key, _Column] = {}
         self._capacity = 0
         self._head = 0  # virtual row one past the newest
@@ -160,17 +197,29 @@ class TrajectoryCache:
         return [s.trajectory_id for s in self._slots]
 
     # -- writes -------------------------------------------------------------------------------
-    def put(self, trajectory_id: int, flat: Mapping[Key, torch.Tensor], schema: Schema) -> list[int]:
-        """Copy a flattened trajectory (``[N, ...]`` per column) in; return the ids evicted.
+    def put(
+        self, trajectory_id: int, flat: Mapping[Key, torch.Tensor], schema: Schema, envs: int = 0
+    ) -> list[int]:
+        """Copy a flattened trajectory (``[N, ...]`` per column, ``N = T * B``, ``envs = B``; 0:
+        unknown) in; return the ids evicted.
 
         Evictions happen before the copy, so rows of evicted trajectories are only overwritten
         after they have left the cache (pinned ones are copied out first).
         """
         rows = int(next(iter(flat.values())).shape[0])
-        nbytes = rows * schema.row_bytes
+        pairs = self._pairs if self._columns else pairs_of(schema, self.dedup)
+        kept = {nxt: kept_mask(flat[nxt], flat[curr], envs) for curr, nxt in pairs}
+        counts = {key: rows if mask is None else int(np.count_nonzero(mask)) for key, mask in kept.items()}
+        nbytes = rows * stored_row_bytes(schema, pairs) + sum(
+            c * schema[k].row_bytes for k, c in counts.items()
+        )
         if not self._columns:
+            self._pairs = pairs
             self._reserve(self._initial_capacity(rows, schema), schema)
         evicted = self._evict_over_bounds(incoming=1, incoming_bytes=nbytes)
+        budget = self._budget_bytes()
+        while self._slots and self._bytes + nbytes > budget:
+            evicted.append(self.pop_oldest())
         while self._head + rows - self._tail > self._capacity:
             budget = self._budget_rows(schema)
             if self._capacity < max(budget, rows):
@@ -178,8 +227,10 @@ class TrajectoryCache:
                 self._grow(min(max(budget, rows), max(2 * self._capacity, needed)), schema)
             else:
                 evicted.append(self.pop_oldest())
-        self._write(self._columns, self._capacity, self._head, flat)
-        slot = _Slot(trajectory_id, self._head, rows, nbytes)
+        slot = _Slot(trajectory_id, self._head, rows, nbytes, envs, {k: self._spill_heads[k] for k in kept})
+        self._write(self._columns, self._capacity, slot, flat, kept)
+        for key, count in counts.items():
+            self._spill_heads[key] += count
         self._head += rows
         self._commit_ahead(schema)
         self._slots.append(slot)
@@ -187,10 +238,18 @@ class TrajectoryCache:
         self._bytes += nbytes
         return evicted
 
+    def _budget_bytes(self) -> int:
+        """Most bytes the ring may hold: the explicit reservation, the byte bound, or RAM."""
+        if self.reserve_bytes or self.max_bytes:
+            return self.reserve_bytes or self.max_bytes or 0
+        if self._physical is None:
+            self._physical = physical_memory_bytes()
+        return self._physical
+
     def _budget_rows(self, schema: Schema) -> int:
-        """Most rows the ring may hold: the explicit reservation, the byte bound, or RAM."""
-        budget = self.reserve_bytes or self.max_bytes or physical_memory_bytes()
-        return budget // max(1, schema.row_bytes)
+        """Most rows the ring may hold (rows as stored: paired ``next_obs`` rows held as
+        source numbers; the spill rings hold at most as many rows again, reserved alongside)."""
+        return self._budget_bytes() // max(1, stored_row_bytes(schema, self._pairs))
 
     def _initial_capacity(self, rows: int, schema: Schema) -> int:
         budget = max(rows, self._budget_rows(schema))
@@ -198,25 +257,46 @@ class TrajectoryCache:
             return min(budget, self.max_trajectories * rows)
         return budget
 
-    @staticmethod
     def _write(
-        columns: dict[Key, _Column], capacity: int, vstart: int, rows: Mapping[Key, torch.Tensor]
+        self,
+        columns: dict[Key, _Column],
+        capacity: int,
+        slot: _Slot,
+        rows: Mapping[Key, torch.Tensor],
+        kept: Mapping[Key, np.ndarray | None],
     ) -> None:
-        """Copy ``rows`` (``[N, ...]`` per column) to virtual rows ``[vstart, vstart + N)``."""
-        n = int(next(iter(rows.values())).shape[0])
-        start = vstart % capacity
-        first = min(n, capacity - start)
+        """Copy a slot's ``rows`` (``[N, ...]`` per column) to its virtual rows; a paired
+        ``next_obs`` column gets source numbers, and its ``kept`` rows (bool ``[N]``; ``None``:
+        all) go to the spill ring from the slot's spill row on."""
+        n = slot.rows
         for key, column in columns.items():
-            src = rows[key]
-            column.tensor[start : start + first].copy_(src[:first])
-            if first < n:
-                column.tensor[: n - first].copy_(src[first:])
+            curr = self._partner.get(key)
+            if curr is None:
+                _copy_wrapped(column.tensor, 0, capacity, slot.vstart, rows[key])
+                continue
+            x0, data, mask = slot.spills[key], rows[key], kept[key]
+            if mask is None:  # stored whole: row r is spill row x0 + r
+                sources = _ring_rows(x0, n, capacity, capacity)
+            else:
+                sources = _ring_rows(slot.vstart + slot.envs, n, capacity)
+                keep = np.flatnonzero(mask)
+                sources[keep] = _ring_rows(x0, len(keep), capacity, capacity)
+                lo, hi = (int(keep[0]), int(keep[-1]) + 1) if len(keep) else (0, 0)
+                if hi - lo == len(keep):
+                    data = data[lo:hi]
+                else:
+                    data = data.index_select(0, torch.from_numpy(keep))
+            if len(data):
+                _copy_wrapped(columns[curr].tensor, capacity, capacity, x0, data)
+            _copy_wrapped(column.tensor, 0, capacity, slot.vstart, torch.from_numpy(sources))
 
     def _reserve(self, capacity: int, schema: Schema) -> None:
-        """Reserve an empty ring of ``capacity`` rows (nothing is committed yet)."""
+        """Reserve an empty ring of ``capacity`` rows for the pairs set (nothing is committed yet)."""
+        self._partner = {nxt: curr for curr, nxt in self._pairs}
         self._columns, self._capacity = self._new_columns(capacity, schema)
         self._head = self._tail = self.start_row % self._capacity
         self._ahead, self._commit_end = self._head, self._head + self._capacity
+        self._spill_heads = dict.fromkeys(self._partner, self._head)
 
     def _commit_ahead(self, schema: Schema) -> None:
         """Have the pages of the rows after the head committed in the background
@@ -238,10 +318,13 @@ class TrajectoryCache:
 
     def _new_columns(self, capacity: int, schema: Schema) -> tuple[dict[Key, _Column], int]:
         minimum = max(1, self._head - self._tail)
+        spilled = set(self._partner.values())
         while True:
             try:
                 columns = {
-                    key: _Column(capacity, spec.dtype, spec.row_shape, spec.row_bytes)
+                    key: _Column(capacity, torch.int64, (), SOURCE_BYTES)
+                    if key in self._partner
+                    else _Column(capacity, spec.dtype, spec.row_shape, spec.row_bytes, key in spilled)
                     for key, spec in schema.items()
                 }
                 return columns, capacity
@@ -257,8 +340,12 @@ class TrajectoryCache:
         """Move the live rows to a larger ring (rare: only when longer trajectories arrive)."""
         columns, capacity = self._new_columns(capacity, schema)
         for slot in self._slots:
-            rows = {k: self._rows_of(c.tensor, self._capacity, slot) for k, c in self._columns.items()}
-            self._write(columns, capacity, slot.vstart, rows)
+            rows = self._slot_rows(slot)
+            kept: dict[Key, np.ndarray | None] = {
+                nxt: self._rows_of(self._columns[nxt].ring, self._capacity, slot).numpy() >= self._capacity
+                for nxt in self._partner
+            }
+            self._write(columns, capacity, slot, rows, kept)
         self._columns, self._capacity = columns, capacity
         self._ahead, self._commit_end = self._head, self._tail + capacity
 
@@ -300,6 +387,7 @@ class TrajectoryCache:
         while self._slots and self._pins:
             self.pop_oldest()
         self._columns = {}
+        self._pairs, self._partner, self._spill_heads = (), {}, {}
         self._capacity = 0
         self._head = self._tail = 0
         self._slots.clear()
@@ -335,23 +423,34 @@ class TrajectoryCache:
         return len(self._pins)
 
     # -- reads --------------------------------------------------------------------------------
-    def _rows_of(self, tensor: torch.Tensor, capacity: int, slot: _Slot) -> torch.Tensor:
+    @staticmethod
+    def _rows_of(ring: torch.Tensor, capacity: int, slot: _Slot) -> torch.Tensor:
         start = slot.vstart % capacity
         if start + slot.rows <= capacity:
-            return tensor[start : start + slot.rows]
-        return torch.cat([tensor[start:], tensor[: start + slot.rows - capacity]])
+            return ring[start : start + slot.rows]
+        return torch.cat([ring[start:capacity], ring[: start + slot.rows - capacity]])
+
+    def _slot_rows(self, slot: _Slot, keys: Iterable[Key] | None = None) -> dict[Key, torch.Tensor]:
+        """A slot's rows per column (views where they are contiguous in the ring; paired
+        ``next_obs`` rows rebuilt, new tensors)."""
+        out = {}
+        for key in self._columns if keys is None else keys:
+            rows = self._rows_of(self._columns[key].ring, self._capacity, slot)
+            curr = self._partner.get(key)
+            out[key] = rows if curr is None else torch.index_select(self._columns[curr].tensor, 0, rows)
+        return out
 
     def _copy_out(self, slot: _Slot) -> dict[Key, torch.Tensor]:
-        return {k: self._rows_of(c.tensor, self._capacity, slot).clone() for k, c in self._columns.items()}
+        return {k: v if k in self._partner else v.clone() for k, v in self._slot_rows(slot).items()}
 
-    def view(self, trajectory_id: int) -> dict[Key, torch.Tensor]:
-        """The rows of one cached trajectory, ``[N, ...]`` per column.
+    def view(self, trajectory_id: int, keys: Iterable[Key] | None = None) -> dict[Key, torch.Tensor]:
+        """The rows of one cached trajectory, ``[N, ...]`` per column (``keys``: only those).
 
         A view into the ring (valid until the trajectory is evicted), or a copy when the
-        trajectory wraps around the ring's end.
+        trajectory wraps around the ring's end or the column is a paired ``next_obs`` (rebuilt
+        from ``curr_obs`` and its kept rows).
         """
-        slot = self._by_id[trajectory_id]
-        return {k: self._rows_of(c.tensor, self._capacity, slot) for k, c in self._columns.items()}
+        return self._slot_rows(self._by_id[trajectory_id], keys)
 
     def newest_rows_start(self, rows: int) -> int:
         """Virtual row where the newest ``rows`` rows begin (``rows`` must end on a slot edge)."""
@@ -360,10 +459,18 @@ class TrajectoryCache:
     def gather(self, offsets: torch.Tensor, vstart: int, span: int) -> dict[Key, torch.Tensor]:
         """Rows ``vstart + offsets`` (virtual; ``offsets`` int64 ``[N]`` in ``[0, span)``).
 
-        One ``index_select`` per column; returns ``{column: [N, *row_shape]}`` new tensors.
+        One ``index_select`` per column (two for a paired ``next_obs``: its sources, then their
+        rows); returns ``{column: [N, *row_shape]}`` new tensors.
         """
         idx = self._ring_rows(offsets, vstart, span)
-        return {k: torch.index_select(c.tensor, 0, idx) for k, c in self._columns.items()}
+        return {k: self._select(k, c, idx) for k, c in self._columns.items()}
+
+    def _select(self, key: Key, column: _Column, idx: torch.Tensor) -> torch.Tensor:
+        """Ring rows ``idx`` of one column; of a paired ``next_obs``: its sources' rows."""
+        curr = self._partner.get(key)
+        if curr is None:
+            return torch.index_select(column.ring, 0, idx)
+        return torch.index_select(self._columns[curr].tensor, 0, torch.index_select(column.ring, 0, idx))
 
     def _ring_rows(self, offsets: torch.Tensor, vstart: int, span: int) -> torch.Tensor:
         lo = vstart % self._capacity
@@ -384,4 +491,27 @@ class TrajectoryCache:
         idx = self._ring_rows(offsets, vstart, span)
         dest_np = dest.numpy()
         for key, column in self._columns.items():
-            scatter_rows(out[key], dest_np, torch.index_select(column.tensor, 0, idx))
+            scatter_rows(out[key], dest_np, self._select(key, column, idx))
+
+
+def _ring_rows(vstart: int, n: int, capacity: int, offset: int = 0) -> np.ndarray:
+    """``offset + (vstart + i) % capacity`` for ``i`` in ``[0, n)`` (``n <= capacity``), int64."""
+    start = vstart % capacity
+    first = min(n, capacity - start)
+    out = np.arange(offset + start, offset + start + n, dtype=np.int64)
+    if first < n:
+        out[first:] -= capacity
+    return out
+
+
+def _copy_wrapped(tensor: torch.Tensor, offset: int, capacity: int, vstart: int, rows: torch.Tensor) -> None:
+    """Copy ``rows`` to virtual rows ``[vstart, vstart + N)`` of the ring of ``capacity`` rows
+    that starts at row ``offset`` of ``tensor`` (wrapping around its end)."""
+    n = int(rows.shape[0])
+    start = offset + vstart % capacity
+    first = min(n, offset + capacity - start)
+    if first == n:
+        tensor[start : start + n].copy_(rows)
+        return
+    tensor[start : start + first].copy_(rows[:first])
+    tensor[offset : offset + n - first].copy_(rows[first:])

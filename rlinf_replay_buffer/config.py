@@ -116,6 +116,7 @@ CONSTRUCTOR_KEYS = (
     "rate_limit_timeout",
     "sampling_copies",
     "sampling_copy_dir",
+    "dedup_next_obs",
 )
 #: keys RLinf reads from the buffer node that are not constructor arguments
 EXTRA_KEYS = ("min_buffer_size", "enable_preload", "prefetch_size", "load_path")

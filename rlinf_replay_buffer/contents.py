@@ -78,7 +78,7 @@ class Contents:
         ring = (
             None
             if s.ring_limit is False
-            else TrajectoryCache(s.ring_limit, s.cache_max_bytes, s.reserve_bytes)
+            else TrajectoryCache(s.ring_limit, s.cache_max_bytes, s.reserve_bytes, dedup=s.dedup_next_obs)
         )
         self.store = RowStore(
             self.index,
@@ -147,7 +147,7 @@ class Contents:
             tid, flat = self.counter, t.flat()
             record = Record.of_trajectory(tid, t)
             self.counter += 1
-            evicted = self.store.put(tid, flat)
+            evicted = self.store.put(tid, flat, t.num_envs)
             self.index.append(record)
             if self.saver is not None:  # rows nobody can change: the caller may reuse its tensors
                 rows = {k: v if k in t.owned else v.clone() for k, v in flat.items()}
@@ -203,7 +203,7 @@ class Contents:
         warm.reverse()
         while warm:  # one at a time, each released once copied: its mapped pages go with it
             record, rows = warm.pop()
-            self._left_ring(self.store.put(record.trajectory_id, rows))
+            self._left_ring(self.store.put(record.trajectory_id, rows, record.num_envs))
             del rows
         if self.settings.max_disk_bytes is not None and self.saver is not None and schema is not None:
             self.saver.count_existing(keep, schema)

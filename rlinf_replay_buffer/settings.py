@@ -46,6 +46,9 @@ class BufferSettings:
         sampling_copies: give ``pt``/``pkl`` trajectories read from their files a sampling copy
             (:mod:`.sampling_copy`), made in ``sampling_copy_dir`` (absolute; ``None``: the
             system's temporary directory).
+        dedup_next_obs: in the in-memory ring, read ``next_obs`` rows equal to the next step's
+            ``curr_obs`` from ``curr_obs`` instead of storing them twice (:mod:`.dedup`);
+            batches, files and trajectories read back are the same either way.
     """
 
     seed: int = 1234
@@ -71,6 +74,7 @@ class BufferSettings:
     rate_limit_timeout: float | None = None
     sampling_copies: bool = True
     sampling_copy_dir: str | None = None
+    dedup_next_obs: bool = True
 
     @classmethod
     def of(cls, **kwargs: Any) -> BufferSettings:
@@ -84,7 +88,14 @@ class BufferSettings:
             v["seed"] = random.SystemRandom().randrange(2**63)
         for name in ("seed", "cache_size", "sample_window_size"):
             v[name] = check_int(name, v[name], 0)
-        for name in ("enable_cache", "auto_save", "check_finite", "prioritized", "sampling_copies"):
+        for name in (
+            "enable_cache",
+            "auto_save",
+            "check_finite",
+            "prioritized",
+            "sampling_copies",
+            "dedup_next_obs",
+        ):
             v[name] = check_bool(name, v[name])
         for name in (
             "cache_max_bytes",

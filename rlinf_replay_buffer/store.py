@@ -273,12 +273,13 @@ class RowStore:
         """Trajectories whose rows wait for a file."""
         return len(self._pending)
 
-    def put(self, trajectory_id: int, rows: Rows) -> list[int]:
-        """Copy rows into the ring (no-op without one); return the ids it evicted, oldest first."""
+    def put(self, trajectory_id: int, rows: Rows, envs: int = 0) -> list[int]:
+        """Copy rows of ``envs`` environments (``B``; 0: unknown) into the ring (no-op without
+        one); return the ids it evicted, oldest first."""
         if self._ring is None:
             return []
         assert self._schema is not None
-        return self._ring.put(trajectory_id, rows, self._schema)
+        return self._ring.put(trajectory_id, rows, self._schema, envs)
 
     def set_ring_limit(self, trajectories: int | None) -> list[int]:
         """Bound the ring to ``trajectories``; return the ids it evicted."""
@@ -487,7 +488,7 @@ class RowStore:
         if data is not None:
             return data[key]
         if self._ring is not None and tid in self._ring:
-            return self._ring.view(tid)[key]
+            return self._ring.view(tid, (key,))[key]
         if not self._index.is_checked(tid):
             self.check(record)
         n = record.num_transitions
