@@ -129,3 +129,15 @@ def test_ray_scenario_compares_the_sharded_buffer_with_the_local_one(tmp_path, c
             assert local["extra"]["vs local"] == 1.0 and ray["extra"]["vs local"] > 0
             assert ray["cached_bytes"] == local["cached_bytes"] > 0  # the same window, all cached
             assert ray["extra"]["shards peak RSS MB"] > 0 and "shards peak RSS MB" not in local["extra"]
+
+
+def test_the_dedup_comparison_reports_both_buffers(capsys):
+    from benchmarks import dedup_ab
+
+    assert dedup_ab.main(["--scenario", "state", "--repeats", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("dedup_next_obs=True") == 3 and out.count("dedup_next_obs=False") == 3
+    cached = [
+        float(line.split("cached MB")[1].split()[0]) for line in out.splitlines() if "cached MB" in line
+    ]
+    assert cached[0] < 0.6 * cached[1]  # stored once: the state window's observations
