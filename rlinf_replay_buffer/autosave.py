@@ -41,7 +41,7 @@ from .checkpoint import Snapshot, place_records, writing
 from .directory import DirectoryContents, is_buffer_directory, read_directory
 from .errors import BufferDirectoryError, DirectoryLockedError, WriterError
 from .formats.segment import SEGMENT_RE, SegmentStore, truncate_segment
-from .fsio import fsync_dir, remove_tmp_files
+from .fsio import fsync_dir, make_dirs, remove_tmp_files
 from .integrity import rows_checksum
 from .journal import INDEX, JOURNAL, Journal, removed_ids, write_index
 from .lock import DirectoryLock
@@ -572,7 +572,7 @@ class OwnDirectory:
         if os.path.lexists(path) and not os.path.isdir(path):
             raise BufferDirectoryError(f"auto_save_path {path} exists and is not a directory")
         with writing(path, "auto_save_path"):
-            os.makedirs(path, exist_ok=True)
+            make_dirs(path)  # a new directory's name is durable before anything is acknowledged in it
         try:  # before anything in it is touched
             lock = DirectoryLock.acquire(path, "auto-save")
         except DirectoryLockedError:
@@ -661,8 +661,11 @@ class OwnDirectory:
 
     def sync_journal(self) -> None:
         """Append the queued lines, then make the journal durable (fsync; after a failed one the
-        journal writes its unsynced lines again first). Raises ``OSError`` if either fails."""
+        journal writes its unsynced lines again first). The directory is fsync'd before the
+        journal, so a durable line never names a file whose name is not. Raises ``OSError`` if
+        one of them fails."""
         self._append_unjournaled()
+        fsync_dir(self.path)
         self.journal.sync()
 
     def sync(self, counter: int, schema: Schema | None) -> None:
@@ -672,8 +675,6 @@ class OwnDirectory:
         so a durable line never names a file whose name is not; files whose removal lines are
         now durable are deleted.
         """
-        self._append_unjournaled()
-        fsync_dir(self.path)
         self.sync_journal()
         self._delete_doomed()
         self._write_metadata(counter, schema)
@@ -768,7 +769,6 @@ class OwnDirectory:
         """Rewrite ``trajectory_index.json`` with every entry and drop the journal (the index is
         left as it is when it already lists every entry and there is no journal)."""
         self.sync_journal()  # the queued lines too: a file goes only once its removal is durable
-        fsync_dir(self.path)
         self._delete_doomed()
         if not (self._index_current and not os.path.lexists(self.journal.path)):
             write_index(self.path, self.entries.in_order())

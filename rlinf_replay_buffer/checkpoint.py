@@ -28,7 +28,7 @@ from .errors import (
     ReplayBufferError,
 )
 from .formats.segment import SegmentStore
-from .fsio import link_or_copy, staged_directory
+from .fsio import link_or_copy, make_dirs, staged_directory
 from .fsio import publish_directory as publish  # save's last step, by this name
 from .integrity import file_checksum, rows_checksum
 from .journal import write_index
@@ -200,7 +200,7 @@ def output_directory(
                 f"or pass overwrite=True to replace the {what} there"
             )
     with writing(dest, f"the {what}"):
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        make_dirs(os.path.dirname(dest))  # durable: publishing fsyncs only the parent's entries
     return dest
 
 

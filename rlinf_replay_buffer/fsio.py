@@ -39,6 +39,19 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def make_dirs(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)`` whose new directories survive a power cut: the
+    parent of every directory it creates is fsync'd (a new name is durable only then)."""
+    path = os.path.abspath(path)
+    new, head = [], path
+    while not os.path.lexists(head) and os.path.dirname(head) != head:
+        new.append(head)
+        head = os.path.dirname(head)
+    os.makedirs(path, exist_ok=True)
+    for made in new:  # deepest first, the existing ancestor last
+        fsync_dir(os.path.dirname(made))
+
+
 class _CrcWriter:
     """A binary file wrapper that computes the CRC-32 of everything written through it."""
 

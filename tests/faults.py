@@ -22,7 +22,8 @@ file in many pieces) are one point: stopping after any of them leaves the same k
 Modes: ``count`` runs the operation and reports its points in order; ``kill@N`` sends the child
 ``SIGKILL`` at the N-th point, before the call runs; ``fail@N:ENOSPC`` (or ``EIO``) makes the
 N-th call raise ``OSError`` once (later calls work) and the operation script goes on with its
-retry step, reporting what it saw.
+retry step, reporting what it saw. ``record`` (``tests/power_loss.py``) logs every change the
+operation makes, for the power-loss model.
 
 **The children.** Starting Python with torch and the library takes seconds, and a sweep runs
 hundreds of children, so one server process (``sys.executable -c SCRIPT``, which imports
@@ -73,6 +74,22 @@ ERRNOS = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _WRITES = ("write", "pwrite", "file.write", "file.writelines")
 _RANDOM = re.compile(r"[0-9a-f]{12,32}")
+
+
+def soak_selected(config: Any) -> bool:
+    """Whether a pytest run asked for the soak tests (``-m soak`` or ``RLINF_SOAK=1``)."""
+    if os.environ.get("RLINF_SOAK") == "1":
+        return True
+    expr = config.getoption("markexpr", "") or ""
+    return "soak" in expr and "not soak" not in expr
+
+
+def patch_attr(saved: list[tuple[Any, str, Any]], owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+    """Replace ``owner.name`` by ``make(original)`` (wrapped like it), remembering the original
+    in ``saved`` for the uninstall."""
+    original = getattr(owner, name)
+    saved.append((owner, name, original))
+    setattr(owner, name, functools.wraps(original)(make(original)))
 
 
 # -- the interposer (child side) ------------------------------------------------------------------
@@ -217,9 +234,7 @@ class Interposer:
         ip = self
 
         def patch(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
-            original = getattr(owner, name)
-            self.saved.append((owner, name, original))
-            setattr(owner, name, functools.wraps(original)(make(original)))
+            patch_attr(self.saved, owner, name, make)
 
         def fd_of(x: Any) -> int:
             return x if isinstance(x, int) else x.fileno()
@@ -772,7 +787,8 @@ class MergeSplit(Operation):
 class VerifyRepair(Operation):
     """``verify_directory(path, repair=True)`` on a ``pt`` directory with a corrupt file (code 2),
     an index that lost an entry (code 4, its file intact), a leftover temporary file and a torn
-    journal line."""
+    journal line. The setup prints the damaged file's hash (``damaged``): a repair that
+    completed holds it in ``quarantine/``."""
 
     on_corrupt = "skip"
     CODES = [0, 1, 2, 3, 4, 5]
@@ -794,6 +810,7 @@ class VerifyRepair(Operation):
         with open(damaged, "r+b") as f:
             f.seek(os.path.getsize(damaged) // 2)
             f.write(b"\xa5" * 64)
+        say("damaged", file_hash(damaged))
         entries, _, _ = read_index(path)
         write_index(path, [e for e in entries if e["trajectory_id"] != self.UNLISTED])
         with open(os.path.join(path, ".tmp-0123456789abcdef-trajectory_9_x_0.pt"), "wb") as f:
@@ -830,6 +847,10 @@ class VerifyRepair(Operation):
         held = contents(path)
         assert sorted(c for _, c in held) == self.sound(), f"after the repair {path} holds {held}"
         loads(path, len(held))
+        quarantine = os.path.join(path, "quarantine")
+        names = sorted(os.listdir(quarantine)) if os.path.isdir(quarantine) else []
+        kept = [file_hash(os.path.join(quarantine, n)) for n in names]
+        assert values(lines, "damaged")[0] in kept, f"the damaged file is not in {quarantine}: {names}"
 
     def after_fail(self, data: str, lines: list[tuple[str, Any]]) -> None:
         assert values(lines, "done"), "the retried verify --repair did not complete"
@@ -1170,6 +1191,11 @@ def child_main(request: dict[str, Any]) -> None:
         return
     op.setup(data)
     mode = request["mode"]
+    if mode == "record":  # the power-loss model's recording (tests/power_loss.py)
+        import power_loss
+
+        power_loss.record(op, data)
+        return
     kind, _, rest = mode.partition("@")
     target, _, code = rest.partition(":")
     ip = Interposer(

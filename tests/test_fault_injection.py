@@ -59,13 +59,6 @@ def known_bug(op: str, outcome: str, points: Points, index: int) -> str | None:
 
 
 # -- fixtures ------------------------------------------------------------------------------------------
-def _soak_selected(config: pytest.Config) -> bool:
-    if os.environ.get("RLINF_SOAK") == "1":
-        return True
-    expr = config.getoption("markexpr", "") or ""
-    return "soak" in expr and "not soak" not in expr
-
-
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory):
     work = Path(os.path.realpath(tmp_path_factory.mktemp("faults")))
@@ -98,7 +91,7 @@ def test_an_operation_keeps_its_data_when_killed_or_failed_at_a_step(
 def test_every_step_of_an_operation_keeps_its_data(
     harness: faults.Harness, op: str, outcome: str, request: pytest.FixtureRequest
 ) -> None:
-    if not _soak_selected(request.config):
+    if not faults.soak_selected(request.config):
         pytest.skip("soak test: run with -m soak or RLINF_SOAK=1")
     points = harness.points(op)
     failures, fixed, expected = [], [], []

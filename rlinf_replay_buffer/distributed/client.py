@@ -38,7 +38,7 @@ from ..errors import (
     ShardUnavailableError,
 )
 from ..formats import check_format
-from ..fsio import publish_directory, staged_directory
+from ..fsio import make_dirs, publish_directory, staged_directory
 from ..priority import PrioritizedSampler
 from ..schema import Schema, schema_from_json
 from ..trajectory import Trajectory, align
@@ -707,7 +707,7 @@ class RayTrajectoryReplayBuffer:
         _check_checkpoint_destination(dest)
         with contextlib.ExitStack() as stack:
             with checkpoint.writing(dest):
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                make_dirs(os.path.dirname(dest))
                 staging = stack.enter_context(staged_directory(dest))
             self._call("save", {k: (staging,) for k in range(self.num_shards)})
             missing = [

@@ -22,6 +22,7 @@ import torch
 
 from ..buffer import TrajectoryReplayBuffer
 from ..errors import DirectoryLockedError, InvalidArgumentError
+from ..fsio import make_dirs
 from ..lock import DirectoryLock
 from . import shares
 from .wire import Encoded, decode_trajectory, flatten_batch
@@ -65,7 +66,7 @@ class ShardServer:
         self.seed = seed
         self.options = dict(options)
         self.path = shares.live_dir(self.root, rank)
-        os.makedirs(self.root, exist_ok=True)
+        make_dirs(self.root)
         self.incarnation = uuid.uuid4().hex
         self.refused: DirectoryLockedError | None = None  # another shard serves this rank
         try:  # held for the actor's life (the OS drops it with the process): one shard per rank

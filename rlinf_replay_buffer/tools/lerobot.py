@@ -94,7 +94,7 @@ import torch
 
 from ..checkpoint import output_directory, writing
 from ..errors import BufferNotFoundError, CorruptBufferError, InvalidArgumentError
-from ..fsio import atomic_file, atomic_write, publish_directory, staged_directory
+from ..fsio import atomic_file, atomic_write, make_dirs, publish_directory, staged_directory
 from ..lock import destination_lock
 from ..naming import read_json
 from ..schema import ColumnSpec, Schema
@@ -352,7 +352,7 @@ class _PartedParquet:
             if self.file == CHUNKS_SIZE:
                 self.chunk, self.file = self.chunk + 1, 0
             path = os.path.join(self.root, self.template.format(chunk_index=self.chunk, file_index=self.file))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            make_dirs(os.path.dirname(path))
             self.stack = contextlib.ExitStack()
             self.sink = self.stack.enter_context(atomic_file(path, sync_dir=False))
             self.writer = self.pq.ParquetWriter(self.sink, self.schema, compression="snappy")

@@ -56,7 +56,7 @@ from ..errors import (
     MissingDependencyError,
 )
 from ..formats.segment import SegmentStore
-from ..fsio import atomic_file, publish_directory, staged_directory
+from ..fsio import atomic_file, make_dirs, publish_directory, staged_directory
 from ..journal import write_index
 from ..lock import destination_lock
 from ..metadata import write_metadata
@@ -439,7 +439,7 @@ def _check_out_path(out_path: str, overwrite: bool) -> str:
     if os.path.lexists(out) and not overwrite:
         raise BufferDirectoryError(f"{out}: already exists; choose a new path or pass overwrite=True")
     with writing(out, "the Parquet file"):
-        os.makedirs(os.path.dirname(out), exist_ok=True)
+        make_dirs(os.path.dirname(out))  # durable: the export is acknowledged when it returns
     return out
 
 

@@ -57,7 +57,7 @@ from ..directory import (
 )
 from ..errors import BufferDirectoryError, CorruptBufferError, ReplayBufferError, UnsafeFileError
 from ..formats import segment
-from ..fsio import OLD_MARK, STAGING_MARK, TMP_PREFIX, atomic_write_json, fsync_dir
+from ..fsio import OLD_MARK, STAGING_MARK, TMP_PREFIX, atomic_write_json, fsync_dir, make_dirs
 from ..integrity import file_checksum, file_limit, mismatch_text
 from ..journal import (
     INDEX,
@@ -619,7 +619,7 @@ class _Checker:
         write_metadata(self.path, fmt, entries, counter, seed, self.schema)
         fsync_dir(self.path)
         if self.bad_files or self.bad_rows:
-            os.makedirs(quarantine, exist_ok=True)
+            make_dirs(quarantine)  # durable before files move into it
             self.report.quarantine = quarantine
         for problem, name in self.bad_files:
             src = os.path.join(self.path, name)
@@ -668,6 +668,8 @@ class _Checker:
             for p in self.report.notes:
                 if p.path == os.path.join(self.path, name) and not p.action:
                     p.action = f"cut to {rows} rows"
+        if self.report.quarantine is not None:  # the moved files' new names, before their old ones go
+            fsync_dir(quarantine)
         fsync_dir(self.path)  # the moves and removals
         for p in self.siblings:
             p.action = "left alone (outside the directory)"

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BufferNotFoundError, CorruptBufferError, InvalidArgumentError, MissingDependencyError
-from ..fsio import atomic_file
+from ..fsio import atomic_file, make_dirs
 from ..validate import check_float, check_int
 
 __all__ = [
@@ -267,7 +267,7 @@ def write_video(
     if first is None:
         raise InvalidArgumentError(f"{path}: no frames to write (a video needs at least one)")
     first = _check_frame(first, None, 0)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    make_dirs(os.path.dirname(path))
     with atomic_file(path) as f, av.open(f, "w", format=container_format) as container:
         try:
             encoder = _Encoder(av, container, codec, pix_fmt, crf, rate, first.shape[:2])

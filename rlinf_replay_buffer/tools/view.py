@@ -65,7 +65,7 @@ from ..checkpoint import read_rows
 from ..directory import read_directory
 from ..errors import InvalidArgumentError, MissingDependencyError, ReplayBufferError
 from ..errors import ToolsNotInstalledError as ToolsNotInstalledError  # its earlier home: re-exported
-from ..fsio import atomic_write
+from ..fsio import atomic_write, make_dirs
 from ..record import Record
 from ..schema import Schema
 from ..trajectory import Key, key_name
@@ -507,7 +507,7 @@ def _draw(content: _Content, out: str, dpi: int, width: float) -> RenderResult:
         f.fig.savefig(buf, format="png", dpi=dpi)
     data = buf.getvalue()
     w_px, h_px = _png_size(data)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
+    make_dirs(os.path.dirname(out))
     atomic_write(out, lambda fh: fh.write(data))
     return RenderResult(
         out=out,
