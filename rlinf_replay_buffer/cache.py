@@ -232,7 +232,7 @@ class TrajectoryCache:
         for key, count in counts.items():
             self._spill_heads[key] += count
         self._head += rows
-        self._commit_ahead(schema)
+        self._commit_ahead(schema, rows)
         self._slots.append(slot)
         self._by_id[trajectory_id] = slot
         self._bytes += nbytes
@@ -298,11 +298,13 @@ class TrajectoryCache:
         self._ahead, self._commit_end = self._head, self._head + self._capacity
         self._spill_heads = dict.fromkeys(self._partner, self._head)
 
-    def _commit_ahead(self, schema: Schema) -> None:
+    def _commit_ahead(self, schema: Schema, rows: int) -> None:
         """Have the pages of the rows after the head committed in the background
-        (:mod:`.prefault`), until every page of the ring has been committed once."""
+        (:mod:`.prefault`): room for two more trajectories of ``rows`` rows, at most
+        ``AHEAD_BYTES``, until every page of the ring has been committed once."""
+        ahead = min(2 * rows, max(1, AHEAD_BYTES // max(1, schema.row_bytes)))
         lo = max(self._ahead, self._head)
-        hi = min(self._head + max(1, AHEAD_BYTES // max(1, schema.row_bytes)), self._commit_end)
+        hi = min(self._head + ahead, self._commit_end)
         if hi <= lo:
             return
         self._ahead = hi

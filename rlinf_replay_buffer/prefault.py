@@ -18,6 +18,7 @@ import logging
 import mmap
 import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -57,15 +58,16 @@ def populate(address: int, length: int) -> bool:
 
 
 Span = tuple[torch.Tensor, int, int]
-"""``(tensor, first byte, bytes)``: a byte range of a ring column's tensor (the tensor is held,
-so its memory stays mapped while the range waits)."""
+"""``(tensor, first byte, bytes)``: a byte range of a ring column's tensor. A queued range holds
+only a weak reference to the tensor: a ring dropped meanwhile (a cleared or closed buffer) is
+skipped, and a live one stays mapped while its range is committed."""
 
 
 class Prefaulter:
     """A daemon thread committing queued ring byte ranges; one per process, started lazily."""
 
     def __init__(self) -> None:
-        self._queue: deque[list[Span]] = deque()
+        self._queue: deque[list[tuple[weakref.ref[torch.Tensor], int, int]]] = deque()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self.available = _MADVISE is not None
@@ -77,7 +79,7 @@ class Prefaulter:
         if not self.available or not spans:
             return
         with self._wake:
-            self._queue.append(list(spans))
+            self._queue.append([(weakref.ref(tensor), first, length) for tensor, first, length in spans])
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="rlinf-ring-prefault", daemon=True)
                 self._thread.start()
@@ -98,8 +100,13 @@ class Prefaulter:
                     self._wake.wait()
                 spans = self._queue.popleft()
                 self._busy = True
-            for tensor, first, length in spans:
-                if not populate(tensor.data_ptr() + first, length):
+            for ref, first, length in spans:
+                tensor = ref()
+                if tensor is None:  # the ring is gone: nothing to commit
+                    continue
+                ok = populate(tensor.data_ptr() + first, length)
+                del tensor
+                if not ok:
                     self.available = False  # not supported here: stop asking
                     logger.debug("ring pages cannot be committed ahead (madvise POPULATE_WRITE)")
                     break

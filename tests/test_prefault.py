@@ -35,19 +35,18 @@ def _rows(n: int, value: int) -> dict:
 
 
 @linux_only
-def test_the_rows_after_the_head_are_committed_until_the_ring_has_been_committed_once():
+def test_two_trajectories_ahead_of_the_head_are_committed_until_the_ring_has_been_once():
     flat = _rows(16, 1)
     schema = Schema.of_columns(flat, lead_dims=1)
     ring = TrajectoryCache(max_trajectories=8)  # 8 x 16 rows of 4 KiB: 512 KiB
     before = prefault.PREFAULTER.populated
     ring.put(0, flat, schema)
     prefault.PREFAULTER.drain()
-    committed = prefault.PREFAULTER.populated - before
-    assert committed == 7 * 16 * 4096  # the rest of the ring (it is smaller than AHEAD_BYTES)
-    for i in range(1, 20):  # wrapping around: nothing more to commit
+    assert prefault.PREFAULTER.populated - before == 2 * 16 * 4096  # room for two more like it
+    for i in range(1, 20):  # wrapping around: every page committed once, then nothing more
         ring.put(i, _rows(16, i), schema)
     prefault.PREFAULTER.drain()
-    assert prefault.PREFAULTER.populated - before == committed
+    assert prefault.PREFAULTER.populated - before == 7 * 16 * 4096  # the ring after the first put
     assert torch.equal(ring.view(19)[("x",)], _rows(16, 19)[("x",)])
 
 
