@@ -64,7 +64,7 @@ child = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(child)
 
 FORMATS = ("pt", "segment")
-CI_KILLS = 4  # per format: 8 in total (the fault-injection harness covers every step)
+CI_KILLS = 3  # per format: 6 in total (the fault-injection harness covers every step)
 SOAK_KILLS = int(os.environ.get("RLINF_SOAK_KILLS", "150"))  # per format: 300 in total
 #: largest id whose codes float32 holds exactly (c = 1000 * id + ...): sampled ids are checked below it
 EXACT_IDS = 16_000
