@@ -841,7 +841,7 @@ def test_checkpoint_into_the_auto_save_directory_while_another_thread_adds_keeps
         if armed[0] and threading.current_thread().name == "replay-buffer-writer":
             armed[0] = False
             paused.set()
-            go.wait(10)
+            go.wait(2)  # released at once when the checkpoint does not wait for it
 
     real_flush = buf.flush
 
