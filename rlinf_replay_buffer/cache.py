@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from .dedup import SOURCE_BYTES, Pair, kept_mask, pairs_of, stored_row_bytes
-from .prefault import AHEAD_BYTES, PREFAULTER
+from .prefault import AHEAD_BYTES, MIN_AHEAD_BYTES, PREFAULTER
 from .schema import Schema
 from .trajectory import Key
 
@@ -300,12 +300,14 @@ class TrajectoryCache:
 
     def _commit_ahead(self, schema: Schema, rows: int) -> None:
         """Have the pages of the rows after the head committed in the background
-        (:mod:`.prefault`): room for two more trajectories of ``rows`` rows, at most
-        ``AHEAD_BYTES``, until every page of the ring has been committed once."""
-        ahead = min(2 * rows, max(1, AHEAD_BYTES // max(1, schema.row_bytes)))
+        (:mod:`.prefault`): room for two more trajectories of ``rows`` rows (at least
+        ``MIN_AHEAD_BYTES``, at most ``AHEAD_BYTES``), asked for again once less than half of
+        that is left, until every page of the ring has been committed once."""
+        row_bytes = max(1, schema.row_bytes)
+        ahead = min(max(2 * rows, MIN_AHEAD_BYTES // row_bytes), max(1, AHEAD_BYTES // row_bytes))
         lo = max(self._ahead, self._head)
         hi = min(self._head + ahead, self._commit_end)
-        if hi <= lo:
+        if hi <= lo or (lo - self._head >= ahead // 2 and hi < self._commit_end):
             return
         self._ahead = hi
         start, count = lo % self._capacity, hi - lo

@@ -29,6 +29,8 @@ logger = logging.getLogger("rlinf_replay_buffer")
 MADV_POPULATE_WRITE = 23
 AHEAD_BYTES = 64 << 20
 """Bytes of every ring committed ahead of its head (at most; less when the ring is smaller)."""
+MIN_AHEAD_BYTES = 4 << 20
+"""Bytes committed ahead at least (small trajectories ask the thread once per 2 MiB or so)."""
 _PAGE = mmap.PAGESIZE
 
 

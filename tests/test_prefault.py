@@ -36,18 +36,32 @@ def _rows(n: int, value: int) -> dict:
 
 @linux_only
 def test_two_trajectories_ahead_of_the_head_are_committed_until_the_ring_has_been_once():
-    flat = _rows(16, 1)
+    flat = _rows(1024, 1)  # 4 MiB a trajectory
     schema = Schema.of_columns(flat, lead_dims=1)
-    ring = TrajectoryCache(max_trajectories=8)  # 8 x 16 rows of 4 KiB: 512 KiB
+    ring = TrajectoryCache(max_trajectories=8)  # 32 MiB of ring
     before = prefault.PREFAULTER.populated
     ring.put(0, flat, schema)
     prefault.PREFAULTER.drain()
-    assert prefault.PREFAULTER.populated - before == 2 * 16 * 4096  # room for two more like it
-    for i in range(1, 20):  # wrapping around: every page committed once, then nothing more
-        ring.put(i, _rows(16, i), schema)
+    assert prefault.PREFAULTER.populated - before == 2 * 1024 * 4096  # room for two more like it
+    for i in range(1, 12):  # wrapping around: every page committed once, then nothing more
+        ring.put(i, _rows(1024, i), schema)
     prefault.PREFAULTER.drain()
-    assert prefault.PREFAULTER.populated - before == 7 * 16 * 4096  # the ring after the first put
-    assert torch.equal(ring.view(19)[("x",)], _rows(16, 19)[("x",)])
+    assert prefault.PREFAULTER.populated - before == 7 * 1024 * 4096  # the ring after the first put
+    assert torch.equal(ring.view(11)[("x",)], _rows(1024, 11)[("x",)])
+
+
+@linux_only
+def test_small_trajectories_get_at_least_min_ahead_bytes_committed_and_no_more():
+    flat = _rows(4, 1)  # 16 KiB a trajectory
+    schema = Schema.of_columns(flat, lead_dims=1)
+    ring = TrajectoryCache(max_trajectories=4096)  # 64 MiB of ring
+    before = prefault.PREFAULTER.populated
+    for i in range(300):
+        ring.put(i, flat, schema)
+    prefault.PREFAULTER.drain()
+    committed = prefault.PREFAULTER.populated - before
+    # at least MIN_AHEAD_BYTES ahead, asked for again only once half of it is used
+    assert 300 * 4 * 4096 <= committed <= 300 * 4 * 4096 + prefault.MIN_AHEAD_BYTES
 
 
 def test_batches_are_the_same_with_and_without_committing_ahead(monkeypatch):
