@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
+import pickletools
 import shutil
 import subprocess
 import sys
@@ -34,6 +36,7 @@ from conftest import (
 
 from rlinf_replay_buffer import index_columns
 from rlinf_replay_buffer.directory import read_directory
+from rlinf_replay_buffer.errors import CorruptBufferError
 from rlinf_replay_buffer.formats import pkl, pt, torchsave
 from rlinf_replay_buffer.index import TrajectoryIndex
 from rlinf_replay_buffer.journal import INDEX, read_index_parts, write_index
@@ -448,6 +451,82 @@ def test_pkl_files_whose_storages_are_read_directly_hold_what_torch_load_gives(t
     monkeypatch.setattr(torchsave, "storage_elements", lambda data: None)
     for f, got in zip(files, direct, strict=True):
         _assert_same_data(got, pkl.read(str(f)))
+
+
+_COUNTS = {
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
+
+
+def _reference_walk(data: bytes) -> bool:
+    """One opcode at a time, widths from pickletools' table: whether every argument lies in
+    ``data`` (a frame's length too, a text argument ends within the limit) up to a STOP."""
+    ops = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
+    pos = 0
+    while pos < len(data):
+        op = ops.get(data[pos : pos + 1])
+        if op is None:
+            return False
+        pos += 1
+        if op.name == "STOP":
+            return True
+        arg = op.arg
+        if arg is None:
+            continue
+        if arg.n >= 0:
+            if pos + arg.n > len(data):
+                return False
+            if op.name == "FRAME" and int.from_bytes(data[pos : pos + 8], "little") > len(data) - pos - 8:
+                return False
+            pos += arg.n
+        elif arg.n == pickletools.UP_TO_NEWLINE:
+            for _ in range(2 if arg is pickletools.stringnl_noescape_pair else 1):
+                end = data.find(b"\n", pos, pos + pkl.MAX_TEXT_ARGUMENT)
+                if end < 0:
+                    return False
+                pos = end + 1
+        else:
+            width, signed = _COUNTS[arg.n]
+            if pos + width > len(data):
+                return False
+            count = int.from_bytes(data[pos : pos + width], "little", signed=signed)
+            pos += width
+            if count < 0 or count > len(data) - pos:
+                return False
+            pos += count
+    return False
+
+
+def _accepted_by_the_size_check(data: bytes) -> bool:
+    try:
+        pkl.check_declared_sizes(data)
+    except CorruptBufferError:
+        return False
+    return True
+
+
+def test_the_opcode_walk_refuses_every_cut_short_pickle_and_agrees_with_a_plain_walk(tmp_path):
+    """The walk skips runs of opcodes with fixed-width arguments in one step; it must still stop
+    at exactly the opcodes a plain walk finds: every proper prefix of a trajectory pickle is
+    refused, and a pickle with one byte changed is accepted exactly when a walk of one opcode
+    at a time (widths from pickletools' table) accepts it."""
+    whole = _trajectory_files(written(tmp_path / "d", "pkl"), "pkl")[0].read_bytes()
+    samples = [whole, pickle.dumps({"a": 1, "b": (2.5, -3, 1 << 40, "x" * 300, b"y" * 70000)}, protocol=2)]
+    samples.append(pickle.dumps([None, True, 65535, -1.0, {"k": [1, 2]}], protocol=4))
+    for data in samples:
+        assert _accepted_by_the_size_check(data)
+        for cut in range(len(data) if len(data) < 4096 else 0, len(data)):
+            assert not _accepted_by_the_size_check(data[:cut])
+        assert not any(_accepted_by_the_size_check(data[:cut]) for cut in range(0, len(data), 97))
+    rng = np.random.default_rng(7)
+    for data in samples:
+        for _ in range(1500):
+            changed = bytearray(data)
+            changed[int(rng.integers(len(data)))] = int(rng.integers(256))
+            assert _accepted_by_the_size_check(bytes(changed)) == _reference_walk(bytes(changed))
 
 
 def test_a_large_pt_file_asked_for_mapped_is_mapped_by_torch(tmp_path):

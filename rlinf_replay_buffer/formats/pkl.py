@@ -137,13 +137,30 @@ def _argument(op: pickletools.OpcodeInfo) -> tuple[str, int, int, bool]:
 _ARGUMENTS: list[tuple[str, int, int, bool] | None] = [None] * 256
 for _op in pickletools.opcodes:
     _ARGUMENTS[ord(_op.code)] = _argument(_op)
-#: a run of opcodes without an argument (but ``STOP``), skipped in one step
+
+
+def _opcode_class(width: int) -> bytes:
+    """A regex class of the opcodes taking ``width`` fixed bytes (0: none), but ``STOP`` and
+    ``FRAME`` (whose arguments the walk checks)."""
+    kind = _NONE if width == 0 else _FIXED
+    codes = [
+        c
+        for c, a in enumerate(_ARGUMENTS)
+        if a and a[1] == kind and a[2] == width and a[0] not in ("STOP", "FRAME")
+    ]
+    return b"[" + b"".join(re.escape(bytes([c])) for c in codes) + b"]"
+
+
+#: a run of opcodes without an argument or with a fixed-width one (but ``STOP`` and ``FRAME``),
+#: skipped in one step: only counted and text arguments, frames and the end are walked one by one
 _PLAIN_RUN = re.compile(
-    b"["
-    + b"".join(
-        re.escape(bytes([c])) for c, a in enumerate(_ARGUMENTS) if a and a[1] == _NONE and a[0] != "STOP"
+    b"(?:"
+    + b"|".join(
+        _opcode_class(width) + (b".{%d}" % width if width else b"")
+        for width in sorted({a[2] for a in _ARGUMENTS if a and a[1] in (_NONE, _FIXED)})
     )
-    + b"]*"
+    + b")*",
+    re.DOTALL,
 )
 
 

@@ -248,6 +248,27 @@ def _build(obj: Any, make: Any, depth: int = 0) -> Any:
     raise _Unsupported(f"a {kind.__name__}")
 
 
+#: parsed ``data.pkl`` records by their bytes: the files of one directory hold a handful of
+#: distinct ones (same fields, shapes and storage keys); parsing is a pure function of the
+#: bytes, and a parsed object (placeholders in tuples, lists and dicts) is only read, never changed
+_PARSED: dict[bytes, Any] = {}
+_MEMO_ENTRIES = 256  # the memo is emptied when it holds this many
+_MEMO_PICKLE_BYTES = 16 << 10  # larger pickles are parsed every time
+
+
+def _parsed_pickle(raw: bytes) -> Any:
+    """``raw`` (a ``data.pkl`` record) unpickled by :class:`_Unpickler`, parsed once per
+    distinct content."""
+    found = _PARSED.get(raw)
+    if found is None:
+        found = _Unpickler(io.BytesIO(raw)).load()
+        if len(raw) <= _MEMO_PICKLE_BYTES:
+            if len(_PARSED) >= _MEMO_ENTRIES:
+                _PARSED.clear()
+            _PARSED[raw] = found
+    return found
+
+
 def _load(buf: Any, storage_result: bool) -> Any:
     archive = _Zip(buf)
     pickles = [n for n in archive.entries if n.endswith("/data.pkl") and n.count("/") == 1]
@@ -261,7 +282,7 @@ def _load(buf: Any, storage_result: bool) -> Any:
     start, length = archive.locate(pickles[0]) or (0, 0)
     if length > MAX_PICKLE_BYTES:
         raise _Unsupported("a large pickle")
-    obj = _Unpickler(io.BytesIO(bytes(buf[start : start + length]))).load()
+    obj = _parsed_pickle(bytes(buf[start : start + length]))
     if storage_result and type(obj) is not _StorageRef:
         raise _Unsupported("not a storage")
     bases: dict[str, torch.Tensor] = {}
