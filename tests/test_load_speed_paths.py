@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import pickletools
+import re
 import shutil
 import subprocess
 import sys
@@ -527,6 +528,43 @@ def test_the_opcode_walk_refuses_every_cut_short_pickle_and_agrees_with_a_plain_
             changed = bytearray(data)
             changed[int(rng.integers(len(data)))] = int(rng.integers(256))
             assert _accepted_by_the_size_check(bytes(changed)) == _reference_walk(bytes(changed))
+
+
+def _embedded_storages(path: Path) -> list[bytes]:
+    """The storages a pickled trajectory embeds (the bytes arguments of its opcodes)."""
+    return [
+        arg
+        for op, arg, _ in pickletools.genops(path.read_bytes())
+        if op.name in ("BINBYTES", "BINBYTES8", "SHORT_BINBYTES") and len(arg) > 64
+    ]
+
+
+def _elements_or_refusal(data: bytes) -> tuple[str, bytes] | None:
+    got = torchsave.storage_elements(data)
+    return None if got is None else (str(got.dtype), got.numpy().tobytes())
+
+
+def test_legacy_storages_matched_in_their_usual_form_read_as_the_unpickler_reads_them(tmp_path, monkeypatch):
+    """A pkl file's storages written in torch's usual form skip the unpickler: for those and for
+    every one-byte change of their pickles, the result (elements, or a refusal) is the one the
+    unpickler gives."""
+    blobs = [
+        b for f in _trajectory_files(written(tmp_path / "d", "pkl"), "pkl") for b in _embedded_storages(f)
+    ]
+    blobs += [b for f in _trajectory_files(tmp_path / "d", "pkl")[:1] for b in _embedded_storages(f)]
+    assert blobs and all(torchsave.LEGACY_STORAGE_PICKLES.search(b) for b in blobs)
+    rng = np.random.default_rng(11)
+    changed = []
+    for blob in blobs[:6]:
+        head = blob.index(b"storage") - 8  # the pickles start a few bytes before their first string
+        for _ in range(300):
+            c = bytearray(blob)
+            c[head + int(rng.integers(110))] = int(rng.integers(256))
+            changed.append(bytes(c))
+    fast = [_elements_or_refusal(b) for b in blobs + changed]
+    monkeypatch.setattr(torchsave, "LEGACY_STORAGE_PICKLES", re.compile(rb"(?!)"))
+    assert fast == [_elements_or_refusal(b) for b in blobs + changed]
+    assert sum(f is not None for f in fast[len(blobs) :]) > 0  # some changes still read (a key digit)
 
 
 def test_a_large_pt_file_asked_for_mapped_is_mapped_by_torch(tmp_path):

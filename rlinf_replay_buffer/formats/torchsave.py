@@ -31,6 +31,7 @@ import collections
 import io
 import os
 import pickle
+import re
 import struct
 import sys
 import zlib
@@ -377,19 +378,47 @@ _LEGACY_HEAD = b"".join(
 )
 
 
-def _legacy_storage_elements(data: bytes) -> torch.Tensor:
-    """One storage in torch's legacy format: five pickles (magic, protocol, system info, the
-    object, its storage keys), then per key its element count (int64) and its bytes."""
-    if not data.startswith(_LEGACY_HEAD) or sys.byteorder != "little":
-        raise _Unsupported("another legacy header")
+#: the two pickles of a legacy storage as ``torch.save`` writes them for a CPU storage (protocol
+#: 2: the persistent id ``("storage", torch.<Type>Storage, key, "cpu", numel[, None])`` then the
+#: key list ``[key]``); a storage in exactly this form is read without an unpickler
+LEGACY_STORAGE_PICKLES = re.compile(
+    rb"\x80\x02\(X\x07\x00\x00\x00storageq\x00ctorch\n(?P<type>[A-Za-z0-9]{1,40})\nq\x01"
+    rb"X(?P<klen>.{4})(?P<key>[0-9]{1,40})q\x02X\x03\x00\x00\x00cpuq\x03"
+    rb"(?:K(?P<n1>.)|M(?P<n2>.{2})|J(?P<n4>.{4}))N?tq\x04Q\."
+    rb"\x80\x02\]q\x00X(?P<klen2>.{4})(?P=key)q\x01a\.",
+    re.DOTALL,
+)
+
+
+def _legacy_storage_ref(data: bytes) -> tuple[_StorageRef, int]:
+    """The storage a legacy ``data`` declares, and where its pickles end: matched against
+    :data:`LEGACY_STORAGE_PICKLES` when written in that form (what the unpickler would give for those
+    bytes), else unpickled by :class:`_Unpickler`."""
+    head = len(_LEGACY_HEAD)
+    m = LEGACY_STORAGE_PICKLES.match(data, head)
+    if m is not None:
+        key, name = m["key"].decode("ascii"), m["type"].decode("ascii")
+        count = next(x for x in (m["n1"], m["n2"], m["n4"]) if x is not None)
+        numel = int.from_bytes(count, "little", signed=len(count) == 4)
+        size = len(key).to_bytes(4, "little")
+        if name in _DTYPES and numel >= 0 and m["klen"] == size and m["klen2"] == size:
+            return _StorageRef(key, _DTYPES[name], numel), m.end()
     stream = io.BytesIO(data)
-    stream.seek(len(_LEGACY_HEAD))
+    stream.seek(head)
     unpickler = _Unpickler(stream)
     ref = unpickler.load()
     keys = unpickler.load()
     if type(ref) is not _StorageRef or keys != [ref.key]:
         raise _Unsupported("not one storage")
-    at = stream.tell()
+    return ref, stream.tell()
+
+
+def _legacy_storage_elements(data: bytes) -> torch.Tensor:
+    """One storage in torch's legacy format: five pickles (magic, protocol, system info, the
+    object, its storage keys), then per key its element count (int64) and its bytes."""
+    if not data.startswith(_LEGACY_HEAD) or sys.byteorder != "little":
+        raise _Unsupported("another legacy header")
+    ref, at = _legacy_storage_ref(data)
     start, length = at + 8, ref.numel * ref.dtype.itemsize
     if int.from_bytes(data[at:start], "little", signed=True) != ref.numel or start + length != len(data):
         raise _Unsupported("a storage whose bytes do not hold it exactly")
