@@ -107,6 +107,49 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
+def _status_kb(field_name: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``None`` where there is none)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class AnonPeak:
+    """Highest anonymous resident memory (``RssAnon``: the heap, tensors, the ring; not file
+    pages mapped from the page cache, which the kernel can drop at any time) seen by a daemon
+    thread reading ``/proc/self/status`` every ``interval`` seconds, in MB (10^6 bytes).
+
+    The peak RSS counts both; the two apart show how much of a disk-backed buffer's resident
+    memory is mapped file pages. A spike shorter than ``interval`` can be missed."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        import threading
+
+        self.peak_kb = _status_kb("RssAnon") or 0
+        self._stop = threading.Event()
+        self._interval = interval
+        self._thread = threading.Thread(target=self._run, name="anon-peak", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak_kb = max(self.peak_kb, _status_kb("RssAnon") or 0)
+
+    def stop(self) -> float | None:
+        """Stop sampling; the peak in MB (``None`` where ``RssAnon`` is not reported)."""
+        self._stop.set()
+        self._thread.join()
+        now = _status_kb("RssAnon")
+        if now is None:
+            return None
+        return max(self.peak_kb, now) * 1024 / 1e6
+
+
 # -- files -----------------------------------------------------------------------------------
 
 

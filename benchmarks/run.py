@@ -247,15 +247,16 @@ def run_child(args: argparse.Namespace) -> int:
     """Child mode: run one (case, contender) and print its rows as one JSON line."""
     import torch
 
-    from benchmarks.measure import peak_rss_mb
+    from benchmarks.measure import AnonPeak, peak_rss_mb
 
     torch.set_num_threads(max(1, args.threads))
     scenario, case_name, label = args.child
     case = find_case(build_scenarios(args.quick), scenario, case_name)
+    anon = AnonPeak()
     rows = run_case(case, label, options_of(args))
-    rss = peak_rss_mb()
+    rss, anon_mb = peak_rss_mb(), anon.stop()
     for r in rows:
-        r["peak_rss_mb"] = rss
+        r["peak_rss_mb"], r["peak_anon_mb"] = rss, anon_mb
     print(RESULT_PREFIX + json.dumps(rows), flush=True)
     return 0
 
@@ -376,7 +377,8 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]],
         for k in r["extra"]:
             if k not in extras:
                 extras.append(k)
-    cols = ["contender", "median ms", "transitions/s", "MB/s", "ratio", "peak RSS MB", "cached MB", "runs"]
+    cols = ["contender", "median ms", "transitions/s", "MB/s", "ratio"]
+    cols += ["peak RSS MB", "peak anon MB", "cached MB", "runs"]
     cells = []
     by_note: dict[str, list[str]] = {}
     for r in rows:
@@ -391,6 +393,7 @@ def table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]],
                 num(r["nbytes"] / med / 1e6) if med and r["nbytes"] else "-",
                 ratio_text(r.get("ratio")),
                 num(r.get("peak_rss_mb")),
+                num(r.get("peak_anon_mb")),
                 num(r["cached_bytes"] / 1e6) if r["cached_bytes"] is not None else "-",
                 str(r["runs"]),
             ]
