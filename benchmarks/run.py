@@ -88,6 +88,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"run only this scenario (repeatable; default: all but {', '.join(OPT_IN)})",
     )
     p.add_argument("--contender", action="append", help="run only contenders whose label starts with this")
+    p.add_argument(
+        "--case", action="append", help="run only the cases of a scenario with this name (repeatable)"
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes (~100x smaller), for smoke tests")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per measurement (default 30)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
@@ -473,6 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows: list[dict[str, Any]] = []
         runner = run_inline if args.inline else run_in_subprocess
         for case in scenario.cases:
+            if args.case and case.name not in args.case:
+                continue
             if case.kind in ("tiny", "scale"):
                 print(f"  preparing {name}/{case.name}", file=sys.stderr, flush=True)
                 refresh = args.refresh_cache and case.count not in refreshed
