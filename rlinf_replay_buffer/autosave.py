@@ -90,6 +90,8 @@ class AutoSaver:
         state: ``state()`` is the buffer's ``(next trajectory id, schema)`` (under the lock),
             recorded in the metadata.
         max_pending_bytes: bytes queued for writing beyond which :meth:`wait_for_room` waits.
+        dedup: ``segment``: new segments store paired ``next_obs`` rows once (version 2,
+            :mod:`.formats.segment`).
 
     Raises:
         BufferDirectoryError: the directory cannot be used (see :meth:`OwnDirectory.open`).
@@ -104,8 +106,10 @@ class AutoSaver:
         on_durable: OnDurable,
         state: State,
         max_pending_bytes: int,
+        dedup: bool = True,
     ) -> None:
         self.own = OwnDirectory.open(path, fmt, seed)
+        self.own.dedup = dedup
         self.path, self.fmt = path, fmt
         self._lock = lock
         self._written = threading.Condition(lock)  # notified as background writes finish
@@ -316,7 +320,7 @@ class AutoSaver:
             self._rows_in_flight += 1
             syncs = store.failed_syncs  # a fsync failing from now on may have lost these rows
         try:
-            name, row = store.append(rows, sync=False)
+            name, row = store.append(rows, sync=False, envs=record.num_envs)
         except BaseException:
             with self._lock:
                 self._rows_in_flight -= 1
@@ -549,6 +553,7 @@ class OwnDirectory:
         self.next_id = contents.counter
         self.journal = Journal(path)
         self._store: SegmentStore | None = None
+        self.dedup = True  # new segments store paired next_obs rows once (set by the saver)
         self._doomed: list[str] = []  # files or segments to delete once their removal is durable
         self._segment_refs: dict[str, int] = {}  # segment -> entries naming it
         self._unreferenced: set[str] = set()  # segments no entry names (deleted once sealed)
@@ -563,7 +568,7 @@ class OwnDirectory:
         """The store appending this directory's segments (``segment`` format only; the
         schema is that of the rows, given with the first call)."""
         if self._store is None:
-            self._store = SegmentStore(self.path, schema)
+            self._store = SegmentStore(self.path, schema, dedup=self.dedup)
         return self._store
 
     @classmethod

@@ -78,6 +78,8 @@ class Snapshot:
     fmt: str
     extra: Callable[[str], None] | None = None
     """Called with the staging directory before the index is written (e.g. priorities)."""
+    dedup: bool = True
+    """``segment``: store paired ``next_obs`` rows once (:class:`~.formats.segment.SegmentStore`)."""
 
 
 def record_rows(
@@ -132,22 +134,23 @@ def place_records(
     fmt: str,
     schema: Schema | None,
     store: SegmentStore | None = None,
+    dedup: bool = True,
 ) -> dict[int, Record]:
     """Write ``records`` into ``directory`` in ``fmt``; return each one re-homed there.
 
     File formats get one file per trajectory; ``segment`` appends rows to ``store`` (a new
-    store over ``directory`` if not given).
+    store over ``directory`` if not given, storing paired ``next_obs`` rows once if ``dedup``).
     """
     placed: dict[int, Record] = {}
     if fmt == formats.SEGMENT and records:
         assert schema is not None
         own_store = store is None
-        store = store or SegmentStore(directory, schema)
+        store = store or SegmentStore(directory, schema, dedup=dedup)
         try:
             for record in records:
                 rows = record_rows(record, rows_of, schema)
                 crc = rows_checksum(rows, schema)
-                name, row = store.append(rows, sync=False)  # one fsync per column file below
+                name, row = store.append(rows, sync=False, envs=record.num_envs)  # one fsync per file below
                 placed[record.trajectory_id] = replace(
                     record, directory=directory, file=name, row=row, checksum=crc
                 )
@@ -232,7 +235,9 @@ def save(snapshot: Snapshot, save_path: str) -> dict[int, Record]:
         destination_lock(dest, "save_checkpoint") as target,
         staged_directory(dest) as staging,
     ):
-        placed = place_records(snapshot.records, snapshot.rows_of, staging, snapshot.fmt, snapshot.schema)
+        placed = place_records(
+            snapshot.records, snapshot.rows_of, staging, snapshot.fmt, snapshot.schema, dedup=snapshot.dedup
+        )
         if snapshot.extra is not None:
             snapshot.extra(staging)
         entries = [placed[r.trajectory_id].to_entry() for r in snapshot.records]
@@ -252,13 +257,15 @@ def snapshot_of(
     seed: int | None,
     fmt: str,
     extra: Callable[[str], None] | None = None,
+    dedup: bool = True,
 ) -> tuple[Snapshot, Callable[[], None]]:
     """What a checkpoint of ``records`` (in index order) must contain; call under ``lock``.
 
     Rows held only in memory are copied one trajectory at a time while the checkpoint is
     written (the row store keeps them readable even if the ring evicts them meanwhile). Files in
     RLinf's flattened layout are written again from their aligned rows, never linked or copied:
-    RLinf could not read them back itself. Returns the snapshot and ``release()``, to call
+    RLinf could not read them back itself. ``dedup``: a ``segment`` checkpoint stores paired
+    ``next_obs`` rows once. Returns the snapshot and ``release()``, to call
     (under ``lock``) when the checkpoint is written or has failed.
     """
     schema = store.schema
@@ -285,6 +292,7 @@ def snapshot_of(
         seed=seed,
         fmt=fmt,
         extra=extra,
+        dedup=dedup,
     )
     return snapshot, release
 

@@ -73,7 +73,7 @@ class Contents:
         if s.auto_save_path is not None:
             self.saver = AutoSaver(
                 s.auto_save_path, s.trajectory_format, s.seed, lock, self.durable,
-                lambda: (self.counter, self.store.schema), s.max_pending_bytes,
+                lambda: (self.counter, self.store.schema), s.max_pending_bytes, s.dedup_next_obs,
             )  # fmt: skip
         ring = (
             None
@@ -236,7 +236,7 @@ class Contents:
             records = list(self.index)
             snapshot, release = checkpoint.snapshot_of(
                 records, self.store, self.lock, counter=self.counter, seed=self.settings.seed, fmt=fmt,
-                extra=self.priorities_writer(),
+                extra=self.priorities_writer(), dedup=self.settings.dedup_next_obs,
             )  # fmt: skip
         try:
             saver = self.saver

@@ -94,7 +94,8 @@ class SamplingCopy:
         atomic_write_json(
             os.path.join(self.directory, OWNER), {"pid": os.getpid(), "host": socket.gethostname()}
         )
-        self.store = SegmentStore(self.directory, schema, segment_bytes or COPY_SEGMENT_BYTES)
+        # observations stored once whatever the buffer's setting: the copy is private scratch data
+        self.store = SegmentStore(self.directory, schema, segment_bytes or COPY_SEGMENT_BYTES, dedup=True)
         self._members: dict[str, set[int]] = {}  # segment -> ids copied there and still held
         self._segment_of: dict[int, str] = {}
         self._newest: dict[str, int] = {}  # segment -> newest id ever copied there
@@ -102,14 +103,16 @@ class SamplingCopy:
         self._row_bytes = schema.row_bytes
         self._rows: dict[str, int] = {}  # segment -> rows appended
 
-    def add(self, trajectory_id: int, rows: dict[Key, torch.Tensor]) -> tuple[tuple[str, str], int]:
-        """Append a trajectory's aligned rows (``[T * B, ...]`` per column); return its
-        ``((directory, segment), first row)``.
+    def add(
+        self, trajectory_id: int, rows: dict[Key, torch.Tensor], envs: int = 0
+    ) -> tuple[tuple[str, str], int]:
+        """Append a trajectory's aligned rows (``[T * B, ...]`` per column, ``envs`` = ``B``; 0:
+        unknown, every ``next_obs`` row stored); return its ``((directory, segment), first row)``.
 
         Raises:
             OSError: the rows could not be written (nothing is recorded).
         """
-        name, row = self.store.append(rows, sync=False)
+        name, row = self.store.append(rows, sync=False, envs=envs)
         n = int(next(iter(rows.values())).shape[0])
         self._members.setdefault(name, set()).add(trajectory_id)
         self._segment_of[trajectory_id] = name

@@ -46,9 +46,13 @@ class BufferSettings:
         sampling_copies: give ``pt``/``pkl`` trajectories read from their files a sampling copy
             (:mod:`.sampling_copy`), made in ``sampling_copy_dir`` (absolute; ``None``: the
             system's temporary directory).
-        dedup_next_obs: in the in-memory ring, read ``next_obs`` rows equal to the next step's
-            ``curr_obs`` from ``curr_obs`` instead of storing them twice (:mod:`.dedup`);
-            batches, files and trajectories read back are the same either way.
+        dedup_next_obs: read ``next_obs`` rows equal to the next step's ``curr_obs`` from
+            ``curr_obs`` instead of storing them twice (:mod:`.dedup`), in the in-memory ring
+            and in the ``segment`` files written from now on (auto-save segments and
+            ``save_checkpoint(..., trajectory_format="segment")``: format version 2, see
+            :mod:`.formats.segment`; off: version 1). Batches, trajectories read back and
+            ``pt``/``pkl`` files are the same either way; segments of either version are read
+            whatever the setting, and sampling copies always store observations once.
     """
 
     seed: int = 1234

@@ -449,7 +449,9 @@ class RowStore:
             n = record.num_transitions
             columns = aligned_columns({k: raw[k] for k in schema}, record.num_steps)
             where, row = self._copy.add(
-                record.trajectory_id, {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()}
+                record.trajectory_id,
+                {k: v.reshape(n, *v.shape[2:]) for k, v in columns.items()},
+                envs=record.num_envs,
             )
         except OSError as exc:
             self._copying = False
@@ -495,9 +497,7 @@ class RowStore:
         if record.fmt == formats.SEGMENT:
             assert self._schema is not None and record.file is not None and record.row is not None
             with reading(record):
-                return self._segments(record.directory or "").columns(record.file, record.row + n)[key][
-                    record.row : record.row + n
-                ]
+                return self._segments(record.directory or "").column(record.file, record.row, n, key)
         tensor = self._mapped(record)[key]
         src = source_steps(key, int(tensor.shape[0]), record.num_steps)
         return tensor[torch.from_numpy(src)].reshape(n, *tensor.shape[2:])

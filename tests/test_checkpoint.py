@@ -78,7 +78,7 @@ def file_hashes(directory: Path) -> dict[str, str]:
         for p in sorted(directory.iterdir())
         if p.is_file() and p.name.startswith("trajectory_") and p.suffix in (".pt", ".pkl")
     ]
-    files += sorted(directory.glob("seg-*/*.bin"))
+    files += sorted(directory.glob("seg-*/[0-9]*.bin"))  # not the source columns src-NNN.bin
     return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 

@@ -524,11 +524,11 @@ def test_close_racing_a_segment_append_loses_no_write(make_buffer, monkeypatch):
         def __getattr__(self, name: str):
             return getattr(self.f, name)
 
-    def gated_append(self, rows):
+    def gated_append(self, rows, *args):
         if gate["on"]:
             gate["on"] = False
             self._files = [HeldFile(f) for f in self._files]
-        return append(self, rows)
+        return append(self, rows, *args)
 
     monkeypatch.setattr(SegmentStore, "_append", gated_append)
     drain = AutoSaver.drain

@@ -365,7 +365,8 @@ class Campaign:
         check_sample(reloaded, set(ids), 64)
 
     def check_segments_recovered(self, where: str) -> None:
-        """After reopening, no column file holds bytes beyond the last row the index names."""
+        """After reopening, no column or source file holds bytes beyond the last row the index
+        names."""
         contents, schema = read_directory(str(self.directory))
         ends: dict[str, int] = {}
         for r in contents.records:
@@ -375,10 +376,11 @@ class Campaign:
             if not SEGMENT_RE.match(seg):
                 continue
             for col in os.listdir(self.directory / seg):
-                if col.endswith(".bin"):
-                    i = int(col.split(".")[0])
+                if col.endswith(".bin"):  # a column file NNN.bin, or a source column src-NNN.bin
+                    i = int(col.removeprefix("src-").split(".")[0])
+                    row_bytes = 0 if i >= len(specs) else 8 if col.startswith("src-") else specs[i].row_bytes
                     size = (self.directory / seg / col).stat().st_size
-                    want = ends.get(seg, 0) * specs[i].row_bytes if i < len(specs) else 0
+                    want = ends.get(seg, 0) * row_bytes
                     assert size == want, f"{where}: {seg}/{col} holds {size} bytes, index names {want}"
 
 

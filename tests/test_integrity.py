@@ -48,18 +48,32 @@ def index_entries(path: Path) -> list[dict]:
 
 
 def segment_column_files(path: Path, entry: dict) -> list[Path]:
-    return sorted((path / entry["file"]).glob("*.bin"))
+    """The column files of an entry's segment, in column order (not the source columns)."""
+    return sorted((path / entry["file"]).glob("[0-9]*.bin"))
 
 
 def rows_crc(path: Path, entry: dict, entries: list[dict]) -> int:
-    """The segment checksum computed independently: bytes of the rows, column after column."""
+    """The segment checksum computed independently: bytes of the rows as added, column after
+    column; a ``next_obs`` column stored once (``pairs`` of ``segment.json``) gives each row from
+    where its source column says (itself, or its ``curr_obs`` partner's column)."""
     total = sum(e["num_samples"] for e in entries if e["file"] == entry["file"])
+    meta = json.loads((path / entry["file"] / "segment.json").read_text())
+    pairs = {p["next_obs"]: p for p in meta.get("pairs", [])}
+    columns = segment_column_files(path, entry)
+    start, count = entry["row"], entry["num_samples"]
     crc = 0
-    for column in segment_column_files(path, entry):
+    for i, column in enumerate(columns):
         data = column.read_bytes()
         row_bytes = len(data) // total
-        start = entry["row"] * row_bytes
-        crc = zlib.crc32(data[start : start + entry["num_samples"] * row_bytes], crc)
+        if i not in pairs:
+            crc = zlib.crc32(data[start * row_bytes : (start + count) * row_bytes], crc)
+            continue
+        curr = columns[pairs[i]["curr_obs"]].read_bytes()
+        raw = (path / entry["file"] / pairs[i]["source"]).read_bytes()[start * 8 : (start + count) * 8]
+        sources = struct.unpack(f"<{count}q", raw)
+        for r, source in zip(range(start, start + count), sources, strict=True):
+            block = data if source == r else curr
+            crc = zlib.crc32(block[source * row_bytes : (source + 1) * row_bytes], crc)
     return crc
 
 

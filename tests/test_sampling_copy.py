@@ -128,7 +128,7 @@ def test_a_loaded_directory_is_sampled_through_copies(tmp_path, private_tmp):
 
 
 def test_a_copy_that_cannot_be_written_never_fails_a_sample(tmp_path, private_tmp, monkeypatch):
-    def full(self, rows, sync=True):
+    def full(self, rows, sync=True, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(SegmentStore, "append", full)

@@ -454,7 +454,7 @@ def test_a_truncated_column_file_is_reported_when_sampling(tmp_path):
         ("dtype", "columns do not match the buffer's fields"),
         ("name", "columns do not match the buffer's fields"),
         ("drop", "columns do not match the buffer's fields"),
-        ("version", "format_version 2 is not supported"),
+        ("version", "format_version 3 is not supported"),
         ("missing", "segment.json: is missing"),
         ("garbage", "segment.json: unreadable"),
     ],
@@ -470,7 +470,7 @@ def test_a_segment_json_that_does_not_describe_the_buffer_is_refused(tmp_path, c
     elif change == "drop":
         meta["columns"].pop()
     elif change == "version":
-        meta["format_version"] = 2
+        meta["format_version"] = 3
     meta_path.write_text(json.dumps(meta))
     if change == "missing":
         meta_path.unlink()

@@ -180,11 +180,11 @@ def _merge_or_split(
         destination_lock(dest, "merge/split") as destination,
         staged_directory(dest) as staging,
     ):
-        store = SegmentStore(staging, schema) if fmt == SEGMENT and schema is not None else None
+        store = SegmentStore(staging, schema, dedup=True) if fmt == SEGMENT and schema is not None else None
         for new_id, (_, record) in enumerate(chosen):
             renumbered = dataclasses.replace(record, trajectory_id=new_id, directory=staging)
             if store is not None:  # segments: copy the rows into the output's own segments
-                name, row = store.append(read_rows(record, schema))
+                name, row = store.append(read_rows(record, schema), envs=record.num_envs)
                 renumbered = dataclasses.replace(renumbered, file=name, row=row)
             else:
                 name = renumbered.canonical_name(record.fmt or fmt)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -78,7 +77,6 @@ from ..schema import Schema, combine, schema_from_json
 from ..trajectory import align
 
 QUARANTINE = "quarantine"
-_COLUMN_RE = re.compile(r"^(\d{3,})\.bin$")  # a segment's column file
 Progress = Callable[[int, int], None]
 """``progress(done, total)``, called as trajectories are checked."""
 
@@ -440,8 +438,7 @@ class _Checker:
                 return None
         store = segment.SegmentStore(self.path, self.schema)
         try:
-            segment.check_segment_meta(seg_dir, store.describe())
-            found = store.checksum(name, int(row), record.num_transitions)
+            found = store.checksum(name, int(row), record.num_transitions)  # segment.json checked too
         except (CorruptBufferError, OSError) as exc:
             kind = "unsafe" if isinstance(exc, UnsafeFileError) else "unreadable"
             self.bad_rows.append((self.problem(kind, str(exc), tid, seg_dir), record))
@@ -519,18 +516,11 @@ class _Checker:
         return leftovers
 
     def check_segment_tail(self, name: str) -> None:
-        """Note bytes of a segment's column files past the last row the index names."""
+        """Note bytes of a segment's column and source files past the last row the index names."""
         if self.schema is None or name not in self.segment_ends:
             return
-        specs = list(self.schema.values())
         rows = self.segment_ends[name]
-        extra = 0
-        for entry in os.scandir(os.path.join(self.path, name)):
-            m = _COLUMN_RE.match(entry.name)
-            if m is None or int(m.group(1)) >= len(specs) or not entry.is_file(follow_symlinks=False):
-                continue
-            keep = rows * specs[int(m.group(1))].row_bytes
-            extra += max(0, entry.stat(follow_symlinks=False).st_size - keep)
+        extra = segment.bytes_past(os.path.join(self.path, name), self.schema, rows)  # source columns too
         if extra:
             seg_dir = os.path.join(self.path, name)
             msg = (
