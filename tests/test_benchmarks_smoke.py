@@ -149,3 +149,16 @@ def test_the_dedup_comparison_reports_both_buffers(capsys):
         float(line.split("cached MB")[1].split()[0]) for line in out.splitlines() if "cached MB" in line
     ]
     assert cached[0] < 0.6 * cached[1]  # stored once: the state window's observations
+
+
+def test_the_dedup_comparison_of_segment_directories_reports_their_disk_bytes(capsys):
+    from benchmarks import dedup_ab
+
+    assert dedup_ab.main(["--scenario", "images", "--format", "segment", "--quick", "--repeats", "4"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "disk MB" in line]
+    assert len(lines) == 2 and "segment" in out.splitlines()[0]
+    used = {line.split()[0]: float(line.split("disk MB")[1].split()[0]) for line in lines}
+    apparent = {line.split()[0]: float(line.split("apparent MB")[1].split()[0]) for line in lines}
+    assert apparent["dedup_next_obs=True"] >= apparent["dedup_next_obs=False"] > 0
+    assert used["dedup_next_obs=True"] <= used["dedup_next_obs=False"]

@@ -14,7 +14,6 @@ import threading
 import time
 import warnings
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -571,21 +570,6 @@ def test_one_client_serves_threads_that_add_and_sample_at_once(make):
     for t in threads:
         t.join(120)
     assert not errors and buf.size == 12
-
-
-def test_the_first_example_of_the_distributed_guide_runs(tmp_path):
-    """docs/distributed.md's first python block, run in a fresh process (it starts its own Ray)."""
-    import re
-    import subprocess
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text()
-    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "[(0, 0), (1, 0), (0, 1)]" in out.stdout
-    assert sorted(os.listdir(tmp_path / "ray_ckpt")) == ["rank_0", "rank_1"]
 
 
 def _soak_selected(config) -> bool:
