@@ -154,6 +154,7 @@ DISK_CONTENDERS = (
 QUICKSTART_CONTENDERS = ("limit", "ours[pt]", "ours[pkl]", "ours[segment]", "rlinf_reference[pt]")
 LATENCY_CONTENDERS = (
     "limit",
+    "limit[ring]",
     "ours[memory]",
     "ours[pt]",
     "ours[segment]",

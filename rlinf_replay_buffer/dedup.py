@@ -17,6 +17,10 @@ save less than the source number and the extra gather cost).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -33,6 +37,30 @@ _CHUNK_BYTES = 4 << 20
 #: without comparing the rest (a rollout whose ``next_obs`` never equals the next ``curr_obs``
 #: pays for a few rows' comparison, not for the whole column's)
 _PROBE_ROWS = 8
+
+
+def _libc_memcmp() -> Callable[[int, int, int], int] | None:
+    """libc's ``memcmp`` through ``ctypes`` (which releases the GIL), or ``None`` where there is
+    no C library to load."""
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").memcmp
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MEMCMP = _libc_memcmp()
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two C-contiguous arrays of one shape and dtype hold the same bytes: one
+    ``memcmp``, which stops at the first difference (``False`` where it cannot be asked)."""
+    if _MEMCMP is None or not (a.flags.c_contiguous and b.flags.c_contiguous) or a.nbytes != b.nbytes:
+        return False
+    return a.nbytes == 0 or _MEMCMP(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
+
 
 Pair = tuple[Key, Key]
 """``(("curr_obs", k), ("next_obs", k))``."""
@@ -63,7 +91,8 @@ def kept_rows(nxt: torch.Tensor, curr: torch.Tensor, envs: int) -> torch.Tensor:
     (``N = T * B``, ``envs = B``; 0: unknown, every row kept).
 
     Row ``r < N - B`` need not be kept where its bytes equal those of ``curr`` row ``r + B``.
-    The comparison runs on integer words, a few rows spread over the trajectory first, then in
+    One ``memcmp`` of the two row ranges settles the common case (all equal); otherwise the
+    comparison runs on integer words, a few rows spread over the trajectory first, then in
     chunks; once most rows compared differ, every row is kept without comparing the rest.
     """
     mask = kept_mask(nxt, curr, envs)
@@ -78,12 +107,14 @@ def kept_mask(nxt: torch.Tensor, curr: torch.Tensor, envs: int) -> np.ndarray | 
         return None
     x, y = _words(nxt, curr)
     a, b = x[:m], y[envs:]
+    keep = np.zeros(n, dtype=bool)
+    keep[m:] = True
+    if _same_bytes(a, b):  # the common case (no episode ended inside): one memcmp decides
+        return keep
     step = max(1, m // _PROBE_ROWS)
     probe = a[::step] != b[::step]
     if 2 * np.count_nonzero(probe.any(axis=1)) > len(probe):
         return None
-    keep = np.zeros(n, dtype=bool)
-    keep[m:] = True
     width = x.shape[1]
     chunk = max(1, _CHUNK_BYTES // max(1, width * x.itemsize))
     kept = 0

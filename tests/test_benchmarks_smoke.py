@@ -101,6 +101,16 @@ def test_sampler_scenarios_report_every_contender(tmp_path, capsys):
     assert len(limiter) == 2 and all(r["ratio"] is None and r["items"] is None for r in limiter)
 
 
+def test_add_scenario_times_a_copy_into_warm_and_into_fresh_rows(tmp_path, capsys):
+    code, text, data = _run(
+        tmp_path, capsys, "--scenario", "add", "--contender", "limit", "--contender", "ours[memory]"
+    )
+    assert code == 0
+    latency = [r for r in data["rows"] if r["table"].startswith("add latency")]
+    assert {r["contender"] for r in latency} == {"limit", "limit[ring]", "ours[memory]"}
+    assert all(r["status"] == "ok" and r["median_s"] > 0 for r in latency), latency
+
+
 def test_ray_scenario_compares_the_sharded_buffer_with_the_local_one(tmp_path, capsys):
     """The ray scenario's state case with ``ours[local]`` and ``ours[ray-2]``: every ray child
     starts its own Ray cluster (5-10 s on 2 cores), so ``ours[ray-1]`` (the same client with one

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TrackedBuffer as TrajectoryReplayBuffer
@@ -352,6 +353,30 @@ def test_kept_rows_are_the_differing_rows_and_the_last_step():
         x = torch.randint(0, 2, (T * B, 17), generator=g).to(dtype)
         y = torch.cat([x[B:], x[:B]])
         assert int(kept_rows(y, x, B).sum()) == B
+
+
+def test_kept_rows_match_a_row_by_row_reference_on_random_rollouts():
+    """Against ``any(next row != curr row + B)``: every differing row and the last step are
+    kept; the result is exactly those rows, or every row (when most differ); a rollout with no
+    difference keeps only the last step (the single-comparison path)."""
+    g = torch.Generator().manual_seed(5)
+    rng = np.random.default_rng(5)
+    for case in range(300):
+        T, B, width = int(rng.integers(1, 12)), int(rng.integers(1, 5)), int(rng.choice([1, 3, 8, 40, 1000]))
+        dtype = [torch.uint8, torch.float32, torch.int64][case % 3]
+        curr = torch.randint(0, 4, (T * B, width), generator=g).to(dtype)
+        nxt = torch.cat([curr[B:], torch.randint(0, 4, (B, width), generator=g).to(dtype)])
+        changes = int(rng.choice([0, 0, 1, 2, T * B // 2, T * B]))
+        for r in rng.integers(0, T * B, changes).tolist():
+            nxt[r, int(rng.integers(width))] += 1
+        want = torch.zeros(T * B, dtype=torch.bool)
+        want[: (T - 1) * B] = (nxt[: (T - 1) * B] != curr[B:]).any(dim=1)
+        want[(T - 1) * B :] = True
+        got = kept_rows(nxt, curr, B)
+        assert bool((got | ~want).all()), case  # nothing that differs is dropped
+        assert torch.equal(got, want) or bool(got.all()), case
+        if not bool(want[: (T - 1) * B].any()):
+            assert torch.equal(got, want), case
 
 
 def test_most_rows_differing_keeps_every_row():

@@ -12,7 +12,11 @@
   window transition stored as one row of bytes in one file, and one ``os.preadv`` per sampled
   row. Cold, it shows what one random read per row costs on this disk (stores that read larger
   blocks, or benefit from readahead, can beat it).
-* add latency: one ``copy_`` per field into tensors preallocated for one trajectory.
+* add latency: one ``copy_`` per field into tensors preallocated for one trajectory (the same
+  destination every time: warm pages, often in the CPU's caches). ``limit[ring]`` is a second
+  reference, not the ratio's denominator: the same copies into the next rows of a ring of
+  never-written rows (one trajectory after the other, as an in-memory buffer's adds before its
+  ring wraps), so each add also pays the kernel's first touch of its pages.
 * write throughput: the trajectories' raw bytes written sequentially to one file, then ``fsync``.
 * add+flush (tiny): the trajectory's bytes written to a new file in the same directory, ``fsync``
   of the file and of the directory.
@@ -319,7 +323,7 @@ def create(variant: str, mode: str, cfg: StoreConfig) -> Store:
     if mode == "disk":
         return RowFileStore(cfg) if variant == "pread_rows" else RawReadStore(cfg)
     if mode == "latency":
-        return MemcpyStore(cfg)
+        return ContiguousStore(cfg) if variant == "ring" else MemcpyStore(cfg)
     if mode == "write":
         return RawWriteStore(cfg)
     if mode == "tiny":
