@@ -102,8 +102,9 @@ def test_sampler_scenarios_report_every_contender(tmp_path, capsys):
 
 
 def test_add_scenario_times_a_copy_into_warm_and_into_fresh_rows(tmp_path, capsys):
+    cases = ("--case", "latency_state")
     code, text, data = _run(
-        tmp_path, capsys, "--scenario", "add", "--contender", "limit", "--contender", "ours[memory]"
+        tmp_path, capsys, "--scenario", "add", *cases, "--contender", "limit", "--contender", "ours[memory]"
     )
     assert code == 0
     latency = [r for r in data["rows"] if r["table"].startswith("add latency")]
