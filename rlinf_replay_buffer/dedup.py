@@ -18,12 +18,11 @@ save less than the source number and the extra gather cost).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from .libc import libc_function
 from .schema import Schema
 from .trajectory import Key
 
@@ -39,19 +38,8 @@ _CHUNK_BYTES = 4 << 20
 _PROBE_ROWS = 8
 
 
-def _libc_memcmp() -> Callable[[int, int, int], int] | None:
-    """libc's ``memcmp`` through ``ctypes`` (which releases the GIL), or ``None`` where there is
-    no C library to load."""
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").memcmp
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_MEMCMP = _libc_memcmp()
+#: libc's ``memcmp`` (``None`` where there is no C library to load)
+_MEMCMP = libc_function("memcmp", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t], ctypes.c_int)
 
 
 def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:

@@ -13,7 +13,6 @@ Where the call is not available (other systems, older kernels) nothing is done.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import mmap
 import sys
@@ -23,6 +22,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 import torch
+
+from .libc import libc_function
 
 logger = logging.getLogger("rlinf_replay_buffer")
 
@@ -37,13 +38,7 @@ _PAGE = mmap.PAGESIZE
 def _madvise() -> Callable[[int, int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
+    return libc_function("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int)
 
 
 _MADVISE = _madvise()

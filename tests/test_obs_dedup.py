@@ -98,6 +98,20 @@ def same_bits(a, b) -> bool:
     return a == b
 
 
+def assert_files_hold_both_observations(
+    directory: Path, fmt: str, added: dict[int, Trajectory], count: int
+) -> None:
+    """The ``count`` trajectory files of ``directory`` (``pt``/``pkl``) hold ``curr_obs`` and
+    ``next_obs`` in full, as added (``added`` by the code in ``actions[0, 0, 0]``)."""
+    contents, _ = read_directory(str(directory))
+    assert len(contents.records) == count
+    for record in contents.records:
+        data = formats.read(record.path, fmt)
+        want = added[int(data["actions"][0, 0, 0])]
+        assert same_bits(data["curr_obs"], want.curr_obs)
+        assert same_bits(data["next_obs"], want.next_obs)
+
+
 def pair_of_buffers(**kwargs):
     return TrajectoryReplayBuffer(**kwargs), TrajectoryReplayBuffer(**kwargs, dedup_next_obs=False)
 
@@ -240,13 +254,7 @@ def test_auto_save_in_each_format_samples_and_reads_back_as_without_dedup(tmp_pa
     on.close()
     off.close()
     if fmt != "segment":  # RLinf's files: both observation dicts, in full
-        contents, _ = read_directory(str(tmp_path / "on"))
-        assert len(contents.records) == 7
-        for record in contents.records:
-            data = formats.read(record.path, fmt)
-            want = added[int(data["actions"][0, 0, 0])]
-            assert same_bits(data["curr_obs"], want.curr_obs)
-            assert same_bits(data["next_obs"], want.next_obs)
+        assert_files_hold_both_observations(tmp_path / "on", fmt, added, 7)
 
 
 @pytest.mark.parametrize("fmt", ["pt", "pkl", "segment"])

@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import TrackedBuffer as TrajectoryReplayBuffer
-from test_obs_dedup import ROLLOUTS, bits, rollout, same_bits
+from test_obs_dedup import ROLLOUTS, assert_files_hold_both_observations, bits, rollout, same_bits
 
 import rlinf_replay_buffer
-from rlinf_replay_buffer import CorruptBufferError, CorruptTrajectoryError, Trajectory, formats
+from rlinf_replay_buffer import CorruptBufferError, CorruptTrajectoryError, Trajectory
 from rlinf_replay_buffer.directory import read_directory
 from rlinf_replay_buffer.formats.segment import SegmentStore
 from rlinf_replay_buffer.integrity import rows_checksum
@@ -595,14 +595,7 @@ def test_a_killed_append_leaves_source_entries_that_reopening_and_verify_repair_
     assert report.ok and any("past row" in p.message for p in report.notes), report.notes
     verify_directory(str(copy), repair=True)
     assert_files_hold_exactly_the_indexed_rows(copy)
-    with TrajectoryReplayBuffer(
-        seed=1,
-        auto_save=True,
-        auto_save_path=str(directory),
-        trajectory_format="segment",
-        enable_cache=False,
-        sample_window_size=0,
-    ) as reopened:
+    with disk_buffer(directory) as reopened:
         assert_files_hold_exactly_the_indexed_rows(directory)  # reopening cut them
         for tid in listed:
             assert_same_trajectory(reopened.get_trajectory(tid), rollout(tid, **KILLED))
@@ -647,13 +640,7 @@ def test_a_version_2_directory_converted_to_files_holds_both_observations_in_ful
     source.add_trajectories(list(added.values()))
     source.flush()
     source.save_checkpoint(str(tmp_path / "files"), trajectory_format=fmt)  # read from the segment
-    contents, _ = read_directory(str(tmp_path / "files"))
-    assert len(contents.records) == 4
-    for record in contents.records:
-        data = formats.read(record.path, fmt)
-        want = added[int(data["actions"][0, 0, 0])]
-        assert same_bits(data["curr_obs"], want.curr_obs)
-        assert same_bits(data["next_obs"], want.next_obs)
+    assert_files_hold_both_observations(tmp_path / "files", fmt, added, 4)
 
 
 def test_a_version_2_directory_exports_to_parquet_and_back(tmp_path):
